@@ -1,0 +1,151 @@
+"""One segment of ARMT: ``[sink?, tokens, memory tokens]`` through the base model, with every
+layer reading and writing its associative memory, giving logits and the new memory state."""
+
+from __future__ import annotations
+
+import inspect
+from contextlib import ExitStack
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .config import ARMTConfig
+from .layers import AssociativeMemory
+from .state import LayerMemory, MemoryState
+from .targets import find_decoder_layers
+
+
+class ARMTCell(nn.Module):
+    """The memory parameters of ARMT and one segment's forward pass.
+
+    Holds the base model (its decoder layers get hooks, nothing is replaced), the memory
+    tokens (``randn * std(input embeddings)``, as the official code), the optional sink token
+    and one :class:`AssociativeMemory` per decoder layer.
+
+    Example:
+        >>> import torch
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> base = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=99))
+        >>> cell = ARMTCell(base, ARMTConfig(num_mem_tokens=4, d_mem=8, segment_size=16))
+        >>> logits, state = cell(base.get_input_embeddings()(torch.randint(99, (1, 16))), None, None)
+        >>> logits.shape, len(state.layers)
+        (torch.Size([1, 16, 99]), 2)
+    """
+
+    def __init__(self, base_model: nn.Module, config: ARMTConfig):
+        super().__init__()
+        self.config = config
+        self.base_model = base_model
+        self.layers_path, layers = find_decoder_layers(base_model, config.layers_path)
+        embeddings = base_model.get_input_embeddings()
+        if embeddings is None or not hasattr(embeddings, "weight"):
+            raise TypeError(
+                f"{type(base_model).__name__} has no input embeddings; ARMT needs a causal LM "
+                "with get_input_embeddings()."
+            )
+        weight = embeddings.weight
+        self.d_model = weight.shape[-1]
+        kw = dict(device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            scale = weight.float().std().to(weight.dtype)
+        self.memory_tokens = nn.Parameter(torch.randn(config.num_mem_tokens, self.d_model, **kw) * scale)
+        self.sink = nn.Parameter(torch.randn(1, self.d_model, **kw)) if config.use_sink else None
+        self.memory_layers = nn.ModuleList(AssociativeMemory(self.d_model, config, **kw) for _ in layers)
+        self._handles = [h for mem, layer in zip(self.memory_layers, layers) for h in mem.attach(layer)]
+        self._logits_to_keep = "logits_to_keep" in inspect.signature(base_model.forward).parameters
+
+    @property
+    def _backbone(self) -> Optional[nn.Module]:
+        """The base model without its language-model head, for segments whose logits nobody
+        needs (``None`` when the model does not expose one)."""
+        backbone = getattr(self.base_model, "base_model", None)
+        return backbone if isinstance(backbone, nn.Module) and backbone is not self.base_model else None
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.memory_layers)
+
+    def detach_hooks(self) -> None:
+        """Remove the hooks from the base model's layers (the base model is then plain)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def check_memory(self, memory: Optional[MemoryState], batch_size: int) -> None:
+        """Raise if ``memory`` was not made by a model of this config for this batch size."""
+        if memory is None:
+            return
+        if not isinstance(memory, MemoryState):
+            raise TypeError(f"memory must be a MemoryState or None, got {type(memory).__name__}.")
+        if len(memory.layers) != self.num_layers:
+            raise ValueError(
+                f"memory has {len(memory.layers)} layers but this model has {self.num_layers}; "
+                "it was made by another model."
+            )
+        expected = self.memory_layers[0].empty_shape(batch_size, self.d_model)
+        for i, m in enumerate(memory.layers):
+            if tuple(m.A.shape) != expected:
+                what = ("batch size" if tuple(m.A.shape[1:]) == expected[1:] else "config")
+                raise ValueError(
+                    f"memory.layers[{i}].A has shape {tuple(m.A.shape)}, expected {expected}: "
+                    f"the state comes from another {what}. Pass memory=None to start afresh."
+                )
+            if (m.z is None) == self.config.use_denom:
+                raise ValueError(
+                    f"memory.layers[{i}].z is {'missing' if m.z is None else 'present'} but "
+                    f"use_denom={self.config.use_denom}: the state comes from another config."
+                )
+
+    def forward(
+        self,
+        inputs_embeds: Tensor,
+        attention_mask: Optional[Tensor],
+        memory: Optional[MemoryState],
+        compute_logits: bool = True,
+    ) -> tuple[Optional[Tensor], MemoryState]:
+        """Run one segment.
+
+        Args:
+            inputs_embeds: ``(B, T, d_model)`` embeddings of the segment's tokens.
+            attention_mask: ``(B, T)`` padding mask of those tokens, or ``None`` (all real).
+            memory: the state after the previous segment, ``None`` before the first.
+            compute_logits: skip the language-model head when False.
+
+        Returns:
+            ``(logits (B, T, vocab) or None, new memory state)``.
+        """
+        B, T, _ = inputs_embeds.shape
+        M = self.config.num_mem_tokens
+        parts = [inputs_embeds, self.memory_tokens.unsqueeze(0).expand(B, -1, -1)]
+        offset = 0
+        if self.sink is not None:
+            parts.insert(0, self.sink.unsqueeze(0).expand(B, -1, -1))
+            offset = 1
+        embeds = torch.cat(parts, dim=1)  # (B, offset + T + M, d_model)
+        if attention_mask is not None:
+            full = torch.ones(B, offset + T + M, dtype=attention_mask.dtype, device=attention_mask.device)
+            full[:, offset:offset + T] = attention_mask
+            attention_mask = full
+        kwargs = dict(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False, return_dict=True)
+
+        layers = [None] * self.num_layers if memory is None else memory.layers
+        with ExitStack() as stack:
+            ios = [stack.enter_context(mem.bind(layers[i], M)) for i, mem in enumerate(self.memory_layers)]
+            if not compute_logits and self._backbone is not None:
+                self._backbone(**kwargs)
+                logits = None
+            elif compute_logits and self._logits_to_keep:
+                keep = torch.arange(offset, offset + T, device=embeds.device)
+                logits = self.base_model(**kwargs, logits_to_keep=keep).logits
+            else:
+                logits = self.base_model(**kwargs).logits[:, offset:offset + T]
+                logits = logits if compute_logits else None
+        missing = [i for i, io in enumerate(ios) if io.written is None]
+        if missing:
+            raise RuntimeError(
+                f"decoder layers {missing} of {type(self.base_model).__name__} did not run during the "
+                f"segment; check layers_path={self.layers_path!r}."
+            )
+        written = tuple(io.written for io in ios)
+        return logits, MemoryState(written, 1 if memory is None else memory.segments + 1)

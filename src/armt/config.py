@@ -1,0 +1,116 @@
+"""ARMTConfig: every option of the associative memory, validated at construction."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Optional
+
+ALIGNMENTS = ("left", "right", "center")
+
+
+@dataclass
+class ARMTConfig:
+    """Options of an Associative Recurrent Memory Transformer.
+
+    Args:
+        num_mem_tokens: learned memory tokens appended at the end of every segment; their
+            outputs are what each layer writes into its associative memory.
+        d_mem: width of the memory keys before the DPFP feature map
+            (the key dimension is ``2 * dpfp_nu * d_mem``).
+        segment_size: real tokens per segment (memory and sink tokens come on top).
+        n_heads: independent associative memories per layer; must divide ``d_mem`` and the
+            model width.
+        dpfp_nu: order of the DPFP feature map (the official code uses 3).
+        correction: scale the normaliser update by the detached ``gamma`` (the delta-rule
+            correction of the official code).
+        use_denom: keep the normaliser ``z`` and divide reads by ``q . z``.
+        gating: one write strength per value dimension instead of one per head.
+        use_sink: prepend one learned attention-sink token to every segment.
+        segment_alignment: where a short segment goes when the length is not a multiple of
+            ``segment_size``: ``left`` (last segment short), ``right`` (first segment short)
+            or ``center`` (equal segments, as ``torch.chunk``).
+        layers_path: dotted attribute path of the decoder layers inside the base model, for
+            example ``"model.layers"``; ``None`` detects it.
+        bptt_segments: detach the memory every this many segments (truncated
+            backpropagation through time); ``None`` backpropagates through all segments.
+        gradient_checkpointing: recompute each segment in the backward pass instead of
+            keeping its activations.
+        last_segment_loss_only: compute the loss on the pairs inside the last segment only
+            (what the official code does when asked for the last segment's output).
+
+    Example:
+        >>> cfg = ARMTConfig(num_mem_tokens=16, d_mem=64, segment_size=512)
+        >>> cfg.d_key
+        384
+    """
+
+    num_mem_tokens: int = 16
+    d_mem: int = 64
+    segment_size: int = 512
+    n_heads: int = 1
+    dpfp_nu: int = 3
+    correction: bool = True
+    use_denom: bool = True
+    gating: bool = False
+    use_sink: bool = False
+    segment_alignment: str = "left"
+    layers_path: Optional[str] = None
+    bptt_segments: Optional[int] = None
+    gradient_checkpointing: bool = False
+    last_segment_loss_only: bool = False
+
+    def __post_init__(self) -> None:
+        def positive_int(name: str, hint: str) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r}).")
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}. {hint}")
+
+        positive_int("num_mem_tokens", "ARMT writes memory from memory tokens, so it needs at least one.")
+        positive_int("d_mem", "Use the key width of the memory, e.g. 64.")
+        positive_int("segment_size", "Use the number of real tokens per segment, e.g. 512.")
+        positive_int("n_heads", "Use 1 for a single memory per layer.")
+        positive_int("dpfp_nu", "The official code uses 3.")
+        if self.d_mem % self.n_heads != 0:
+            raise ValueError(
+                f"d_mem={self.d_mem} is not divisible by n_heads={self.n_heads}; "
+                "choose d_mem as a multiple of n_heads."
+            )
+        if self.segment_alignment not in ALIGNMENTS:
+            raise ValueError(
+                f"segment_alignment={self.segment_alignment!r} is unknown; use one of {ALIGNMENTS}."
+            )
+        if self.bptt_segments is not None:
+            positive_int("bptt_segments", "Use None to backpropagate through every segment.")
+        if self.layers_path is not None and (not isinstance(self.layers_path, str) or not self.layers_path.strip(".")):
+            raise ValueError(
+                f"layers_path={self.layers_path!r} is not a dotted attribute path; "
+                "use e.g. 'model.layers', or None to detect it."
+            )
+        for name in ("correction", "use_denom", "gating", "use_sink", "gradient_checkpointing",
+                     "last_segment_loss_only"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}.")
+
+    @property
+    def d_key(self) -> int:
+        """Width of the memory keys after DPFP, summed over heads."""
+        return 2 * self.dpfp_nu * self.d_mem
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ARMTConfig":
+        """Build a config from a dict, refusing keys this version does not know."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown ARMTConfig keys {unknown}; known keys are {sorted(known)}.")
+        return cls(**values)

@@ -1,0 +1,138 @@
+"""The associative memory of one decoder layer and how it attaches to that layer.
+
+The memory hooks onto the original layer instead of replacing it, so the base model keeps
+its module names, its ``state_dict`` and its ``save_pretrained``. The hooks act only while a
+segment is running (:meth:`AssociativeMemory.bind`); outside that the base model behaves as
+if ARMT were not there.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+import torch
+from torch import Tensor, nn
+
+from . import ops
+from .config import ARMTConfig
+from .state import LayerMemory
+
+
+class _SegmentIO:
+    """What one layer reads from and writes to during one segment."""
+
+    __slots__ = ("memory", "written", "num_mem_tokens")
+
+    def __init__(self, memory: Optional[LayerMemory], num_mem_tokens: int):
+        self.memory = memory
+        self.written: Optional[LayerMemory] = None
+        self.num_mem_tokens = num_mem_tokens
+
+
+class AssociativeMemory(nn.Module):
+    """Projections of one layer's memory: ``W_mq``, ``W_mk`` (d_model -> d_mem),
+    ``W_mv`` (d_model -> d_model, zero at init so a fresh memory reads zero) and ``W_mb``
+    (write strength; d_model -> n_heads, or d_model -> d_model with gating).
+
+    Example:
+        >>> import torch
+        >>> mem = AssociativeMemory(32, ARMTConfig(num_mem_tokens=4, d_mem=8))
+        >>> state = mem.write(torch.randn(2, 4, 32), None)
+        >>> mem.read(torch.randn(2, 10, 32), state).shape
+        torch.Size([2, 10, 32])
+    """
+
+    def __init__(self, d_model: int, config: ARMTConfig, *, device=None, dtype=None):
+        super().__init__()
+        if d_model % config.n_heads != 0:
+            raise ValueError(
+                f"n_heads={config.n_heads} does not divide the model width {d_model}; "
+                "choose n_heads that divides both d_mem and the hidden size."
+            )
+        kw = dict(device=device, dtype=dtype)
+        self.n_heads = config.n_heads
+        self.nu = config.dpfp_nu
+        self.use_denom = config.use_denom
+        self.correction = config.correction
+        self.W_mq = nn.Linear(d_model, config.d_mem, bias=False, **kw)
+        self.W_mk = nn.Linear(d_model, config.d_mem, bias=False, **kw)
+        self.W_mv = nn.Linear(d_model, d_model, bias=False, **kw)
+        self.W_mb = nn.Linear(d_model, d_model if config.gating else config.n_heads, **kw)
+        nn.init.zeros_(self.W_mv.weight)
+        self.ops = ops.fused
+        self._io: Optional[_SegmentIO] = None
+
+    def _heads(self, x: Tensor) -> Tensor:
+        B, T, D = x.shape
+        return x.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, H, T, D/H)
+
+    def read(self, hidden: Tensor, memory: LayerMemory) -> Tensor:
+        """``hidden + read(memory)`` at every position; hidden is ``(B, T, d_model)``."""
+        q = self.ops.dpfp(self._heads(self.W_mq(hidden)), self.nu)  # (B, H, T, d_key/H)
+        out = self.ops.read(q, memory.A, memory.z)  # (B, H, T, d_model/H)
+        return hidden + out.transpose(1, 2).reshape(hidden.shape)
+
+    def write(self, mem_out: Tensor, memory: Optional[LayerMemory]) -> LayerMemory:
+        """Write the memory-token outputs ``(B, M, d_model)`` into ``memory`` (None = empty)."""
+        k = self.ops.dpfp(self._heads(self.W_mk(mem_out)), self.nu)  # (B, H, M, d_key/H)
+        v = self._heads(self.W_mv(mem_out))  # (B, H, M, d_model/H)
+        beta = self._heads(torch.sigmoid(self.W_mb(mem_out)))  # (B, H, M, 1 or d_model/H)
+        A, z = self.ops.write(
+            k, v, beta, None if memory is None else (memory.A, memory.z),
+            use_denom=self.use_denom, correction=self.correction,
+        )
+        return LayerMemory(A, z)
+
+    def empty_shape(self, batch_size: int, d_model: int) -> tuple[int, ...]:
+        d_key = 2 * self.nu * self.W_mq.out_features
+        return (batch_size, self.n_heads, d_key // self.n_heads, d_model // self.n_heads)
+
+    # hooks on the decoder layer -------------------------------------------------------
+    def attach(self, layer: nn.Module) -> list:
+        """Hook this memory onto ``layer``; returns the removable handles."""
+        return [
+            layer.register_forward_pre_hook(self._before_layer, with_kwargs=True),
+            layer.register_forward_hook(self._after_layer, with_kwargs=True),
+        ]
+
+    @contextmanager
+    def bind(self, memory: Optional[LayerMemory], num_mem_tokens: int) -> Iterator[_SegmentIO]:
+        """Make the hooks read ``memory`` and record the write, for one segment."""
+        if self._io is not None:
+            raise RuntimeError("This ARMT layer is already running a segment (re-entrant call).")
+        io = _SegmentIO(memory, num_mem_tokens)
+        self._io = io
+        try:
+            yield io
+        finally:
+            self._io = None
+
+    def _before_layer(self, module, args, kwargs):
+        io = self._io
+        if io is None or io.memory is None:
+            return None
+        if args:
+            return (self.read(args[0], io.memory),) + tuple(args[1:]), kwargs
+        kwargs = dict(kwargs)
+        kwargs["hidden_states"] = self.read(kwargs["hidden_states"], io.memory)
+        return args, kwargs
+
+    def _after_layer(self, module, args, kwargs, output):
+        io = self._io
+        if io is None:
+            return None
+        if io.written is not None:
+            raise RuntimeError(
+                f"{type(module).__name__} ran twice in one segment; ARMT cannot write its memory "
+                "twice. Disable the base model's own gradient checkpointing and use "
+                "ARMTConfig(gradient_checkpointing=True) instead."
+            )
+        hidden = output[0] if isinstance(output, (tuple, list)) else output
+        if not isinstance(hidden, Tensor):
+            raise TypeError(
+                f"{type(module).__name__} returned {type(output).__name__}; ARMT expects a tensor "
+                "or a tuple whose first item is the hidden states."
+            )
+        io.written = self.write(hidden[:, -io.num_mem_tokens:], io.memory)
+        return None

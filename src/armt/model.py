@@ -1,0 +1,263 @@
+"""ARMTForCausalLM: the recurrent loop over segments, the loss, truncated BPTT and
+per-segment gradient checkpointing."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+from transformers.utils import ModelOutput
+
+from .cell import ARMTCell
+from .config import ARMTConfig
+from .state import LayerMemory, MemoryState
+
+
+@dataclass
+class ARMTOutput(ModelOutput):
+    """Output of :class:`ARMTForCausalLM`.
+
+    Attributes:
+        loss: mean cross-entropy over the selected pairs (``None`` without labels).
+        logits: ``(B, L, vocab)``, or only the last segment's with ``output_only_last_segment``.
+        memory: the :class:`MemoryState` after the last segment; pass it as ``memory=`` to
+            continue the sequence.
+        segment_losses: ``(n_segments,)`` detached cross-entropy within each segment (the
+            official per-segment ``ce_loss``); NaN where a segment's loss was not computed.
+        num_loss_tokens: how many pairs the loss averages over.
+    """
+
+    loss: Optional[Tensor] = None
+    logits: Optional[Tensor] = None
+    memory: Optional[MemoryState] = None
+    segment_losses: Optional[Tensor] = None
+    num_loss_tokens: Optional[Tensor] = None
+
+
+def segment_bounds(length: int, segment_size: int, alignment: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of every segment, split as the official code splits.
+
+    Example:
+        >>> segment_bounds(10, 4, "left"), segment_bounds(10, 4, "right")
+        ([(0, 4), (4, 8), (8, 10)], [(0, 2), (2, 6), (6, 10)])
+    """
+    if alignment == "left":
+        starts = list(range(0, length, segment_size))
+    elif alignment == "right":
+        starts = sorted({max(0, e - segment_size) for e in range(length, 0, -segment_size)})
+    else:  # center: torch.chunk into ceil(length / segment_size) pieces
+        n = math.ceil(length / segment_size)
+        starts = list(range(0, length, math.ceil(length / n)))
+    return list(zip(starts, starts[1:] + [length]))
+
+
+class ARMTForCausalLM(nn.Module):
+    """Associative Recurrent Memory Transformer around any Hugging Face causal LM.
+
+    The input is split into segments of ``config.segment_size`` tokens; each segment gets
+    ``num_mem_tokens`` memory tokens at its end, every decoder layer reads its associative
+    memory before it runs and writes the memory tokens' outputs after. The memory is an
+    explicit value: ``memory=`` in, ``output.memory`` out.
+
+    Args:
+        base_model: a ``*ForCausalLM`` model (GPT-2, GPT-NeoX, Llama, Qwen2, Mistral, ...).
+            Its decoder layers get hooks; its weights and names are unchanged.
+        config: the :class:`ARMTConfig`; defaults to ``ARMTConfig()``.
+
+    Example:
+        >>> import torch
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> base = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=99))
+        >>> model = ARMTForCausalLM(base, ARMTConfig(num_mem_tokens=4, d_mem=8, segment_size=16))
+        >>> ids = torch.randint(99, (2, 40))
+        >>> out = model(ids, labels=ids)
+        >>> out.logits.shape, out.memory.segments
+        (torch.Size([2, 40, 99]), 3)
+        >>> more = model(ids[:, :16], memory=out.memory)  # continue the same sequences
+    """
+
+    def __init__(self, base_model: nn.Module, config: Optional[ARMTConfig] = None):
+        super().__init__()
+        if config is None:
+            config = ARMTConfig()
+        if not isinstance(config, ARMTConfig):
+            raise TypeError(f"config must be an ARMTConfig, got {type(config).__name__}.")
+        self.config = config
+        self.cell = ARMTCell(base_model, config)
+
+    @property
+    def base_model(self) -> nn.Module:
+        return self.cell.base_model
+
+    # checkpointing --------------------------------------------------------------------
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
+        """Recompute every segment in the backward pass (the Trainer calls this)."""
+        self.config.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.config.gradient_checkpointing = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.config.gradient_checkpointing
+
+    # input checks ---------------------------------------------------------------------
+    def _check_inputs(self, input_ids, inputs_embeds, attention_mask, labels, labels_mask, memory):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids (B, L) and inputs_embeds (B, L, d_model).")
+        if input_ids is not None:
+            if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
+                raise ValueError(
+                    "input_ids must be an integer tensor of shape (batch, length), got "
+                    f"{getattr(input_ids, 'shape', type(input_ids).__name__)}."
+                )
+            B, L = input_ids.shape
+        else:
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.cell.d_model:
+                raise ValueError(
+                    f"inputs_embeds must have shape (batch, length, {self.cell.d_model}), "
+                    f"got {tuple(inputs_embeds.shape)}."
+                )
+            B, L = inputs_embeds.shape[:2]
+        if L == 0 or B == 0:
+            raise ValueError(f"The input is empty (shape {(B, L)}); pass at least one token.")
+        for name, t in (("attention_mask", attention_mask), ("labels", labels), ("labels_mask", labels_mask)):
+            if t is not None and tuple(t.shape) != (B, L):
+                raise ValueError(f"{name} has shape {tuple(t.shape)} but the input is {(B, L)}; they must match.")
+        if labels is not None and labels.is_floating_point():
+            raise ValueError("labels must hold token ids (integers), with -100 for ignored positions.")
+        self.cell.check_memory(memory, B)
+        return B, L
+
+    # the recurrent loop ---------------------------------------------------------------
+    def _run_segment(self, embeds, mask, memory, compute_logits):
+        if not (self.config.gradient_checkpointing and torch.is_grad_enabled()):
+            return self.cell(embeds, mask, memory, compute_logits)
+        flat = [] if memory is None else [t for m in memory.layers for t in (m.A, m.z) if t is not None]
+        use_denom = self.config.use_denom
+
+        def run(embeds, *flat):
+            mem = None
+            if memory is not None:
+                step = 2 if use_denom else 1
+                mem = MemoryState(
+                    tuple(LayerMemory(flat[i], flat[i + 1] if use_denom else None)
+                          for i in range(0, len(flat), step)),
+                    memory.segments,
+                )
+            logits, new = self.cell(embeds, mask, mem, compute_logits)
+            return logits, new
+
+        return checkpoint(run, embeds, *flat, use_reentrant=False)
+
+    def forward(
+        self,
+        input_ids: Optional[Tensor] = None,
+        attention_mask: Optional[Tensor] = None,
+        labels: Optional[Tensor] = None,
+        labels_mask: Optional[Tensor] = None,
+        inputs_embeds: Optional[Tensor] = None,
+        memory: Optional[MemoryState] = None,
+        output_only_last_segment: bool = False,
+        **unused,
+    ) -> ARMTOutput:
+        """Run the whole input segment by segment.
+
+        Args:
+            input_ids: ``(B, L)`` token ids, any length.
+            attention_mask: ``(B, L)`` 1 for real tokens, 0 for padding.
+            labels: ``(B, L)`` targets; ``-100`` is ignored. As in Hugging Face models they
+                are shifted inside: logits at position t are scored against ``labels[t + 1]``,
+                over the concatenated segments (pairs crossing a boundary count).
+            labels_mask: ``(B, L)`` bool; as in the official code ``labels_mask[t]`` keeps the
+                pair (logits t, labels t + 1).
+            inputs_embeds: ``(B, L, d_model)`` instead of ``input_ids``.
+            memory: state returned by a previous call, to continue those sequences.
+            output_only_last_segment: return only the last segment's logits so that memory
+                does not grow with the input length (the loss is unchanged).
+        """
+        if unused:
+            bad = sorted(k for k, v in unused.items() if v is not None and k not in ("return_dict", "use_cache"))
+            if bad:
+                raise TypeError(f"ARMTForCausalLM.forward got unexpected arguments {bad}.")
+        B, L = self._check_inputs(input_ids, inputs_embeds, attention_mask, labels, labels_mask, memory)
+        if self.training and getattr(self.base_model, "is_gradient_checkpointing", False):
+            raise ValueError(
+                "The base model has Hugging Face gradient checkpointing on, which reruns layers and "
+                "would write the memory twice. Call base_model.gradient_checkpointing_disable() and "
+                "use ARMTConfig(gradient_checkpointing=True) (per segment) instead."
+            )
+        cfg = self.config
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None  # lets sdpa take its causal fast path
+        if labels_mask is not None:
+            labels_mask = labels_mask.bool()
+        embed = self.base_model.get_input_embeddings()
+        bounds = segment_bounds(L, cfg.segment_size, cfg.segment_alignment)
+        n = len(bounds)
+
+        logits_out, seg_losses = [], []
+        loss_sum = loss_count = None
+        for s, (a, b) in enumerate(bounds):
+            last = s == n - 1
+            wants_loss = labels is not None and (last or not cfg.last_segment_loss_only)
+            keep_logits = last or not output_only_last_segment
+            embeds = embed(input_ids[:, a:b]) if input_ids is not None else inputs_embeds[:, a:b]
+            mask = None if attention_mask is None else attention_mask[:, a:b]
+            logits, memory = self._run_segment(embeds, mask, memory, wants_loss or keep_logits)
+            if wants_loss:
+                ce_sum, ce_count, within = self._segment_loss(logits, labels, labels_mask, a, b, L, last)
+                if cfg.last_segment_loss_only:
+                    ce_sum, ce_count = within
+                loss_sum = ce_sum if loss_sum is None else loss_sum + ce_sum
+                loss_count = ce_count if loss_count is None else loss_count + ce_count
+                seg_losses.append((within[0] / within[1]).detach())
+            else:
+                seg_losses.append(None)
+            if keep_logits:
+                logits_out.append(logits)
+            if cfg.bptt_segments is not None and (s + 1) % cfg.bptt_segments == 0 and not last:
+                memory = memory.detach()
+
+        out = ARMTOutput(
+            logits=logits_out[0] if len(logits_out) == 1 else torch.cat(logits_out, dim=1),
+            memory=memory,
+        )
+        if labels is not None:
+            ref = next(x for x in seg_losses if x is not None)
+            nan = torch.full((), float("nan"), dtype=ref.dtype, device=ref.device)
+            out.loss = loss_sum / loss_count
+            out.num_loss_tokens = loss_count
+            out.segment_losses = torch.stack([nan if x is None else x for x in seg_losses])
+        return out
+
+    @staticmethod
+    def _segment_loss(logits, labels, labels_mask, a, b, L, last):
+        """CE of the pairs whose logits lie in segment [a, b).
+
+        Returns ``(sum, count, (sum_within, count_within))``; "within" leaves out the pair
+        that crosses into the next segment, as the official per-segment loss does.
+        """
+        end = min(b + 1, L)
+        targets = labels[:, a + 1:end]  # (B, T') with T' = T, or T - 1 at the end of the input
+        n_pairs = targets.shape[1]
+        valid = targets != -100
+        if labels_mask is not None:
+            valid = valid & labels_mask[:, a:a + n_pairs]
+        logits = logits[:, :n_pairs]
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        ce = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]),
+            torch.where(valid, targets, -100).reshape(-1),
+            ignore_index=-100,
+            reduction="none",
+        ).view(valid.shape)
+        n_within = (b - a) - 1
+        within = (ce[:, :n_within].sum(), valid[:, :n_within].sum())
+        return ce.sum(), valid.sum(), within

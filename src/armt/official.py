@@ -1,0 +1,171 @@
+"""Load checkpoints saved by the official ARMT code
+(``AssociativeRecurrentWrapper`` / ``AssociativeMemoryCell`` state dicts)."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import replace
+from typing import Any, Mapping, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .config import ARMTConfig
+from .model import ARMTForCausalLM
+
+_MEMORY_PARAM = re.compile(r"^model\.(?P<path>.+)\.(?P<idx>\d+)\.(?P<name>W_mq|W_mk|W_mv|W_mb)\.(?P<p>weight|bias)$")
+_WRAPPED_BASE = re.compile(r"^model\.(?P<path>.+)\.(?P<idx>\d+)\.layer\.(?P<rest>.+)$")
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Tensors of a checkpoint file: safetensors, or a PyTorch file opened with
+    ``weights_only=True`` (no arbitrary unpickling)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Checkpoint {path!r} does not exist.")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, Mapping) and "model_state_dict" in state:
+        state = state["model_state_dict"]
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path!r} holds a {type(state).__name__}, not a state dict.")
+    return dict(state)
+
+
+def convert_official_state_dict(state_dict: Mapping[str, Tensor]) -> tuple[dict, dict, dict[str, Any]]:
+    """Split an official ARMT state dict into this library's names.
+
+    Returns:
+        ``(base_state_dict, armt_state_dict, inferred)``: the Hugging Face parameters of the
+        base model, the ARMT parameters as named in :class:`armt.ARMTCell`
+        (``memory_tokens``, ``sink``, ``memory_layers.<i>.W_m*``), and what the weights tell
+        about the config (``num_mem_tokens``, ``d_mem``, ``n_heads``, ``gating``,
+        ``use_sink``, ``layers_path``).
+
+    Example:
+        >>> import torch
+        >>> sd = {"memory_cell.memory": torch.zeros(4, 8),
+        ...       "memory_cell.model.transformer.h.0.W_mq.weight": torch.zeros(2, 8),
+        ...       "memory_cell.model.transformer.h.0.layer.ln_1.weight": torch.ones(8)}
+        >>> base, armt_sd, info = convert_official_state_dict(sd)
+        >>> sorted(base), sorted(armt_sd), info["layers_path"]
+        (['transformer.h.0.ln_1.weight'], ['memory_layers.0.W_mq.weight', 'memory_tokens'], 'transformer.h')
+    """
+    base: dict[str, Tensor] = {}
+    armt: dict[str, Tensor] = {}
+    paths: set[str] = set()
+    unknown = []
+    for raw_name, tensor in state_dict.items():
+        name = raw_name
+        for prefix in ("module.", "memory_cell."):
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+        if name == "memory":
+            armt["memory_tokens"] = tensor
+        elif name == "sink":
+            armt["sink"] = tensor
+        elif name.startswith("layers."):
+            continue  # aliases of the per-layer tensors, same storage
+        elif (m := _MEMORY_PARAM.match(name)) is not None:
+            paths.add(m["path"])
+            armt[f"memory_layers.{m['idx']}.{m['name']}.{m['p']}"] = tensor
+        elif (m := _WRAPPED_BASE.match(name)) is not None:
+            paths.add(m["path"])
+            base[f"{m['path']}.{m['idx']}.{m['rest']}"] = tensor
+        elif name.startswith("model."):
+            base[name[len("model."):]] = tensor
+        else:
+            unknown.append(raw_name)
+    if unknown:
+        raise ValueError(
+            f"Names not from an official ARMT checkpoint: {unknown[:5]}"
+            f"{' ...' if len(unknown) > 5 else ''}. Expected memory_cell.memory, "
+            "memory_cell.model.<layers>.<i>.W_m*, memory_cell.model.<hf name>."
+        )
+    if "memory_tokens" not in armt or not paths:
+        raise ValueError("No memory tokens or memory layers found: this is not an ARMT checkpoint.")
+    if len(paths) > 1:
+        raise ValueError(f"Memory layers under several paths {sorted(paths)}; cannot tell the decoder layers.")
+    num_mem_tokens, d_model = armt["memory_tokens"].shape
+    d_mem = armt["memory_layers.0.W_mq.weight"].shape[0]
+    n_beta = armt["memory_layers.0.W_mb.weight"].shape[0]
+    gating = n_beta == d_model and d_model > 1
+    inferred = dict(
+        num_mem_tokens=int(num_mem_tokens),
+        d_mem=int(d_mem),
+        gating=bool(gating),
+        use_sink="sink" in armt,
+        layers_path=paths.pop(),
+    )
+    if not gating:
+        inferred["n_heads"] = int(n_beta)
+    return base, armt, inferred
+
+
+def load_official_checkpoint(
+    base_model: nn.Module,
+    checkpoint: str | os.PathLike | Mapping[str, Tensor],
+    config: Optional[ARMTConfig] = None,
+) -> ARMTForCausalLM:
+    """Build an :class:`ARMTForCausalLM` from an official ARMT checkpoint.
+
+    Args:
+        base_model: a model of the same architecture as the one the checkpoint was trained
+            from (its weights are replaced by the checkpoint's).
+        checkpoint: a path (``.safetensors``, ``.bin``, ``.pt``) or a state dict.
+        config: the options the weights cannot tell (``segment_size``, ``n_heads`` with
+            gating, ``use_denom``, ``correction``, ...). Fields the weights tell are filled
+            in where the config leaves them at their defaults; a contradiction is an error.
+
+    Example:
+        ``model = load_official_checkpoint(AutoModelForCausalLM.from_config(cfg), "model_best/pytorch_model.bin",
+        ARMTConfig(segment_size=512))``
+    """
+    state = checkpoint if isinstance(checkpoint, Mapping) else read_state_dict(checkpoint)
+    base_sd, armt_sd, inferred = convert_official_state_dict(state)
+    if config is None:
+        config = ARMTConfig(**inferred)
+    else:
+        # fields left at their defaults are filled from the weights; fields set otherwise must agree
+        defaults = ARMTConfig()
+        given = {k: getattr(config, k) for k in inferred if getattr(config, k) != getattr(defaults, k)}
+        clash = {k: (v, inferred[k]) for k, v in given.items() if v != inferred[k]}
+        if clash:
+            raise ValueError(
+                "The checkpoint contradicts the config: "
+                + ", ".join(f"{k}={v!r} but the weights say {w!r}" for k, (v, w) in clash.items())
+                + ". Drop these fields from the config or fix them."
+            )
+        config = replace(config, **inferred)
+    model = ARMTForCausalLM(base_model, config)
+    missing, unexpected = base_model.load_state_dict(base_sd, strict=False)
+    tied = _tied_names(base_model)
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise ValueError(
+            f"The checkpoint's base weights do not fit {type(base_model).__name__}: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}. Build the base model from the "
+            "config the checkpoint was trained with."
+        )
+    model.cell.load_state_dict(armt_sd, strict=False)
+    cell_missing = [k for k in model.cell.state_dict() if not k.startswith("base_model.") and k not in armt_sd]
+    if cell_missing:
+        raise ValueError(f"The checkpoint lacks ARMT weights {cell_missing[:5]}.")
+    return model
+
+
+def _tied_names(model: nn.Module) -> set[str]:
+    """Parameter names that share storage with another parameter (e.g. a tied lm_head)."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            tied.add(name)
+            tied.add(seen[id(p)])
+        else:
+            seen[id(p)] = name
+    return tied

@@ -1,0 +1,13 @@
+"""The memory maths of ARMT.
+
+``reference`` is a loop-based version written to be obviously right; ``fused`` is the
+vectorised version the model runs. Both expose ``dpfp``, ``read`` and ``write`` with the
+same signatures, and the tests hold them equal on outputs, states and gradients.
+"""
+
+from . import fused, reference
+from .fused import dpfp, read, write
+
+__all__ = ["dpfp", "read", "write", "fused", "reference", "EPS"]
+
+EPS = fused.EPS

@@ -1,0 +1,91 @@
+"""Vectorised associative memory: the same maths as :mod:`armt.ops.reference`, as a few
+batched matmuls per segment and layer."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+EPS = 1e-5
+
+
+@lru_cache(maxsize=64)
+def _roll_index(n: int, nu: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    base = torch.arange(n, device=device)
+    # roll(u, j)[i] == u[(i - j) mod n]; all nu rolls gathered in one index_select
+    rolled = torch.cat([(base - j) % n for j in range(1, nu + 1)])
+    return base.repeat(nu), rolled
+
+
+def dpfp(x: Tensor, nu: int) -> Tensor:
+    """DPFP feature map followed by L2 normalisation: ``(..., d) -> (..., 2 * nu * d)``."""
+    u = torch.cat([F.relu(x), F.relu(-x)], dim=-1)
+    same, rolled = _roll_index(u.shape[-1], nu, u.device)
+    f = u.index_select(-1, same) * u.index_select(-1, rolled)
+    return F.normalize(f, p=2.0, dim=-1)
+
+
+def read(q: Tensor, A: Tensor, z: Optional[Tensor]) -> Tensor:
+    """Read the memory at every query: ``(q A) / (q . z + eps)``.
+
+    Args:
+        q: ``(B, H, T, d_key)`` query features (already through :func:`dpfp`).
+        A: ``(B, H, d_key, d_value)``.
+        z: ``(B, H, d_key)`` or ``None`` (no normaliser).
+
+    Returns:
+        ``(B, H, T, d_value)``.
+    """
+    if z is None:
+        return q @ A
+    # numerator and denominator in one matmul: [A | z] is (B, H, d_key, d_value + 1)
+    out = q @ torch.cat([A, z.unsqueeze(-1)], dim=-1)
+    return out[..., :-1] / (out[..., -1:] + EPS)
+
+
+def write(
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    memory: Optional[tuple[Tensor, Optional[Tensor]]],
+    *,
+    use_denom: bool,
+    correction: bool,
+) -> tuple[Tensor, Optional[Tensor]]:
+    """Write the memory tokens of one segment with the delta rule.
+
+    Args:
+        k: ``(B, H, M, d_key)`` key features (already through :func:`dpfp`).
+        v: ``(B, H, M, d_value)`` values.
+        beta: ``(B, H, M, 1)`` write strength per head, or ``(B, H, M, d_value)`` with gating.
+        memory: ``(A, z)`` before the write, or ``None`` for the empty memory.
+        use_denom: keep and use the normaliser ``z``.
+        correction: scale the ``z`` update by the detached ``gamma``.
+
+    Returns:
+        ``(A, z)`` after the write; ``z`` is ``None`` when ``use_denom`` is False.
+    """
+    kt = k.transpose(-1, -2)  # (B, H, d_key, M)
+    if memory is None:
+        A = kt @ (beta * v)
+        z = k.sum(dim=-2) if use_denom else None
+        return A, z
+    A_old, z_old = memory
+    if use_denom:
+        out = k @ torch.cat([A_old, z_old.unsqueeze(-1)], dim=-1)  # (B, H, M, d_value + 1)
+        denom = out[..., -1:] + EPS
+        v_old = out[..., :-1] / denom
+        if correction:
+            gamma = (1 - denom / (k * k).sum(dim=-1, keepdim=True)).clamp(0, 1).detach()
+            z = z_old + (gamma.transpose(-1, -2) @ k).squeeze(-2)
+        else:
+            z = z_old + k.sum(dim=-2)
+    else:
+        v_old = k @ A_old
+        z = None
+    A = A_old + kt @ (beta * (v - v_old))
+    return A, z

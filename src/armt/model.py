@@ -56,6 +56,14 @@ def segment_bounds(length: int, segment_size: int, alignment: str) -> list[tuple
     return list(zip(starts, starts[1:] + [length]))
 
 
+def _base_checkpointing_on(base: nn.Module) -> bool:
+    # transformers 5 renamed the flag; read the new name first to avoid its deprecation warning
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if hasattr(type(base), name):
+            return bool(getattr(base, name))
+    return False
+
+
 class ARMTForCausalLM(nn.Module):
     """Associative Recurrent Memory Transformer around any Hugging Face causal LM.
 
@@ -186,7 +194,7 @@ class ARMTForCausalLM(nn.Module):
             if bad:
                 raise TypeError(f"ARMTForCausalLM.forward got unexpected arguments {bad}.")
         B, L = self._check_inputs(input_ids, inputs_embeds, attention_mask, labels, labels_mask, memory)
-        if self.training and getattr(self.base_model, "is_gradient_checkpointing", False):
+        if self.training and _base_checkpointing_on(self.base_model):
             raise ValueError(
                 "The base model has Hugging Face gradient checkpointing on, which reruns layers and "
                 "would write the memory twice. Call base_model.gradient_checkpointing_disable() and "

@@ -142,7 +142,14 @@ def load_official_checkpoint(
             )
         config = replace(config, **inferred)
     model = ARMTForCausalLM(base_model, config)
-    missing, unexpected = base_model.load_state_dict(base_sd, strict=False)
+    try:
+        missing, unexpected = base_model.load_state_dict(base_sd, strict=False)
+        model.cell.load_state_dict(armt_sd, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise ValueError(
+            f"The checkpoint's weights do not fit {type(base_model).__name__}: {err}. Build the base "
+            "model from the config the checkpoint was trained with."
+        ) from None
     tied = _tied_names(base_model)
     missing = [k for k in missing if k not in tied]
     if missing or unexpected:
@@ -151,7 +158,6 @@ def load_official_checkpoint(
             f"missing {missing[:5]}, unexpected {unexpected[:5]}. Build the base model from the "
             "config the checkpoint was trained with."
         )
-    model.cell.load_state_dict(armt_sd, strict=False)
     cell_missing = [k for k in model.cell.state_dict() if not k.startswith("base_model.") and k not in armt_sd]
     if cell_missing:
         raise ValueError(f"The checkpoint lacks ARMT weights {cell_missing[:5]}.")

@@ -1,0 +1,116 @@
+"""Parity with the official ARMT code on the dumps in ../shared/reference, and the converter."""
+
+import json
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+
+import armt
+from armt.official import convert_official_state_dict, load_official_checkpoint
+
+
+def _base(kind):
+    torch.manual_seed(123)  # any seed: every weight comes from the checkpoint
+    if kind == "gpt2":
+        cfg = transformers.GPT2Config(n_layer=4, n_embd=128, n_head=4, vocab_size=1000, n_positions=1024)
+    else:
+        cfg = transformers.LlamaConfig(num_hidden_layers=4, hidden_size=128, num_attention_heads=4,
+                                       num_key_value_heads=2, intermediate_size=256, vocab_size=1000,
+                                       max_position_embeddings=1024)
+    cfg._attn_implementation = "sdpa"
+    return transformers.AutoModelForCausalLM.from_config(cfg)
+
+
+def _trace(model):
+    """Record, per segment and layer, what the official dumps call pre_read, post_read and block_out."""
+    rec = {}
+    handles = []
+    path, layers = armt.find_decoder_layers(model.base_model)
+
+    def hidden(args, kwargs):
+        return args[0] if args else kwargs["hidden_states"]
+
+    for i, layer in enumerate(layers):
+        def pre(mod, args, kwargs, i=i):
+            rec.setdefault(("pre_read", i), []).append(hidden(args, kwargs).detach().clone())
+        def post(mod, args, kwargs, i=i):
+            rec.setdefault(("post_read", i), []).append(hidden(args, kwargs).detach().clone())
+        def out(mod, args, kwargs, output, i=i):
+            o = output[0] if isinstance(output, tuple) else output
+            rec.setdefault(("block_out", i), []).append(o.detach().clone())
+        handles += [layer.register_forward_pre_hook(pre, with_kwargs=True, prepend=True),
+                    layer.register_forward_pre_hook(post, with_kwargs=True),
+                    layer.register_forward_hook(out, with_kwargs=True)]
+    return rec, handles
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_matches_official_outputs(kind, reference_dir):
+    meta = json.loads((reference_dir / f"{kind}_meta.json").read_text())
+    io = load_file(reference_dir / f"{kind}_io.safetensors")
+    official = load_file(reference_dir / f"{kind}_state_dict.safetensors")
+    model = load_official_checkpoint(_base(kind), official, armt.ARMTConfig(segment_size=meta["armt"]["segment_size"]))
+    model.eval()
+    cfg = model.config
+    assert (cfg.num_mem_tokens, cfg.d_mem, cfg.n_heads, cfg.layers_path) == (
+        16, 32, 1, meta["armt"]["layers_attr"])
+
+    rec, handles = _trace(model)
+    out = model(io["input_ids"], attention_mask=io["attention_mask"], labels=io["labels"],
+                labels_mask=io["labels_mask"].bool())
+    for h in handles:
+        h.remove()
+
+    assert (out.logits - io["logits"]).abs().max() <= 1e-4
+    assert out.loss.item() == pytest.approx(meta["loss"], abs=1e-5)
+    torch.testing.assert_close(out.segment_losses, torch.tensor(meta["per_segment_ce_loss"]), rtol=0, atol=1e-5)
+    for i, layer in enumerate(out.memory.layers):
+        torch.testing.assert_close(layer.A, io[f"state.layer{i}.W_mem"], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(layer.z, io[f"state.layer{i}.z"], rtol=1e-4, atol=1e-5)
+    n_seg = len(meta["inputs"]["segments"])
+    for what in ("pre_read", "post_read", "block_out"):
+        for i in range(4):
+            assert len(rec[(what, i)]) == n_seg
+            for s in range(n_seg):
+                expected = io[f"trace.seg{s}.layer{i}.{what}"]
+                assert (rec[(what, i)][s] - expected).abs().max() <= 1e-4, (what, i, s)
+
+    out.loss.backward()
+    grads = load_file(reference_dir / f"{kind}_grads.safetensors")
+    base_grads, armt_grads, _ = convert_official_state_dict(grads)
+    ours = dict(model.base_model.named_parameters())
+    ours.update({k: v for k, v in model.cell.named_parameters() if not k.startswith("base_model.")})
+    checked = 0
+    for name, ref in {**base_grads, **armt_grads}.items():
+        if name not in ours:  # the tied lm_head appears once in named_parameters
+            continue
+        g = ours[name].grad
+        rel = ((g - ref).norm() / ref.norm().clamp_min(1e-12)).item()
+        assert rel <= 1e-3, (name, rel)
+        checked += 1
+    assert checked == len(list(model.parameters()))
+
+
+def test_converter_infers_config_and_rejects_contradictions(reference_dir):
+    official = load_file(reference_dir / "gpt2_state_dict.safetensors")
+    base, armt_sd, info = convert_official_state_dict(official)
+    assert info == dict(num_mem_tokens=16, d_mem=32, gating=False, use_sink=False,
+                        layers_path="transformer.h", n_heads=1)
+    assert "transformer.h.0.attn.c_attn.weight" in base and "memory_layers.3.W_mb.bias" in armt_sd
+    assert not any(k.startswith("layers.") for k in armt_sd)
+    with pytest.raises(ValueError, match="d_mem=48 but the weights say 32"):
+        load_official_checkpoint(_base("gpt2"), official, armt.ARMTConfig(d_mem=48, segment_size=128))
+    with pytest.raises(ValueError, match="layers_path='transformer.h' does not exist on LlamaForCausalLM"):
+        load_official_checkpoint(_base("llama"), official)
+    wide = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=4, n_embd=64, n_head=4, vocab_size=1000))
+    with pytest.raises(ValueError, match="do not fit GPT2LMHeadModel"):
+        load_official_checkpoint(wide, official)
+
+
+def test_converter_rejects_foreign_names():
+    with pytest.raises(ValueError, match="not from an official ARMT checkpoint"):
+        convert_official_state_dict({"encoder.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match="not an ARMT checkpoint"):
+        convert_official_state_dict({"memory_cell.model.lm_head.weight": torch.zeros(1)})

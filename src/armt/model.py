@@ -102,6 +102,25 @@ class ARMTForCausalLM(nn.Module):
     def base_model(self) -> nn.Module:
         return self.cell.base_model
 
+    # saving ---------------------------------------------------------------------------
+    def save_pretrained(self, save_directory, *, save_base: bool = False, overwrite: bool = False) -> None:
+        """Write the ARMT config and weights (and the base model with ``save_base=True``).
+
+        Example:
+            ``model.save_pretrained("runs/armt"); ARMTForCausalLM.from_pretrained("runs/armt", base_model=base)``
+        """
+        from .saving import save_pretrained
+
+        save_pretrained(self, save_directory, save_base=save_base, overwrite=overwrite)
+
+    @classmethod
+    def from_pretrained(cls, directory, base_model=None, **base_kwargs) -> "ARMTForCausalLM":
+        """Load a directory written by :meth:`save_pretrained` onto ``base_model`` (a module, a
+        path or a Hub name; ``None`` uses the base saved in the directory)."""
+        from .saving import from_pretrained
+
+        return from_pretrained(cls, directory, base_model, **base_kwargs)
+
     # checkpointing --------------------------------------------------------------------
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
         """Recompute every segment in the backward pass (the Trainer calls this)."""

@@ -3,7 +3,6 @@ batched matmuls per segment and layer."""
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Optional
 
 import torch
@@ -13,19 +12,13 @@ from torch import Tensor
 EPS = 1e-5
 
 
-@lru_cache(maxsize=64)
-def _roll_index(n: int, nu: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    base = torch.arange(n, device=device)
-    # roll(u, j)[i] == u[(i - j) mod n]; all nu rolls gathered in one index_select
-    rolled = torch.cat([(base - j) % n for j in range(1, nu + 1)])
-    return base.repeat(nu), rolled
-
-
 def dpfp(x: Tensor, nu: int) -> Tensor:
     """DPFP feature map followed by L2 normalisation: ``(..., d) -> (..., 2 * nu * d)``."""
-    u = torch.cat([F.relu(x), F.relu(-x)], dim=-1)
-    same, rolled = _roll_index(u.shape[-1], nu, u.device)
-    f = u.index_select(-1, same) * u.index_select(-1, rolled)
+    u = torch.cat([x, -x], dim=-1).relu()  # (..., n), n = 2d
+    n = u.shape[-1]
+    # roll(u, j) = [u[n-j:], u[:n-j]]; the nu rolls side by side come from one copy of slices
+    rolled = torch.cat([piece for j in range(1, nu + 1) for piece in (u[..., n - j:], u[..., :n - j])], dim=-1)
+    f = (u.unsqueeze(-2) * rolled.unflatten(-1, (nu, n))).flatten(-2)  # (..., nu * n)
     return F.normalize(f, p=2.0, dim=-1)
 
 

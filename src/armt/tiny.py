@@ -1,0 +1,35 @@
+"""Small random base models (the configurations of the official reference dumps), for demos,
+benchmarks and tests; nothing is downloaded."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+TINY_FAMILIES = ("gpt2", "llama")
+
+
+def tiny_base_model(family: str = "gpt2", *, layers: int = 4, hidden: int = 128, vocab: int = 1000,
+                    max_positions: int = 1024, attn: str = "sdpa", seed: int = 0) -> nn.Module:
+    """A random GPT-2 or Llama causal LM; the defaults are the reference dumps' configs.
+
+    Example:
+        >>> tiny_base_model("llama").config.num_hidden_layers
+        4
+    """
+    import transformers
+
+    if family == "gpt2":
+        cfg = transformers.GPT2Config(n_layer=layers, n_embd=hidden, n_head=max(1, hidden // 32),
+                                      vocab_size=vocab, n_positions=max_positions,
+                                      bos_token_id=vocab - 1, eos_token_id=vocab - 1)
+    elif family == "llama":
+        heads = max(1, hidden // 32)
+        cfg = transformers.LlamaConfig(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
+                                       num_key_value_heads=max(1, heads // 2), intermediate_size=2 * hidden,
+                                       vocab_size=vocab, max_position_embeddings=max_positions)
+    else:
+        raise ValueError(f"family={family!r} is not a tiny family; use one of {TINY_FAMILIES}.")
+    cfg._attn_implementation = attn
+    torch.manual_seed(seed)
+    return transformers.AutoModelForCausalLM.from_config(cfg).eval()

@@ -191,7 +191,8 @@ class ARMTForCausalLM(nn.Module):
         inputs_embeds: Optional[Tensor] = None,
         memory: Optional[MemoryState] = None,
         output_only_last_segment: bool = False,
-        **unused,
+        return_dict: Optional[bool] = None,
+        use_cache: Optional[bool] = None,
     ) -> ARMTOutput:
         """Run the whole input segment by segment.
 
@@ -207,11 +208,9 @@ class ARMTForCausalLM(nn.Module):
             memory: state returned by a previous call, to continue those sequences.
             output_only_last_segment: return only the last segment's logits so that memory
                 does not grow with the input length (the loss is unchanged).
+            return_dict, use_cache: accepted for Hugging Face callers and ignored (the output
+                is always an :class:`ARMTOutput`; segments keep no key/value cache).
         """
-        if unused:
-            bad = sorted(k for k, v in unused.items() if v is not None and k not in ("return_dict", "use_cache"))
-            if bad:
-                raise TypeError(f"ARMTForCausalLM.forward got unexpected arguments {bad}.")
         B, L = self._check_inputs(input_ids, inputs_embeds, attention_mask, labels, labels_mask, memory)
         if self.training and _base_checkpointing_on(self.base_model):
             raise ValueError(

@@ -112,5 +112,8 @@ def test_converter_infers_config_and_rejects_contradictions(reference_dir):
 def test_converter_rejects_foreign_names():
     with pytest.raises(ValueError, match="not from an official ARMT checkpoint"):
         convert_official_state_dict({"encoder.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match="lacks ARMT weights \\['memory_layers.0.W_mk.weight'"):
+        convert_official_state_dict({"memory_cell.memory": torch.zeros(2, 4),
+                                     "memory_cell.model.h.0.W_mq.weight": torch.zeros(2, 4)})
     with pytest.raises(ValueError, match="not an ARMT checkpoint"):
         convert_official_state_dict({"memory_cell.model.lm_head.weight": torch.zeros(1)})

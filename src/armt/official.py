@@ -48,12 +48,14 @@ def convert_official_state_dict(state_dict: Mapping[str, Tensor]) -> tuple[dict,
 
     Example:
         >>> import torch
-        >>> sd = {"memory_cell.memory": torch.zeros(4, 8),
-        ...       "memory_cell.model.transformer.h.0.W_mq.weight": torch.zeros(2, 8),
-        ...       "memory_cell.model.transformer.h.0.layer.ln_1.weight": torch.ones(8)}
+        >>> layer = "memory_cell.model.transformer.h.0."
+        >>> sd = {"memory_cell.memory": torch.zeros(4, 8), layer + "layer.ln_1.weight": torch.ones(8),
+        ...       layer + "W_mq.weight": torch.zeros(2, 8), layer + "W_mk.weight": torch.zeros(2, 8),
+        ...       layer + "W_mv.weight": torch.zeros(8, 8), layer + "W_mb.weight": torch.zeros(1, 8),
+        ...       layer + "W_mb.bias": torch.zeros(1)}
         >>> base, armt_sd, info = convert_official_state_dict(sd)
-        >>> sorted(base), sorted(armt_sd), info["layers_path"]
-        (['transformer.h.0.ln_1.weight'], ['memory_layers.0.W_mq.weight', 'memory_tokens'], 'transformer.h')
+        >>> sorted(base), info["layers_path"], info["d_mem"], info["n_heads"]
+        (['transformer.h.0.ln_1.weight'], 'transformer.h', 2, 1)
     """
     base: dict[str, Tensor] = {}
     armt: dict[str, Tensor] = {}
@@ -88,6 +90,12 @@ def convert_official_state_dict(state_dict: Mapping[str, Tensor]) -> tuple[dict,
         )
     if "memory_tokens" not in armt or not paths:
         raise ValueError("No memory tokens or memory layers found: this is not an ARMT checkpoint.")
+    layer_ids = sorted({int(k.split(".")[1]) for k in armt if k.startswith("memory_layers.")})
+    required = ("W_mq.weight", "W_mk.weight", "W_mv.weight", "W_mb.weight", "W_mb.bias")
+    lacking = [f"memory_layers.{i}.{w}" for i in layer_ids for w in required
+               if f"memory_layers.{i}.{w}" not in armt]
+    if lacking:
+        raise ValueError(f"The checkpoint lacks ARMT weights {lacking[:5]}; it is incomplete or not from ARMT.")
     if len(paths) > 1:
         raise ValueError(f"Memory layers under several paths {sorted(paths)}; cannot tell the decoder layers.")
     num_mem_tokens, d_model = armt["memory_tokens"].shape

@@ -262,3 +262,18 @@ def test_float32_training_step_runs_and_changes_memory_params():
     loss.backward()
     opt.step()
     assert torch.isfinite(loss) and not torch.equal(before, model.cell.memory_layers[0].W_mq.weight)
+
+
+def test_deepcopy_gets_its_own_hooks():
+    import copy
+
+    model = tiny_armt("gpt2")
+    clone = copy.deepcopy(model)
+    ids = _ids(1, 20)
+    with torch.no_grad():
+        before = model(ids).logits
+        torch.testing.assert_close(clone(ids).logits, before, rtol=0, atol=0)
+        for mem in clone.cell.memory_layers:
+            mem.W_mv.weight.mul_(3)
+        assert (clone(ids).logits - before).abs().max() > 1e-6
+        torch.testing.assert_close(model(ids).logits, before, rtol=0, atol=0)

@@ -14,7 +14,7 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor, nn
 
-from . import ops
+from .ops import fused
 from .config import ARMTConfig
 from .state import LayerMemory
 
@@ -60,7 +60,6 @@ class AssociativeMemory(nn.Module):
         self.W_mv = nn.Linear(d_model, d_model, bias=False, **kw)
         self.W_mb = nn.Linear(d_model, d_model if config.gating else config.n_heads, **kw)
         nn.init.zeros_(self.W_mv.weight)
-        self.ops = ops.fused
         self._io: Optional[_SegmentIO] = None
 
     def _heads(self, x: Tensor) -> Tensor:
@@ -69,16 +68,16 @@ class AssociativeMemory(nn.Module):
 
     def read(self, hidden: Tensor, memory: LayerMemory) -> Tensor:
         """``hidden + read(memory)`` at every position; hidden is ``(B, T, d_model)``."""
-        q = self.ops.dpfp(self._heads(self.W_mq(hidden)), self.nu)  # (B, H, T, d_key/H)
-        out = self.ops.read(q, memory.A, memory.z)  # (B, H, T, d_model/H)
+        q = fused.dpfp(self._heads(self.W_mq(hidden)), self.nu)  # (B, H, T, d_key/H)
+        out = fused.read(q, memory.A, memory.z)  # (B, H, T, d_model/H)
         return hidden + out.transpose(1, 2).reshape(hidden.shape)
 
     def write(self, mem_out: Tensor, memory: Optional[LayerMemory]) -> LayerMemory:
         """Write the memory-token outputs ``(B, M, d_model)`` into ``memory`` (None = empty)."""
-        k = self.ops.dpfp(self._heads(self.W_mk(mem_out)), self.nu)  # (B, H, M, d_key/H)
+        k = fused.dpfp(self._heads(self.W_mk(mem_out)), self.nu)  # (B, H, M, d_key/H)
         v = self._heads(self.W_mv(mem_out))  # (B, H, M, d_model/H)
         beta = self._heads(torch.sigmoid(self.W_mb(mem_out)))  # (B, H, M, 1 or d_model/H)
-        A, z = self.ops.write(
+        A, z = fused.write(
             k, v, beta, None if memory is None else (memory.A, memory.z),
             use_denom=self.use_denom, correction=self.correction,
         )

@@ -88,7 +88,7 @@ def main() -> None:
 
     print(f"threads={args.threads} batch={args.batch} segment={segment} mem_tokens=16 d_mem=32 "
           f"torch={torch.__version__}")
-    print(f"| model | tokens | train bare (s) | train ARMT (s) | train ratio | infer bare (s) | infer ARMT (s) | infer ratio |")
+    print("| model | tokens | train bare (s) | train ARMT (s) | train ratio | infer bare (s) | infer ARMT (s) | infer ratio |")
     print("|---|---|---|---|---|---|---|---|")
     for family in args.families:
         base = tiny_base_model(family).train()

@@ -4,7 +4,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import armt
 from armt import ARMTConfig, ARMTForCausalLM, segment_bounds
 
 from conftest import FAMILIES, tiny_armt, tiny_base

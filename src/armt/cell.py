@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .config import ARMTConfig
 from .layers import AssociativeMemory
-from .state import LayerMemory, MemoryState
+from .state import MemoryState
 from .targets import find_decoder_layers
 
 

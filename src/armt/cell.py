@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 from contextlib import ExitStack
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
 from torch import Tensor, nn
@@ -65,6 +65,31 @@ class ARMTCell(nn.Module):
     @property
     def num_layers(self) -> int:
         return len(self.memory_layers)
+
+    def armt_state_dict(self) -> dict[str, Tensor]:
+        """The ARMT weights only (memory tokens, sink, per-layer projections), no base weights."""
+        out = {"memory_tokens": self.memory_tokens.detach()}
+        if self.sink is not None:
+            out["sink"] = self.sink.detach()
+        out.update({f"memory_layers.{k}": v for k, v in self.memory_layers.state_dict().items()})
+        return out
+
+    def load_armt_state_dict(self, weights: Mapping[str, Tensor], source: str) -> None:
+        """Load exactly the ARMT weights; anything missing, extra or misshapen is an error
+        naming ``source``."""
+        expected = self.armt_state_dict()
+        missing = sorted(set(expected) - set(weights))
+        unexpected = sorted(set(weights) - set(expected))
+        wrong = [f"{k} {tuple(weights[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+                 if k in weights and weights[k].shape != v.shape]
+        if missing or unexpected or wrong:
+            raise ValueError(
+                f"{source} does not fit this ARMT model: missing {missing[:5]}, unexpected "
+                f"{unexpected[:5]}, wrong shapes {wrong[:5]}. It was made with another ARMTConfig or base."
+            )
+        with torch.no_grad():
+            for name, tensor in expected.items():
+                tensor.copy_(weights[name])
 
     def detach_hooks(self) -> None:
         """Remove the hooks from the base model's layers (the base model is then plain)."""

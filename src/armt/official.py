@@ -152,7 +152,6 @@ def load_official_checkpoint(
     model = ARMTForCausalLM(base_model, config)
     try:
         missing, unexpected = base_model.load_state_dict(base_sd, strict=False)
-        model.cell.load_state_dict(armt_sd, strict=False)
     except RuntimeError as err:  # shape mismatches
         raise ValueError(
             f"The checkpoint's weights do not fit {type(base_model).__name__}: {err}. Build the base "
@@ -166,9 +165,7 @@ def load_official_checkpoint(
             f"missing {missing[:5]}, unexpected {unexpected[:5]}. Build the base model from the "
             "config the checkpoint was trained with."
         )
-    cell_missing = [k for k in model.cell.state_dict() if not k.startswith("base_model.") and k not in armt_sd]
-    if cell_missing:
-        raise ValueError(f"The checkpoint lacks ARMT weights {cell_missing[:5]}.")
+    model.cell.load_armt_state_dict(armt_sd, "The checkpoint's ARMT weights")
     return model
 
 

@@ -41,8 +41,7 @@ def save_pretrained(model, save_directory: Union[str, os.PathLike], *, save_base
     if (out / CONFIG_NAME).exists() and not overwrite:
         raise FileExistsError(f"{out} already holds an ARMT model; pass overwrite=True to replace it.")
     out.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().contiguous() for k, v in model.cell.state_dict().items()
-               if not k.startswith("base_model.")}
+    weights = {k: v.contiguous() for k, v in model.cell.armt_state_dict().items()}
     save_file(weights, str(out / WEIGHTS_NAME), metadata={"format": _FORMAT})
     if save_base:
         model.base_model.save_pretrained(str(out))
@@ -83,9 +82,5 @@ def from_pretrained(cls, directory: Union[str, os.PathLike], base_model: Optiona
             f"{expected['hidden_size']}, {expected['num_layers']} layers); got "
             + ", ".join(f"{k}={g!r} instead of {e!r}" for k, (e, g) in clash.items()) + "."
         )
-    weights = load_file(str(directory / WEIGHTS_NAME))
-    missing, unexpected = model.cell.load_state_dict(weights, strict=False)
-    missing = [k for k in missing if not k.startswith("base_model.")]
-    if missing or unexpected:
-        raise ValueError(f"{directory / WEIGHTS_NAME} does not fit: missing {missing}, unexpected {unexpected}.")
+    model.cell.load_armt_state_dict(load_file(str(directory / WEIGHTS_NAME)), str(directory / WEIGHTS_NAME))
     return model

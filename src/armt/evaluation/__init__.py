@@ -1,0 +1,1 @@
+"""Evaluation: BABILong scoring, perplexity, tables and plots."""

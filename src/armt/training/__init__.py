@@ -1,0 +1,1 @@
+"""Training on the Hugging Face Trainer: config, curriculum, metrics."""

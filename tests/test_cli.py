@@ -1,16 +1,12 @@
 """The armt command line and save/load."""
 
-import pytest
 import torch
 import transformers
-from safetensors import safe_open
+from conftest import tiny_base
 from safetensors.torch import load_file
 
 import armt
 from armt.cli import main
-from armt.saving import WEIGHTS_NAME
-
-from conftest import tiny_armt, tiny_base
 
 
 def test_demo_runs_and_shows_identity(capsys):
@@ -38,18 +34,38 @@ def test_convert_official_end_to_end(tmp_path, reference_dir, capsys):
     assert main(args + ["--overwrite"]) == 0
 
 
-def test_save_pretrained_round_trip_holds_only_armt_weights(tmp_path):
-    model = tiny_armt("llama", use_sink=True)
-    ids = torch.randint(99, (1, 20))
-    model.save_pretrained(tmp_path / "m")
-    with safe_open(str(tmp_path / "m" / WEIGHTS_NAME), "pt") as f:
-        names = set(f.keys())
-    assert "memory_tokens" in names and "sink" in names
-    assert not any(n.startswith("base_model.") or n.startswith("model.") for n in names)
-    restored = armt.ARMTForCausalLM.from_pretrained(tmp_path / "m", base_model=tiny_base("llama", dtype=torch.float64)).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(restored(ids).logits, model(ids).logits, rtol=0, atol=0)
-    with pytest.raises(FileExistsError, match="overwrite=True"):
-        model.save_pretrained(tmp_path / "m")
-    with pytest.raises(ValueError, match="saved for a different base model \\(LlamaForCausalLM"):
-        armt.ARMTForCausalLM.from_pretrained(tmp_path / "m", base_model=tiny_base("gpt2"))
+def test_read_then_generate_from_the_shell(tmp_path, capsys):
+    from armt.data.tokenizer import train_bpe_tokenizer
+
+    text = "".join(f"Mary went to the kitchen {i} times. John took the apple.\n" for i in range(400))
+    book = tmp_path / "book.txt"
+    book.write_text(text)
+    model_dir = tmp_path / "model"
+    tok = train_bpe_tokenizer([text], vocab_size=300)
+    base = tiny_base("llama", vocab=len(tok))
+    model = armt.ARMTForCausalLM(base, armt.ARMTConfig(num_mem_tokens=4, d_mem=8, segment_size=64))
+    model.save_pretrained(model_dir, save_base=True)
+    tok.save_pretrained(model_dir)
+    mem = tmp_path / "mem.safetensors"
+
+    assert main(["read", "--model", str(model_dir), "--input", str(book), "--save-memory", str(mem),
+                 "--loss", "--quiet", "--chunk-chars", "1000"]) == 0
+    printed = capsys.readouterr().out
+    n_tokens = len(tok(text)["input_ids"])
+    assert f"read {n_tokens:,} tokens" in printed and "perplexity" in printed
+    state = armt.MemoryState.load(mem)
+    expected = model.eval()(tok(text, return_tensors="pt")["input_ids"]).memory
+    assert state.segments == expected.segments
+    torch.testing.assert_close(state.layers[-1].A, expected.layers[-1].A, rtol=1e-5, atol=1e-6)
+    # never overwrites a saved state without being asked
+    assert main(["read", "--model", str(model_dir), "--input", str(book), "--save-memory", str(mem),
+                 "--quiet"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+    assert main(["generate", "--model", str(model_dir), "--memory", str(mem), "--prompt", "Where is Mary?",
+                 "--max-new-tokens", "8"]) == 0
+    answer = capsys.readouterr().out
+    prompt = tok("Where is Mary?", return_tensors="pt")["input_ids"]
+    ids = model.generate(prompt, memory=state, max_new_tokens=8, do_sample=False,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    assert answer.rstrip("\n") == tok.decode(ids[0, prompt.shape[1]:], skip_special_tokens=True)

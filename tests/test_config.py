@@ -29,6 +29,7 @@ def test_round_trip_and_unknown_keys():
 
 def test_width_not_divisible_by_heads_is_refused():
     from conftest import tiny_base
+
     import armt
 
     with pytest.raises(ValueError, match="n_heads=3 does not divide the model width 32"):

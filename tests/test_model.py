@@ -3,10 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import FAMILIES, tiny_armt, tiny_base
 
 from armt import ARMTConfig, ARMTForCausalLM, segment_bounds
-
-from conftest import FAMILIES, tiny_armt, tiny_base
 
 
 def _ids(B, L, seed=0, vocab=99):

@@ -1,9 +1,8 @@
 import pytest
 import torch
+from conftest import tiny_armt
 
 from armt import MemoryState
-
-from conftest import tiny_armt
 
 
 def test_save_load_round_trip_continues_identically(tmp_path):

@@ -1,10 +1,9 @@
 import pytest
+from conftest import FAMILIES, tiny_base
 from torch import nn
 
 import armt
 from armt.targets import find_decoder_layers
-
-from conftest import FAMILIES, tiny_base
 
 EXPECTED = {"gpt2": "transformer.h", "gpt_neox": "gpt_neox.layers", "llama": "model.layers",
             "qwen2": "model.layers", "mistral": "model.layers"}

@@ -4,8 +4,8 @@ layer reading and writing its associative memory, giving logits and the new memo
 from __future__ import annotations
 
 import inspect
-from contextlib import ExitStack
-from typing import Mapping, Optional
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -14,6 +14,19 @@ from .config import ARMTConfig
 from .layers import AssociativeMemory
 from .state import MemoryState
 from .targets import find_decoder_layers
+
+
+def unwrap_adapters(model: nn.Module) -> nn.Module:
+    """The model that actually runs: for a peft ``PeftModel`` the wrapped transformers model.
+
+    peft injects its adapters into the wrapped model's modules in place, so calling that model
+    keeps them active while exposing the plain Hugging Face signature (``logits_to_keep``,
+    ``base_model`` without the head).
+    """
+    get = getattr(model, "get_base_model", None)
+    if callable(get) and type(model).__module__.split(".")[0] == "peft":
+        return get()
+    return model
 
 
 class ARMTCell(nn.Module):
@@ -37,7 +50,7 @@ class ARMTCell(nn.Module):
         super().__init__()
         self.config = config
         self.base_model = base_model
-        self.layers_path, layers = find_decoder_layers(base_model, config.layers_path)
+        self.layers_path, layers = find_decoder_layers(unwrap_adapters(base_model), config.layers_path)
         embeddings = base_model.get_input_embeddings()
         if embeddings is None or not hasattr(embeddings, "weight"):
             raise TypeError(
@@ -53,14 +66,19 @@ class ARMTCell(nn.Module):
         self.sink = nn.Parameter(torch.randn(1, self.d_model, **kw)) if config.use_sink else None
         self.memory_layers = nn.ModuleList(AssociativeMemory(self.d_model, config, **kw) for _ in layers)
         self._handles = [h for mem, layer in zip(self.memory_layers, layers) for h in mem.attach(layer)]
-        self._logits_to_keep = "logits_to_keep" in inspect.signature(base_model.forward).parameters
+        self._logits_to_keep = "logits_to_keep" in inspect.signature(self.runner.forward).parameters
 
     @property
-    def _backbone(self) -> Optional[nn.Module]:
+    def runner(self) -> nn.Module:
+        """The module called for a segment (the base model, or the model inside a peft wrapper)."""
+        return unwrap_adapters(self.base_model)
+
+    @property
+    def _backbone(self) -> nn.Module | None:
         """The base model without its language-model head, for segments whose logits nobody
         needs (``None`` when the model does not expose one)."""
-        backbone = getattr(self.base_model, "base_model", None)
-        return backbone if isinstance(backbone, nn.Module) and backbone is not self.base_model else None
+        backbone = getattr(self.runner, "base_model", None)
+        return backbone if isinstance(backbone, nn.Module) and backbone is not self.runner else None
 
     @property
     def num_layers(self) -> int:
@@ -97,7 +115,7 @@ class ARMTCell(nn.Module):
             handle.remove()
         self._handles = []
 
-    def check_memory(self, memory: Optional[MemoryState], batch_size: int) -> None:
+    def check_memory(self, memory: MemoryState | None, batch_size: int) -> None:
         """Raise if ``memory`` was not made by a model of this config for this batch size."""
         if memory is None:
             return
@@ -122,13 +140,25 @@ class ARMTCell(nn.Module):
                     f"use_denom={self.config.use_denom}: the state comes from another config."
                 )
 
+    @contextmanager
+    def reading(self, memory: MemoryState | None) -> Iterator[None]:
+        """Within this context every decoder layer reads ``memory`` and nothing is written:
+        the base model can then run any number of times (Hugging Face ``generate`` with its
+        key/value cache) as the last segment of an ARMT sequence, without memory tokens."""
+        layers = [None] * self.num_layers if memory is None else memory.layers
+        with ExitStack() as stack:
+            for i, mem in enumerate(self.memory_layers):
+                stack.enter_context(mem.bind(layers[i], self.config.num_mem_tokens, write=False))
+            yield
+
     def forward(
         self,
         inputs_embeds: Tensor,
-        attention_mask: Optional[Tensor],
-        memory: Optional[MemoryState],
+        attention_mask: Tensor | None,
+        memory: MemoryState | None,
         compute_logits: bool = True,
-    ) -> tuple[Optional[Tensor], MemoryState]:
+        last_logits_only: bool = False,
+    ) -> tuple[Tensor | None, MemoryState]:
         """Run one segment.
 
         Args:
@@ -136,6 +166,7 @@ class ARMTCell(nn.Module):
             attention_mask: ``(B, T)`` padding mask of those tokens, or ``None`` (all real).
             memory: the state after the previous segment, ``None`` before the first.
             compute_logits: skip the language-model head when False.
+            last_logits_only: return the logits of the last token only, ``(B, 1, vocab)``.
 
         Returns:
             ``(logits (B, T, vocab) or None, new memory state)``.
@@ -161,10 +192,12 @@ class ARMTCell(nn.Module):
                 self._backbone(**kwargs)
                 logits = None
             elif compute_logits and self._logits_to_keep:
-                keep = torch.arange(offset, offset + T, device=embeds.device)
-                logits = self.base_model(**kwargs, logits_to_keep=keep).logits
+                first = offset + T - 1 if last_logits_only else offset
+                keep = torch.arange(first, offset + T, device=embeds.device)
+                logits = self.runner(**kwargs, logits_to_keep=keep).logits
             else:
-                logits = self.base_model(**kwargs).logits[:, offset:offset + T]
+                first = offset + T - 1 if last_logits_only else offset
+                logits = self.runner(**kwargs).logits[:, first:offset + T]
                 logits = logits if compute_logits else None
         missing = [i for i, io in enumerate(ios) if io.written is None]
         if missing:

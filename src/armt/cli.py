@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -69,6 +69,102 @@ def _convert_official(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace):
+    import torch
+
+    from . import ARMTForCausalLM
+    from .saving import load_tokenizer
+
+    torch.set_num_threads(args.threads)
+    kwargs = {} if args.dtype == "auto" else {"dtype": getattr(torch, args.dtype)}
+    model = ARMTForCausalLM.from_pretrained(args.model, base_model=args.base, **kwargs).eval()
+    if args.dtype != "auto":
+        model.to(getattr(torch, args.dtype))
+    return model.to(args.device), load_tokenizer(args.model, args.tokenizer)
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _read(args: argparse.Namespace) -> int:
+    import os
+
+    from .state import MemoryState
+    from .streaming import iter_text_tokens
+
+    if os.path.exists(args.save_memory) and not args.overwrite:
+        raise FileExistsError(f"{args.save_memory} exists; pass --overwrite to replace it.")
+    if not os.path.isfile(args.input):
+        raise FileNotFoundError(f"--input {args.input} is not a file.")
+    model, tokenizer = _load(args)
+    memory = MemoryState.load(args.memory, device=args.device) if args.memory else None
+    start = time.perf_counter()
+    # a byte count is a good enough bar total for most tokenizers (~4 bytes per token)
+    total = os.path.getsize(args.input) // 4
+    result = model.read(iter_text_tokens(args.input, tokenizer, chunk_chars=args.chunk_chars), memory,
+                        compute_loss=args.loss, progress=not args.quiet, total=total)
+    took = time.perf_counter() - start
+    if result.memory is None:
+        raise ValueError(f"--input {args.input} holds no tokens.")
+    result.memory.save(args.save_memory, overwrite=args.overwrite)
+    line = (f"read {result.tokens:,} tokens in {took:.1f}s ({result.tokens / took:,.0f} tokens/s), "
+            f"{result.memory.segments} segments in memory, peak RSS {_peak_rss_mib():,.0f} MiB; "
+            f"memory saved to {args.save_memory}")
+    if args.loss and result.loss is not None:
+        import math
+
+        line += f"; loss {result.loss:.4f} (perplexity {math.exp(result.loss):.2f})"
+    print(line)
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .state import MemoryState
+
+    model, tokenizer = _load(args)
+    memory = MemoryState.load(args.memory, device=args.device) if args.memory else None
+    ids = tokenizer(args.prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to(args.device)
+    if ids.shape[1] == 0:
+        raise ValueError("--prompt is empty; give the question or text to continue.")
+    torch.manual_seed(args.seed)
+    options = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample)
+    if args.do_sample:
+        options.update(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+    if args.repetition_penalty != 1.0:
+        options["repetition_penalty"] = args.repetition_penalty
+    if tokenizer.eos_token_id is not None:
+        options.setdefault("eos_token_id", tokenizer.eos_token_id)
+        options.setdefault("pad_token_id", tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                           else tokenizer.eos_token_id)
+    if args.stream:
+        from transformers import TextStreamer
+
+        options["streamer"] = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    out = model.generate(ids, memory=memory, **options)
+    if not args.stream:
+        print(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+    return 0
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="directory written by save_pretrained (or armt train)")
+    p.add_argument("--base", default=None,
+                   help="base model name or path, when the directory holds only the ARMT weights "
+                        "(default: the saved base, or the recorded name)")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer name or path (default: the one saved in --model, else the base's)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="dtype of the model")
+    p.add_argument("--memory", default=None, help="memory state (.safetensors) to start from")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="armt", description="Associative Recurrent Memory Transformer tools.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -95,10 +191,33 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--no-correction", action="store_true", help="the checkpoint was trained with correction=False")
     conv.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     conv.set_defaults(func=_convert_official)
+
+    rd = sub.add_parser("read", help="read a text file of any length into memory and save the state")
+    _add_model_args(rd)
+    rd.add_argument("--input", required=True, help="text file to read (streamed, never loaded whole)")
+    rd.add_argument("--save-memory", required=True, help="where to write the memory state (.safetensors)")
+    rd.add_argument("--overwrite", action="store_true", help="replace an existing --save-memory file")
+    rd.add_argument("--loss", action="store_true", help="also report the language-model loss of the text")
+    rd.add_argument("--chunk-chars", type=int, default=1 << 20, help="characters tokenized at a time")
+    rd.add_argument("--quiet", action="store_true", help="no progress bar")
+    rd.set_defaults(func=_read)
+
+    gen = sub.add_parser("generate", help="generate text after a prompt, reading a saved memory state")
+    _add_model_args(gen)
+    gen.add_argument("--prompt", required=True, help="text to continue, e.g. a question about what was read")
+    gen.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate")
+    gen.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
+    gen.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens")
+    gen.add_argument("--repetition-penalty", type=float, default=1.0, help="HF repetition penalty")
+    gen.add_argument("--seed", type=int, default=0, help="random seed for sampling")
+    gen.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    gen.set_defaults(func=_generate)
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

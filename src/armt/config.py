@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 ALIGNMENTS = ("left", "right", "center")
+MEMORY_DTYPES = ("float32", "float64", "bfloat16", "float16")
 
 
 @dataclass
@@ -39,6 +40,9 @@ class ARMTConfig:
             keeping its activations.
         last_segment_loss_only: compute the loss on the pairs inside the last segment only
             (what the official code does when asked for the last segment's output).
+        memory_dtype: dtype of the memory state (``A``, ``z``) and of the read/write maths,
+            e.g. ``"float32"`` for a bf16 model over millions of tokens; ``None`` follows the
+            base model's dtype.
 
     Example:
         >>> cfg = ARMTConfig(num_mem_tokens=16, d_mem=64, segment_size=512)
@@ -56,10 +60,11 @@ class ARMTConfig:
     gating: bool = False
     use_sink: bool = False
     segment_alignment: str = "left"
-    layers_path: Optional[str] = None
-    bptt_segments: Optional[int] = None
+    layers_path: str | None = None
+    bptt_segments: int | None = None
     gradient_checkpointing: bool = False
     last_segment_loss_only: bool = False
+    memory_dtype: str | None = None
 
     def __post_init__(self) -> None:
         def positive_int(name: str, hint: str) -> None:
@@ -90,6 +95,11 @@ class ARMTConfig:
                 f"layers_path={self.layers_path!r} is not a dotted attribute path; "
                 "use e.g. 'model.layers', or None to detect it."
             )
+        if self.memory_dtype is not None and self.memory_dtype not in MEMORY_DTYPES:
+            raise ValueError(
+                f"memory_dtype={self.memory_dtype!r} is unknown; use one of {MEMORY_DTYPES} or None "
+                "(the base model's dtype)."
+            )
         for name in ("correction", "use_denom", "gating", "use_sink", "gradient_checkpointing",
                      "last_segment_loss_only"):
             if not isinstance(getattr(self, name), bool):
@@ -107,7 +117,7 @@ class ARMTConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ARMTConfig":
+    def from_dict(cls, values: dict[str, Any]) -> ARMTConfig:
         """Build a config from a dict, refusing keys this version does not know."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)

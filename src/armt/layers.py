@@ -8,26 +8,27 @@ if ARMT were not there.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 
-from .ops import fused
 from .config import ARMTConfig
+from .ops import fused
 from .state import LayerMemory
 
 
 class _SegmentIO:
     """What one layer reads from and writes to during one segment."""
 
-    __slots__ = ("memory", "written", "num_mem_tokens")
+    __slots__ = ("memory", "num_mem_tokens", "write", "written")
 
-    def __init__(self, memory: Optional[LayerMemory], num_mem_tokens: int):
+    def __init__(self, memory: LayerMemory | None, num_mem_tokens: int, write: bool = True):
         self.memory = memory
-        self.written: Optional[LayerMemory] = None
+        self.written: LayerMemory | None = None
         self.num_mem_tokens = num_mem_tokens
+        self.write = write
 
 
 class AssociativeMemory(nn.Module):
@@ -60,7 +61,9 @@ class AssociativeMemory(nn.Module):
         self.W_mv = nn.Linear(d_model, d_model, bias=False, **kw)
         self.W_mb = nn.Linear(d_model, d_model if config.gating else config.n_heads, **kw)
         nn.init.zeros_(self.W_mv.weight)
-        self._io: Optional[_SegmentIO] = None
+        # the state may be kept wider than the model (bf16 model, float32 memory over long streams)
+        self.state_dtype = None if config.memory_dtype is None else getattr(torch, config.memory_dtype)
+        self._io: _SegmentIO | None = None
 
     def _heads(self, x: Tensor) -> Tensor:
         B, T, D = x.shape
@@ -69,14 +72,16 @@ class AssociativeMemory(nn.Module):
     def read(self, hidden: Tensor, memory: LayerMemory) -> Tensor:
         """``hidden + read(memory)`` at every position; hidden is ``(B, T, d_model)``."""
         q = fused.dpfp(self._heads(self.W_mq(hidden)), self.nu)  # (B, H, T, d_key/H)
-        out = fused.read(q, memory.A, memory.z)  # (B, H, T, d_model/H)
-        return hidden + out.transpose(1, 2).reshape(hidden.shape)
+        out = fused.read(q.to(memory.A.dtype), memory.A, memory.z)  # (B, H, T, d_model/H)
+        return hidden + out.to(hidden.dtype).transpose(1, 2).reshape(hidden.shape)
 
-    def write(self, mem_out: Tensor, memory: Optional[LayerMemory]) -> LayerMemory:
+    def write(self, mem_out: Tensor, memory: LayerMemory | None) -> LayerMemory:
         """Write the memory-token outputs ``(B, M, d_model)`` into ``memory`` (None = empty)."""
         k = fused.dpfp(self._heads(self.W_mk(mem_out)), self.nu)  # (B, H, M, d_key/H)
         v = self._heads(self.W_mv(mem_out))  # (B, H, M, d_model/H)
         beta = self._heads(torch.sigmoid(self.W_mb(mem_out)))  # (B, H, M, 1 or d_model/H)
+        if self.state_dtype is not None:
+            k, v, beta = k.to(self.state_dtype), v.to(self.state_dtype), beta.to(self.state_dtype)
         A, z = fused.write(
             k, v, beta, None if memory is None else (memory.A, memory.z),
             use_denom=self.use_denom, correction=self.correction,
@@ -96,11 +101,13 @@ class AssociativeMemory(nn.Module):
         ]
 
     @contextmanager
-    def bind(self, memory: Optional[LayerMemory], num_mem_tokens: int) -> Iterator[_SegmentIO]:
-        """Make the hooks read ``memory`` and record the write, for one segment."""
+    def bind(self, memory: LayerMemory | None, num_mem_tokens: int, write: bool = True) -> Iterator[_SegmentIO]:
+        """Make the hooks read ``memory`` and, with ``write``, record the write of the last
+        ``num_mem_tokens`` outputs, for one segment. ``write=False`` only reads (decoding steps
+        of generation, which carry no memory tokens and may run the layer many times)."""
         if self._io is not None:
             raise RuntimeError("This ARMT layer is already running a segment (re-entrant call).")
-        io = _SegmentIO(memory, num_mem_tokens)
+        io = _SegmentIO(memory, num_mem_tokens, write)
         self._io = io
         try:
             yield io
@@ -119,8 +126,8 @@ class AssociativeMemory(nn.Module):
 
     def _after_layer(self, module, args, kwargs, output):
         io = self._io
-        if io is None:
-            return None
+        if io is None or not io.write:
+            return
         if io.written is not None:
             raise RuntimeError(
                 f"{type(module).__name__} ran twice in one segment; ARMT cannot write its memory "
@@ -134,4 +141,4 @@ class AssociativeMemory(nn.Module):
                 "or a tuple whose first item is the hidden states."
             )
         io.written = self.write(hidden[:, -io.num_mem_tokens:], io.memory)
-        return None
+        return

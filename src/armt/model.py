@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -32,11 +31,11 @@ class ARMTOutput(ModelOutput):
         num_loss_tokens: how many pairs the loss averages over.
     """
 
-    loss: Optional[Tensor] = None
-    logits: Optional[Tensor] = None
-    memory: Optional[MemoryState] = None
-    segment_losses: Optional[Tensor] = None
-    num_loss_tokens: Optional[Tensor] = None
+    loss: Tensor | None = None
+    logits: Tensor | None = None
+    memory: MemoryState | None = None
+    segment_losses: Tensor | None = None
+    num_loss_tokens: Tensor | None = None
 
 
 def segment_bounds(length: int, segment_size: int, alignment: str) -> list[tuple[int, int]]:
@@ -89,7 +88,7 @@ class ARMTForCausalLM(nn.Module):
         >>> more = model(ids[:, :16], memory=out.memory)  # continue the same sequences
     """
 
-    def __init__(self, base_model: nn.Module, config: Optional[ARMTConfig] = None):
+    def __init__(self, base_model: nn.Module, config: ARMTConfig | None = None):
         super().__init__()
         if config is None:
             config = ARMTConfig()
@@ -114,12 +113,117 @@ class ARMTForCausalLM(nn.Module):
         save_pretrained(self, save_directory, save_base=save_base, overwrite=overwrite)
 
     @classmethod
-    def from_pretrained(cls, directory, base_model=None, **base_kwargs) -> "ARMTForCausalLM":
+    def from_pretrained(cls, directory, base_model=None, *, check_base: bool = True,
+                        is_trainable: bool = False, **base_kwargs) -> ARMTForCausalLM:
         """Load a directory written by :meth:`save_pretrained` onto ``base_model`` (a module, a
-        path or a Hub name; ``None`` uses the base saved in the directory)."""
+        path or a Hub name; ``None`` uses the base saved in the directory). A base of another
+        architecture is refused with a message naming the expected one; saved peft adapters
+        are restored (trainable with ``is_trainable``). ``base_kwargs`` go to the base's
+        ``from_pretrained`` (``torch_dtype``, ``attn_implementation``, ...)."""
         from .saving import from_pretrained
 
-        return from_pretrained(cls, directory, base_model, **base_kwargs)
+        return from_pretrained(cls, directory, base_model, check_base=check_base,
+                               is_trainable=is_trainable, **base_kwargs)
+
+    def push_to_hub(self, repo_id: str, *, save_base: bool = False, private: bool | None = None,
+                    token: str | None = None, commit_message: str = "Upload ARMT model", api=None):
+        """Upload what :meth:`save_pretrained` writes to a Hub repository (created if needed)."""
+        from .saving import push_to_hub
+
+        return push_to_hub(self, repo_id, save_base=save_base, private=private, token=token,
+                           commit_message=commit_message, api=api)
+
+    def freeze_base(self) -> int:
+        """Freeze the base model's weights, leaving the ARMT parameters (and peft adapters, if
+        the base is a peft model) trainable; returns the number of trainable parameters.
+
+        Example:
+            >>> from transformers import GPT2Config, GPT2LMHeadModel
+            >>> base = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=99))
+            >>> model = ARMTForCausalLM(base, ARMTConfig(num_mem_tokens=4, d_mem=8, segment_size=16))
+            >>> model.freeze_base() == sum(p.numel() for n, p in model.named_parameters()
+            ...                            if not n.startswith("cell.base_model."))
+            True
+        """
+        adapters = self.cell.runner is not self.base_model
+        for name, param in self.base_model.named_parameters():
+            # peft already froze the base and marked its adapters trainable
+            if not (adapters and param.requires_grad):
+                param.requires_grad_(False)
+        for name, param in self.cell.named_parameters():
+            if not name.startswith("base_model."):
+                param.requires_grad_(True)
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    # generation -----------------------------------------------------------------------
+    def generate(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        memory: MemoryState | None = None,
+        *,
+        max_new_tokens: int,
+        write_segments: bool = True,
+        return_memory: bool = False,
+        **generate_kwargs,
+    ):
+        """Continue ``input_ids`` (any length) with Hugging Face ``generate``.
+
+        The context is read segment by segment (memory written); decoding runs on the last
+        segment through the base model's ``generate`` with its key/value cache, every layer
+        reading the memory, so greedy search, sampling, top-k/top-p, repetition penalty,
+        stopping criteria and streamers all work (``generate_kwargs`` go to it). With
+        ``write_segments`` (default), once the open segment holds ``segment_size`` tokens it
+        is written to memory and decoding goes on in a fresh segment, so the result equals
+        decoding with full forward passes over the growing text (``segment_alignment="left"``).
+        With ``write_segments=False`` the last segment just grows, as in the official code.
+
+        Args:
+            input_ids: ``(B, L)`` context.
+            attention_mask: ``(B, L)``; left padding only (Hugging Face decoding).
+            memory: state from an earlier call (e.g. a book read with :meth:`read`).
+            max_new_tokens: how many tokens to add (in total, across segments).
+            return_memory: also return the memory after the last written segment.
+
+        Returns:
+            ``(B, L + new)`` token ids, or ``(ids, memory)`` with ``return_memory``. Rows that
+            finished early (end-of-sequence token) are padded with ``pad_token_id``.
+
+        Example:
+            >>> import torch
+            >>> from transformers import GPT2Config, GPT2LMHeadModel
+            >>> base = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=99))
+            >>> model = ARMTForCausalLM(base, ARMTConfig(num_mem_tokens=4, d_mem=8, segment_size=16))
+            >>> out = model.generate(torch.randint(99, (1, 40)), max_new_tokens=10, do_sample=False)
+            >>> out.shape
+            torch.Size([1, 50])
+        """
+        from .generation import generate
+
+        return generate(self, input_ids, attention_mask, memory, max_new_tokens=max_new_tokens,
+                        write_segments=write_segments, return_memory=return_memory, **generate_kwargs)
+
+    # streaming ------------------------------------------------------------------------
+    def read(self, chunks, memory: MemoryState | None = None, *, flush: bool = True, **reader_kwargs):
+        """Read an iterable of token chunks (lists, 1-D or ``(B, n)`` tensors, any sizes) into
+        memory at constant memory use; returns a :class:`armt.streaming.ReadResult`.
+
+        Options (``compute_loss``, ``keep_last_logits``, ``progress``, ``total``) are those of
+        :class:`armt.streaming.MemoryReader`; ``flush=False`` leaves the last partial segment
+        unwritten (``result.pending``) so the stream can be continued exactly later.
+
+        Example:
+            >>> import torch
+            >>> from transformers import GPT2Config, GPT2LMHeadModel
+            >>> base = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=99))
+            >>> model = ARMTForCausalLM(base, ARMTConfig(num_mem_tokens=4, d_mem=8, segment_size=16))
+            >>> result = model.read(torch.randint(99, (1, 1000)).split(100, dim=1), compute_loss=True)
+            >>> result.memory.segments, result.segment_losses.shape
+            (63, torch.Size([63]))
+        """
+        from .streaming import read
+
+        return read(self, chunks, memory, flush=flush, **reader_kwargs)
 
     # checkpointing --------------------------------------------------------------------
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
@@ -184,15 +288,15 @@ class ARMTForCausalLM(nn.Module):
 
     def forward(
         self,
-        input_ids: Optional[Tensor] = None,
-        attention_mask: Optional[Tensor] = None,
-        labels: Optional[Tensor] = None,
-        labels_mask: Optional[Tensor] = None,
-        inputs_embeds: Optional[Tensor] = None,
-        memory: Optional[MemoryState] = None,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        labels_mask: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        memory: MemoryState | None = None,
         output_only_last_segment: bool = False,
-        return_dict: Optional[bool] = None,
-        use_cache: Optional[bool] = None,
+        return_dict: bool | None = None,
+        use_cache: bool | None = None,
     ) -> ARMTOutput:
         """Run the whole input segment by segment.
 
@@ -212,7 +316,7 @@ class ARMTForCausalLM(nn.Module):
                 is always an :class:`ARMTOutput`; segments keep no key/value cache).
         """
         B, L = self._check_inputs(input_ids, inputs_embeds, attention_mask, labels, labels_mask, memory)
-        if self.training and _base_checkpointing_on(self.base_model):
+        if self.training and _base_checkpointing_on(self.cell.runner):
             raise ValueError(
                 "The base model has Hugging Face gradient checkpointing on, which reruns layers and "
                 "would write the memory twice. Call base_model.gradient_checkpointing_disable() and "

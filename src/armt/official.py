@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -64,8 +65,7 @@ def convert_official_state_dict(state_dict: Mapping[str, Tensor]) -> tuple[dict,
     for raw_name, tensor in state_dict.items():
         name = raw_name
         for prefix in ("module.", "memory_cell."):
-            if name.startswith(prefix):
-                name = name[len(prefix):]
+            name = name.removeprefix(prefix)
         if name == "memory":
             armt["memory_tokens"] = tensor
         elif name == "sink":
@@ -117,7 +117,7 @@ def convert_official_state_dict(state_dict: Mapping[str, Tensor]) -> tuple[dict,
 def load_official_checkpoint(
     base_model: nn.Module,
     checkpoint: str | os.PathLike | Mapping[str, Tensor],
-    config: Optional[ARMTConfig] = None,
+    config: ARMTConfig | None = None,
 ) -> ARMTForCausalLM:
     """Build an :class:`ARMTForCausalLM` from an official ARMT checkpoint.
 

@@ -3,22 +3,38 @@ base model next to them (Hugging Face format)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
-from typing import Optional, Union
 
 from torch import nn
 
+from .cell import unwrap_adapters
 from .config import ARMTConfig
 
 CONFIG_NAME = "armt_config.json"
 WEIGHTS_NAME = "armt_model.safetensors"
+ADAPTER_DIR = "adapter"
 _FORMAT = "armt.v1"
+# config entries that do not change what the weights mean
+_VOLATILE = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures",
+             "_attn_implementation", "_attn_implementation_autoset", "attn_implementation", "use_cache",
+             "_commit_hash", "output_attentions", "output_hidden_states", "return_dict", "tie_word_embeddings"}
+
+
+def base_config_hash(config) -> str | None:
+    """A short hash of a base model's architecture config (names, dtypes, attention
+    implementation and other run-time settings left out)."""
+    if config is None or not hasattr(config, "to_dict"):
+        return None
+    values = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE and not k.startswith("_")}
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _base_record(model) -> dict:
-    base = model.base_model
+    base = unwrap_adapters(model.base_model)
     cfg = getattr(base, "config", None)
     return {
         "class": type(base).__name__,
@@ -27,14 +43,20 @@ def _base_record(model) -> dict:
         "hidden_size": model.cell.d_model,
         "num_layers": model.cell.num_layers,
         "vocab_size": getattr(cfg, "vocab_size", None),
+        "config_hash": base_config_hash(cfg),
     }
 
 
-def save_pretrained(model, save_directory: Union[str, os.PathLike], *, save_base: bool = False,
+def _has_adapters(model) -> bool:
+    return unwrap_adapters(model.base_model) is not model.base_model
+
+
+def save_pretrained(model, save_directory: str | os.PathLike, *, save_base: bool = False,
                     overwrite: bool = False) -> None:
     """Write ``armt_config.json`` and ``armt_model.safetensors`` (ARMT weights only); with
-    ``save_base`` also the base model via its own ``save_pretrained``. An existing ARMT
-    directory is replaced only with ``overwrite=True``."""
+    ``save_base`` also the base model via its own ``save_pretrained``. A peft-wrapped base
+    also gets its adapter weights in ``adapter/``. An existing ARMT directory is replaced only
+    with ``overwrite=True``."""
     from safetensors.torch import save_file
 
     out = Path(save_directory)
@@ -43,17 +65,29 @@ def save_pretrained(model, save_directory: Union[str, os.PathLike], *, save_base
     out.mkdir(parents=True, exist_ok=True)
     weights = {k: v.contiguous() for k, v in model.cell.armt_state_dict().items()}
     save_file(weights, str(out / WEIGHTS_NAME), metadata={"format": _FORMAT})
+    adapters = _has_adapters(model)
+    if adapters and save_base:
+        raise ValueError(
+            "save_base=True with a peft-wrapped base would write adapter-injected weights that no "
+            "plain model loads; merge the adapters first (base.merge_and_unload()) or save without "
+            "save_base (the adapters are saved either way)."
+        )
+    if adapters:
+        model.base_model.save_pretrained(str(out / ADAPTER_DIR))
     if save_base:
-        model.base_model.save_pretrained(str(out))
+        unwrap_adapters(model.base_model).save_pretrained(str(out))
     record = {"format": _FORMAT, "armt": model.config.to_dict(), "base": _base_record(model),
-              "base_saved": save_base}
+              "base_saved": save_base, "adapter": ADAPTER_DIR if adapters else None}
     (out / CONFIG_NAME).write_text(json.dumps(record, indent=2, sort_keys=True))
 
 
-def from_pretrained(cls, directory: Union[str, os.PathLike], base_model: Optional[Union[nn.Module, str]] = None,
-                    **base_kwargs):
+def from_pretrained(cls, directory: str | os.PathLike, base_model: nn.Module | str | None = None,
+                    *, check_base: bool = True, is_trainable: bool = False, **base_kwargs):
     """Restore a model written by :func:`save_pretrained` onto ``base_model`` (a module, a
-    local path or a Hub name; ``None`` uses the saved base, or the recorded name)."""
+    local path or a Hub name; ``None`` uses the saved base, or the recorded name). Saved peft
+    adapters are put back onto the base (trainable with ``is_trainable``). ``check_base=False``
+    skips the comparison of the base's architecture config with the recorded one (shapes are
+    always checked)."""
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
@@ -71,16 +105,59 @@ def from_pretrained(cls, directory: Union[str, os.PathLike], base_model: Optiona
         base_model = source
     if isinstance(base_model, (str, os.PathLike)):
         base_model = AutoModelForCausalLM.from_pretrained(str(base_model), **base_kwargs)
+    if record.get("adapter") and unwrap_adapters(base_model) is base_model:
+        from peft import PeftModel
+
+        base_model = PeftModel.from_pretrained(base_model, str(directory / record["adapter"]),
+                                               is_trainable=is_trainable)
     model = cls(base_model, ARMTConfig.from_dict(record["armt"]))
     got = _base_record(model)
-    clash = {k: (expected[k], got[k]) for k in ("class", "hidden_size", "num_layers", "vocab_size")
+    keys = ["class", "hidden_size", "num_layers", "vocab_size"] + (["config_hash"] if check_base else [])
+    clash = {k: (expected[k], got[k]) for k in keys
              if expected.get(k) is not None and expected[k] != got[k]}
     if clash:
         raise ValueError(
             f"{directory} was saved for a different base model ({expected['class']}"
             f"{' ' + repr(expected['name_or_path']) if expected['name_or_path'] else ''}, hidden size "
             f"{expected['hidden_size']}, {expected['num_layers']} layers); got "
-            + ", ".join(f"{k}={g!r} instead of {e!r}" for k, (e, g) in clash.items()) + "."
+            + ", ".join(f"{k}={g!r} instead of {e!r}" for k, (e, g) in clash.items())
+            + ". Pass the base it was trained on" + (" (or check_base=False if only run-time settings "
+                                                      "differ)." if list(clash) == ["config_hash"] else ".")
         )
     model.cell.load_armt_state_dict(load_file(str(directory / WEIGHTS_NAME)), str(directory / WEIGHTS_NAME))
     return model
+
+
+def push_to_hub(model, repo_id: str, *, save_base: bool = False, private: bool | None = None,
+                token: str | None = None, commit_message: str = "Upload ARMT model", api=None) -> str:
+    """Save the model to a temporary directory and upload it with ``huggingface_hub``; returns
+    the commit URL (or whatever ``api.upload_folder`` returns). ``api`` defaults to
+    ``huggingface_hub.HfApi(token=token)``."""
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pretrained(model, tmp, save_base=save_base)
+        return api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
+
+
+def load_tokenizer(directory: str | os.PathLike, tokenizer: str | None = None):
+    """The tokenizer for a saved ARMT model: ``tokenizer`` (a name or path) if given, else the
+    one saved in ``directory``, else the recorded base model's."""
+    from transformers import AutoTokenizer
+
+    directory = Path(directory)
+    if tokenizer is None:
+        if (directory / "tokenizer_config.json").exists() or (directory / "tokenizer.json").exists():
+            tokenizer = str(directory)
+        else:
+            record = json.loads((directory / CONFIG_NAME).read_text()) if (directory / CONFIG_NAME).exists() else {}
+            tokenizer = record.get("base", {}).get("name_or_path") or None
+    if not tokenizer:
+        raise ValueError(
+            f"{directory} holds no tokenizer and records no base name; pass --tokenizer NAME_OR_PATH "
+            "(or save one with tokenizer.save_pretrained into the model directory)."
+        )
+    return AutoTokenizer.from_pretrained(tokenizer)

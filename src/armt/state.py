@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -24,9 +24,9 @@ class LayerMemory:
     """
 
     A: Tensor
-    z: Optional[Tensor]
+    z: Tensor | None
 
-    def detach(self) -> "LayerMemory":
+    def detach(self) -> LayerMemory:
         return LayerMemory(self.A.detach(), None if self.z is None else self.z.detach())
 
 
@@ -55,11 +55,11 @@ class MemoryState:
     def batch_size(self) -> int:
         return self.layers[0].A.shape[0]
 
-    def detach(self) -> "MemoryState":
+    def detach(self) -> MemoryState:
         """The same values cut from the autograd graph (truncated backpropagation)."""
         return MemoryState(tuple(layer.detach() for layer in self.layers), self.segments)
 
-    def to(self, *args, **kwargs) -> "MemoryState":
+    def to(self, *args, **kwargs) -> MemoryState:
         return MemoryState(
             tuple(
                 LayerMemory(m.A.to(*args, **kwargs), None if m.z is None else m.z.to(*args, **kwargs))
@@ -68,7 +68,7 @@ class MemoryState:
             self.segments,
         )
 
-    def select(self, index: Sequence[int] | Tensor) -> "MemoryState":
+    def select(self, index: Sequence[int] | Tensor) -> MemoryState:
         """The memory of some batch items only, in the given order."""
         index = torch.as_tensor(index, dtype=torch.long, device=self.layers[0].A.device)
         return MemoryState(
@@ -99,7 +99,7 @@ class MemoryState:
         save_file({k: v.detach().contiguous() for k, v in self.tensors().items()}, os.fspath(path), metadata=meta)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "MemoryState":
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> MemoryState:
         """Read a state written by :meth:`save`."""
         from safetensors import safe_open
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from torch import nn
 
 # model_type -> dotted path of the decoder layers in the *ForCausalLM class
@@ -45,7 +43,7 @@ def _resolve(model: nn.Module, path: str) -> nn.Module:
     return obj
 
 
-def _num_layers(model: nn.Module) -> Optional[int]:
+def _num_layers(model: nn.Module) -> int | None:
     config = getattr(model, "config", None)
     for name in ("num_hidden_layers", "n_layer", "num_layers"):
         value = getattr(config, name, None)
@@ -63,7 +61,7 @@ def _candidates(model: nn.Module) -> list[str]:
     ]
 
 
-def find_decoder_layers(model: nn.Module, layers_path: Optional[str] = None) -> tuple[str, nn.ModuleList]:
+def find_decoder_layers(model: nn.Module, layers_path: str | None = None) -> tuple[str, nn.ModuleList]:
     """Return ``(path, layers)``: the ``nn.ModuleList`` of decoder layers of a causal LM.
 
     Args:

@@ -8,6 +8,6 @@ same signatures, and the tests hold them equal on outputs, states and gradients.
 from . import fused, reference
 from .fused import dpfp, read, write
 
-__all__ = ["dpfp", "read", "write", "fused", "reference", "EPS"]
+__all__ = ["EPS", "dpfp", "fused", "read", "reference", "write"]
 
 EPS = fused.EPS

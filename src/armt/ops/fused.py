@@ -3,8 +3,6 @@ batched matmuls per segment and layer."""
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -22,7 +20,7 @@ def dpfp(x: Tensor, nu: int) -> Tensor:
     return F.normalize(f, p=2.0, dim=-1)
 
 
-def read(q: Tensor, A: Tensor, z: Optional[Tensor]) -> Tensor:
+def read(q: Tensor, A: Tensor, z: Tensor | None) -> Tensor:
     """Read the memory at every query: ``(q A) / (q . z + eps)``.
 
     Args:
@@ -44,11 +42,11 @@ def write(
     k: Tensor,
     v: Tensor,
     beta: Tensor,
-    memory: Optional[tuple[Tensor, Optional[Tensor]]],
+    memory: tuple[Tensor, Tensor | None] | None,
     *,
     use_denom: bool,
     correction: bool,
-) -> tuple[Tensor, Optional[Tensor]]:
+) -> tuple[Tensor, Tensor | None]:
     """Write the memory tokens of one segment with the delta rule.
 
     Args:

@@ -13,8 +13,6 @@ tokens of one segment are written together, not one after another.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -34,7 +32,7 @@ def dpfp(x: Tensor, nu: int) -> Tensor:
     return f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def read(q: Tensor, A: Tensor, z: Optional[Tensor]) -> Tensor:
+def read(q: Tensor, A: Tensor, z: Tensor | None) -> Tensor:
     """Read the memory at every query.
 
     Args:
@@ -65,11 +63,11 @@ def write(
     k: Tensor,
     v: Tensor,
     beta: Tensor,
-    memory: Optional[tuple[Tensor, Optional[Tensor]]],
+    memory: tuple[Tensor, Tensor | None] | None,
     *,
     use_denom: bool,
     correction: bool,
-) -> tuple[Tensor, Optional[Tensor]]:
+) -> tuple[Tensor, Tensor | None]:
     """Write the memory tokens of one segment with the delta rule.
 
     Args:

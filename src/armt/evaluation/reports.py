@@ -1,0 +1,236 @@
+"""BABILong results: records per (task, length), CSV/JSON/Markdown tables and a heatmap.
+
+A result is a dict ``{"task": "qa1", "length": "4k", "n": 100, "correct": 87,
+"accuracy": 0.87}``. :func:`write_results` writes ``results.csv``, ``results.json``,
+``results.md`` and ``heatmap.png`` into one folder; :func:`load_results` reads them back and
+:func:`merge_results` adds new pairs to old ones, so an evaluation can be resumed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from armt.data.babilong import parse_length
+
+FILES = ("results.csv", "results.json", "results.md", "heatmap.png")
+FIELDS = ("task", "length", "n", "correct", "accuracy")
+
+
+def result_record(task: str, length: str, correct: int, n: int) -> dict[str, Any]:
+    """One result, checked: ``0 <= correct <= n`` and ``n >= 1``.
+
+    Example:
+        >>> result_record("qa1", "4k", 87, 100)
+        {'task': 'qa1', 'length': '4k', 'n': 100, 'correct': 87, 'accuracy': 0.87}
+    """
+    for name, value in (("n", n), ("correct", correct)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {value!r}.")
+    if n < 1 or not 0 <= correct <= n:
+        raise ValueError(f"Need n >= 1 and 0 <= correct <= n, got correct={correct}, n={n} for {task} {length}.")
+    return {"task": str(task), "length": str(length), "n": n, "correct": correct, "accuracy": correct / n}
+
+
+def _checked(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    out, seen = [], set()
+    for r in results:
+        missing = [f for f in ("task", "length", "n", "correct") if f not in r]
+        if missing:
+            raise ValueError(f"A result lacks {missing}; results are dicts with fields {FIELDS}.")
+        record = result_record(r["task"], r["length"], int(r["correct"]), int(r["n"]))
+        if "accuracy" in r and not math.isclose(float(r["accuracy"]), record["accuracy"], abs_tol=1e-9):
+            raise ValueError(f"accuracy={r['accuracy']} of {record['task']} {record['length']} is not "
+                             f"correct/n = {record['accuracy']}; drop it or fix correct and n.")
+        key = (record["task"], record["length"])
+        if key in seen:
+            raise ValueError(f"Two results for {key}; merge them with merge_results() first.")
+        seen.add(key)
+        out.append(record)
+    return out
+
+
+def _task_key(task: str) -> tuple[int, str]:
+    match = re.fullmatch(r"qa(\d+)", task)
+    return (int(match.group(1)), task) if match else (10**6, task)
+
+
+def _length_key(length: str) -> tuple[int, str]:
+    try:
+        return parse_length(length), length
+    except (TypeError, ValueError):
+        return 2**62, length
+
+
+def table_axes(results: Sequence[dict[str, Any]], tasks: Sequence[str] | None = None,
+               lengths: Sequence[str] | None = None) -> tuple[list[str], list[str]]:
+    """Row tasks and column lengths: the given orders, else qa1..qa20 and short to long."""
+    tasks = list(tasks) if tasks is not None else sorted({r["task"] for r in results}, key=_task_key)
+    lengths = list(lengths) if lengths is not None else sorted({r["length"] for r in results}, key=_length_key)
+    return tasks, lengths
+
+
+def _grid(results: Sequence[dict[str, Any]], tasks: list[str], lengths: list[str]) -> list[list[float | None]]:
+    cells = {(r["task"], r["length"]): r["accuracy"] for r in results}
+    return [[cells.get((t, n)) for n in lengths] for t in tasks]
+
+
+def _averages(grid: list[list[float | None]]) -> list[float | None]:
+    columns = [[v for v in col if v is not None] for col in zip(*grid)] if grid else []
+    return [sum(c) / len(c) if c else None for c in columns]
+
+
+def markdown_table(results: Iterable[dict[str, Any]], tasks: Sequence[str] | None = None,
+                   lengths: Sequence[str] | None = None, title: str | None = None) -> str:
+    """Tasks x lengths accuracy in %, with an average row (the mean over the tasks of a column).
+
+    Example:
+        >>> print(markdown_table([result_record("qa1", "0k", 9, 10), result_record("qa2", "0k", 5, 10)]))
+        | task | 0k |
+        |---|---|
+        | qa1 | 90.0 |
+        | qa2 | 50.0 |
+        | average | 70.0 |
+    """
+    results = _checked(results)
+    tasks, lengths = table_axes(results, tasks, lengths)
+    grid = _grid(results, tasks, lengths)
+
+    def cell(value: float | None) -> str:
+        return "–" if value is None else f"{100 * value:.1f}"
+
+    lines = [f"# {title}", ""] if title else []
+    lines += ["| task | " + " | ".join(lengths) + " |", "|---" * (len(lengths) + 1) + "|"]
+    lines += [f"| {t} | " + " | ".join(cell(v) for v in row) + " |" for t, row in zip(tasks, grid)]
+    lines.append("| average | " + " | ".join(cell(v) for v in _averages(grid)) + " |")
+    return "\n".join(lines)
+
+
+def plot_heatmap(results: Iterable[dict[str, Any]], path: str | os.PathLike,
+                 tasks: Sequence[str] | None = None, lengths: Sequence[str] | None = None,
+                 title: str | None = None) -> Path:
+    """A PNG of accuracy per task (rows) and length (columns), red (0%) to green (100%),
+    with the number in each cell; missing cells are grey."""
+    # Figure + the Agg canvas directly: no pyplot, so no global backend is switched
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    results = _checked(results)
+    tasks, lengths = table_axes(results, tasks, lengths)
+    grid = _grid(results, tasks, lengths)
+    values = [[math.nan if v is None else 100 * v for v in row] for row in grid]
+    fig = Figure(figsize=(1.0 + 0.7 * max(len(lengths), 1), 1.0 + 0.45 * max(len(tasks), 1)))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="lightgrey")
+    image = ax.imshow(values, cmap=cmap, vmin=0, vmax=100, aspect="auto")
+    for i, row in enumerate(values):
+        for j, v in enumerate(row):
+            if not math.isnan(v):
+                # the ends of the colour map are dark, so their numbers go white
+                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=9,
+                        color="white" if v < 15 or v > 85 else "black")
+    ax.set_xticks(range(len(lengths)), lengths)
+    ax.set_yticks(range(len(tasks)), tasks)
+    ax.set_xlabel("context length")
+    if title:
+        ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="accuracy, %")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def write_results(results: Iterable[dict[str, Any]], out_dir: str | os.PathLike, *,
+                  overwrite: bool = False, title: str = "BABILong accuracy, %",
+                  tasks: Sequence[str] | None = None, lengths: Sequence[str] | None = None) -> dict[str, Path]:
+    """Write ``results.csv``, ``results.json``, ``results.md`` and ``heatmap.png`` into ``out_dir``.
+
+    Args:
+        results: result dicts (see :func:`result_record`), one per (task, length).
+        out_dir: the folder; created if missing.
+        overwrite: replace files that exist; without it an existing file is an error
+            (to resume, ``merge_results(load_results(out_dir), new)`` and write with it).
+        title: heading of the table and the plot.
+        tasks, lengths: row and column order; default qa1..qa20 and short to long.
+
+    Example:
+        >>> import tempfile
+        >>> paths = write_results([result_record("qa1", "1k", 3, 4)], tempfile.mkdtemp())
+        >>> sorted(paths), load_results(paths["results.json"].parent)[0]["accuracy"]
+        (['heatmap.png', 'results.csv', 'results.json', 'results.md'], 0.75)
+    """
+    results = _checked(results)
+    tasks, lengths = table_axes(results, tasks, lengths)
+    out = Path(out_dir)
+    paths = {name: out / name for name in FILES}
+    existing = [str(p) for p in paths.values() if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{existing[0]} exists; pass overwrite=True (--overwrite on the command line) to replace the results, "
+            "or merge_results(load_results(out_dir), new) and write those with overwrite=True to resume."
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    order = {(t, n): (i, j) for i, t in enumerate(tasks) for j, n in enumerate(lengths)}
+    rows = sorted(results, key=lambda r: order.get((r["task"], r["length"]), (len(tasks), len(lengths))))
+    with paths["results.csv"].open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    paths["results.json"].write_text(json.dumps({"title": title, "tasks": tasks, "lengths": lengths,
+                                                 "results": rows}, indent=2) + "\n", encoding="utf-8")
+    paths["results.md"].write_text(markdown_table(rows, tasks, lengths, title) + "\n", encoding="utf-8")
+    plot_heatmap(rows, paths["heatmap.png"], tasks, lengths, title)
+    return paths
+
+
+def load_results(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The results saved by :func:`write_results` (``results.json``, else ``results.csv``);
+    an empty list when the folder holds neither."""
+    out = Path(out_dir)
+    if (out / "results.json").exists():
+        data = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        return _checked(data["results"] if isinstance(data, dict) else data)
+    if (out / "results.csv").exists():
+        with (out / "results.csv").open(newline="", encoding="utf-8") as f:
+            return _checked(csv.DictReader(f))
+    return []
+
+
+def merge_results(existing: Iterable[dict[str, Any]], new: Iterable[dict[str, Any]], *,
+                  replace: bool = False) -> list[dict[str, Any]]:
+    """``existing`` plus the results of ``new`` for (task, length) pairs not in it yet.
+
+    With ``replace=True`` a new result replaces the old one of its pair instead.
+
+    Example:
+        >>> old = [result_record("qa1", "1k", 1, 2)]
+        >>> new = [result_record("qa1", "1k", 2, 2), result_record("qa2", "1k", 0, 2)]
+        >>> [(r["task"], r["correct"]) for r in merge_results(old, new)]
+        [('qa1', 1), ('qa2', 0)]
+    """
+    merged = {(r["task"], r["length"]): r for r in _checked(existing)}
+    for r in _checked(new):
+        key = (r["task"], r["length"])
+        if replace or key not in merged:
+            merged[key] = r
+    return list(merged.values())
+
+
+def missing_pairs(results: Iterable[dict[str, Any]], tasks: Sequence[str], lengths: Sequence[str]) -> list[tuple[str, str]]:
+    """The (task, length) pairs of ``tasks x lengths`` that have no result yet.
+
+    Example:
+        >>> missing_pairs([result_record("qa1", "0k", 1, 1)], ["qa1", "qa2"], ["0k"])
+        [('qa2', '0k')]
+    """
+    done = {(r["task"], r["length"]) for r in results}
+    return [(t, n) for t in tasks for n in lengths if (t, n) not in done]

@@ -1,0 +1,161 @@
+"""Generation after a long context: the context is read segment by segment (memory written),
+then Hugging Face ``generate`` decodes on the last segment with its key/value cache while every
+layer reads the memory. When the decoded text fills the segment, the segment is written to
+memory and decoding continues in a fresh one, exactly as a forward pass over the whole text
+would split it."""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import Tensor
+
+from .state import MemoryState
+
+
+class _ChunkStreamer:
+    """Shows a user's streamer one continuous generation although ``generate`` is called once
+    per segment: every call starts by putting its prompt (already streamed) and ends with
+    ``end()`` (only the last one counts)."""
+
+    def __init__(self, streamer):
+        self.streamer = streamer
+        self.first_put = True
+
+    def new_call(self) -> _ChunkStreamer:
+        self.first_put = True
+        return self
+
+    def put(self, value):
+        if self.first_put:
+            self.first_put = False
+            return
+        self.streamer.put(value)
+
+    def end(self):
+        pass
+
+
+def _eos_ids(model, hf_kwargs) -> set[int]:
+    eos = hf_kwargs.get("eos_token_id")
+    gen_cfg = hf_kwargs.get("generation_config") or getattr(model.cell.runner, "generation_config", None)
+    if eos is None and gen_cfg is not None:
+        eos = gen_cfg.eos_token_id
+    if eos is None:
+        return set()
+    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+
+
+def _pad_id(model, hf_kwargs, eos: set[int]) -> int:
+    pad = hf_kwargs.get("pad_token_id")
+    gen_cfg = hf_kwargs.get("generation_config") or getattr(model.cell.runner, "generation_config", None)
+    if pad is None and gen_cfg is not None:
+        pad = gen_cfg.pad_token_id
+    if pad is None:
+        pad = min(eos) if eos else 0
+    return int(pad)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    input_ids: Tensor,
+    attention_mask: Tensor | None = None,
+    memory: MemoryState | None = None,
+    *,
+    max_new_tokens: int,
+    write_segments: bool = True,
+    return_memory: bool = False,
+    **hf_kwargs,
+):
+    """Read ``input_ids`` through the memory and continue it with Hugging Face ``generate``.
+
+    See :meth:`armt.ARMTForCausalLM.generate` (the public entry point).
+    """
+    if max_new_tokens is None or int(max_new_tokens) < 1:
+        raise ValueError(f"max_new_tokens must be a positive number of tokens, got {max_new_tokens!r}.")
+    for key in ("inputs_embeds", "past_key_values", "cache", "max_length", "return_dict_in_generate"):
+        if hf_kwargs.get(key) not in (None, False):
+            raise ValueError(
+                f"generate(..., {key}=...) is not supported by ARMT generation: the context is passed "
+                "as input_ids, the cache is managed per segment, and max_new_tokens sets the length."
+            )
+    B, L = model._check_inputs(input_ids, None, attention_mask, None, None, memory)
+    cell, cfg = model.cell, model.config
+    S = cfg.segment_size
+    from .model import segment_bounds
+
+    if attention_mask is not None and bool(attention_mask.all()):
+        attention_mask = None
+    embed = cell.runner.get_input_embeddings()
+    bounds = segment_bounds(L, S, cfg.segment_alignment)
+    for a, b in bounds[:-1]:
+        mask = None if attention_mask is None else attention_mask[:, a:b]
+        _, memory = cell(embed(input_ids[:, a:b]), mask, memory, compute_logits=False)
+    start = bounds[-1][0]
+    seg_ids = input_ids[:, start:]
+    seg_mask = None if attention_mask is None else attention_mask[:, start:]
+
+    eos = _eos_ids(model, hf_kwargs)
+    pad = _pad_id(model, hf_kwargs, eos)
+    streamer = hf_kwargs.pop("streamer", None)
+    chunk_streamer = _ChunkStreamer(streamer) if streamer is not None else None
+    if streamer is not None:
+        streamer.put(input_ids.cpu())  # the prompt, once, as HF generate does
+    hf_kwargs.setdefault("pad_token_id", pad)
+
+    produced: list[Tensor] = []
+    finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+    remaining = int(max_new_tokens)
+    while remaining > 0:
+        # with writing on, a segment can hold S tokens: fill it, plus the one token predicted
+        # from its last position, which opens the next segment
+        steps = min(remaining, S - seg_ids.shape[1] + 1) if write_segments else remaining
+        gen = _generate_in_segment(cell, seg_ids, seg_mask, memory, steps, chunk_streamer, hf_kwargs)
+        if bool(finished.any()):
+            gen = torch.where(finished.unsqueeze(1), torch.full_like(gen, pad), gen)
+        produced.append(gen)
+        remaining -= gen.shape[1]
+        if eos:
+            finished |= torch.isin(gen, torch.tensor(sorted(eos), device=gen.device)).any(dim=1)
+        if gen.shape[1] < steps or bool(finished.all()) or remaining == 0:
+            break
+        # the segment is full: write it and decode on in a fresh one
+        full_ids = torch.cat([seg_ids, gen[:, :-1]], dim=1)
+        full_mask = None
+        if seg_mask is not None:
+            full_mask = torch.cat([seg_mask, torch.ones_like(gen[:, :-1], dtype=seg_mask.dtype)], dim=1)
+        _, memory = cell(embed(full_ids), full_mask, memory, compute_logits=False)
+        seg_ids, seg_mask = gen[:, -1:], None
+
+    if streamer is not None:
+        streamer.end()
+    out = torch.cat([input_ids] + produced, dim=1)
+    return (out, memory) if return_memory else out
+
+
+def _generate_in_segment(cell, seg_ids, seg_mask, memory, steps, streamer, hf_kwargs) -> Tensor:
+    """Decode ``steps`` tokens after ``seg_ids`` (the open segment) reading ``memory``; returns
+    only the new tokens ``(B, <= steps)``."""
+    runner = cell.runner
+    B = seg_ids.shape[0]
+    kwargs = dict(hf_kwargs)
+    if streamer is not None:
+        kwargs["streamer"] = streamer.new_call()
+    mask = seg_mask if seg_mask is not None else torch.ones_like(seg_ids)
+    with cell.reading(memory):
+        if cell.sink is not None:
+            # the sink sits at position 0 of every segment: put it in the cache first, so HF
+            # decodes the segment's tokens after it
+            from transformers import DynamicCache
+
+            cache = DynamicCache()
+            # transformers 5.2x renamed past_key_values to cache
+            name = "cache" if "cache" in inspect.signature(runner.forward).parameters else "past_key_values"
+            runner(inputs_embeds=cell.sink.unsqueeze(0).expand(B, -1, -1), use_cache=True,
+                   return_dict=True, **{name: cache})
+            kwargs[name] = cache
+            mask = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
+        out = runner.generate(input_ids=seg_ids, attention_mask=mask, max_new_tokens=steps, **kwargs)
+    return out[:, seg_ids.shape[1]:]

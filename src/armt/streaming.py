@@ -1,0 +1,221 @@
+"""Reading streams of any length into the memory at constant memory use.
+
+Tokens arrive in chunks of any size; whenever a full segment is buffered it runs through the
+model without gradients and only the new memory state is kept (plus, on request, the loss of
+its tokens and the logits of the last one). Nothing grows with the stream except two counters
+and, with ``compute_loss``, one float per segment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .state import MemoryState
+
+TokenChunk = Union[Tensor, "list[int]"]
+
+
+@dataclass
+class ReadResult:
+    """What reading a stream produced.
+
+    Attributes:
+        memory: the state after the last written segment (``None`` if nothing was written).
+        tokens: tokens written into memory.
+        pending: ``(B, r)`` tokens received but not yet written (``flush=False`` keeps the
+            last partial segment open so that a later call continues exactly).
+        loss_sum, loss_count: summed next-token cross-entropy and its number of pairs, over all
+            pairs of the stream including those that cross segment boundaries (with
+            ``compute_loss``); ``loss`` is their ratio.
+        segment_losses: ``(n_segments,)`` mean cross-entropy within each written segment.
+        last_logits: ``(B, vocab)`` logits after the last written token (``keep_last_logits``).
+    """
+
+    memory: MemoryState | None
+    tokens: int
+    pending: Tensor
+    loss_sum: float | None = None
+    loss_count: int = 0
+    segment_losses: Tensor | None = None
+    last_logits: Tensor | None = None
+
+    @property
+    def loss(self) -> float | None:
+        return None if not self.loss_count else self.loss_sum / self.loss_count
+
+
+class MemoryReader:
+    """Feed token chunks of any size; full segments are written to memory as they complete.
+
+    Segments are cut as ``segment_alignment="left"`` cuts one long input, so reading a text in
+    chunks of any sizes gives the same memory as ``model(ids).memory``.
+
+    Args:
+        model: an :class:`armt.ARMTForCausalLM`.
+        memory: a state to continue (``None`` starts empty).
+        compute_loss: track next-token cross-entropy (computes the language-model head).
+        keep_last_logits: keep the logits after the last written token.
+        progress: show a tqdm bar in tokens (``total`` sets its length when known).
+
+    Example:
+        >>> import torch
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> from armt import ARMTConfig, ARMTForCausalLM
+        >>> base = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=99))
+        >>> model = ARMTForCausalLM(base, ARMTConfig(num_mem_tokens=4, d_mem=8, segment_size=16))
+        >>> reader = MemoryReader(model)
+        >>> for chunk in torch.randint(99, (1, 100)).split(7, dim=1):
+        ...     reader.feed(chunk)
+        >>> result = reader.finish()
+        >>> result.tokens, result.memory.segments
+        (100, 7)
+    """
+
+    def __init__(self, model, memory: MemoryState | None = None, *, compute_loss: bool = False,
+                 keep_last_logits: bool = False, progress: bool = False, total: int | None = None):
+        self.model = model
+        self.memory = memory
+        self.compute_loss = compute_loss
+        self.keep_last_logits = keep_last_logits
+        self._buffer: list[Tensor] = []
+        self._buffered = 0
+        self.tokens = 0
+        self._loss_sum = 0.0
+        self._loss_count = 0
+        self._segment_losses: list[float] = []
+        self._prev_logits: Tensor | None = None  # last row of the previous segment (boundary pair)
+        self.last_logits: Tensor | None = None
+        self._batch: int | None = None
+        self._bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, unit="tok", unit_scale=True, desc="reading", dynamic_ncols=True)
+
+    def _as_ids(self, chunk: TokenChunk) -> Tensor:
+        ids = torch.as_tensor(chunk)
+        if ids.dim() == 1:
+            ids = ids.unsqueeze(0)
+        if ids.dim() != 2 or ids.is_floating_point():
+            raise ValueError(
+                f"a chunk must hold token ids as a list, a 1-D tensor or a (batch, n) tensor; got "
+                f"{tuple(ids.shape)} {ids.dtype}."
+            )
+        if self._batch is None:
+            self._batch = ids.shape[0]
+            self.model.cell.check_memory(self.memory, self._batch)
+        elif ids.shape[0] != self._batch:
+            raise ValueError(f"a chunk has batch size {ids.shape[0]} but the stream started with {self._batch}.")
+        return ids.to(self.model.cell.memory_tokens.device)
+
+    def feed(self, chunk: TokenChunk) -> None:
+        """Add tokens; every segment they complete is written to memory now."""
+        ids = self._as_ids(chunk)
+        if ids.shape[1] == 0:
+            return
+        self._buffer.append(ids)
+        self._buffered += ids.shape[1]
+        S = self.model.config.segment_size
+        if self._buffered < S:
+            return
+        data = torch.cat(self._buffer, dim=1)
+        n_full = data.shape[1] // S
+        for i in range(n_full):
+            self._write(data[:, i * S:(i + 1) * S])
+        rest = data[:, n_full * S:]
+        self._buffer = [rest] if rest.shape[1] else []
+        self._buffered = rest.shape[1]
+
+    @torch.no_grad()
+    def _write(self, ids: Tensor) -> None:
+        cell = self.model.cell
+        want = self.compute_loss or self.keep_last_logits
+        embeds = cell.runner.get_input_embeddings()(ids)
+        logits, self.memory = cell(embeds, None, self.memory, compute_logits=want,
+                                   last_logits_only=not self.compute_loss)
+        if self.compute_loss:
+            if logits.dtype in (torch.float16, torch.bfloat16):
+                logits = logits.float()
+            if self._prev_logits is not None:  # the pair that crosses into this segment
+                self._loss_sum += F.cross_entropy(self._prev_logits, ids[:, 0], reduction="sum").item()
+                self._loss_count += ids.shape[0]
+            if ids.shape[1] > 1:
+                ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                     reduction="sum").item()
+                n = ids.shape[0] * (ids.shape[1] - 1)
+                self._loss_sum += ce
+                self._loss_count += n
+                self._segment_losses.append(ce / n)
+            else:
+                self._segment_losses.append(float("nan"))
+            self._prev_logits = logits[:, -1]
+        if self.keep_last_logits:
+            self.last_logits = logits[:, -1].clone()
+        self.tokens += ids.shape[1]
+        if self._bar is not None:
+            self._bar.update(ids.shape[1])
+
+    def finish(self, flush: bool = True) -> ReadResult:
+        """End the stream; ``flush`` writes the last partial segment (as a forward pass over
+        the whole input would), otherwise it is returned as ``pending``."""
+        pending = torch.cat(self._buffer, dim=1) if self._buffer else torch.zeros(self._batch or 1, 0, dtype=torch.long)
+        if flush and pending.shape[1]:
+            self._write(pending)
+            pending = pending[:, :0]
+        if self._bar is not None:
+            self._bar.close()
+        return ReadResult(
+            memory=self.memory,
+            tokens=self.tokens,
+            pending=pending,
+            loss_sum=self._loss_sum if self.compute_loss else None,
+            loss_count=self._loss_count,
+            segment_losses=torch.tensor(self._segment_losses, dtype=torch.float64) if self.compute_loss else None,
+            last_logits=self.last_logits,
+        )
+
+
+def read(model, chunks: Iterable[TokenChunk], memory: MemoryState | None = None, *, flush: bool = True,
+         **reader_kwargs) -> ReadResult:
+    """Read an iterable of token chunks into memory (see :class:`MemoryReader`)."""
+    reader = MemoryReader(model, memory, **reader_kwargs)
+    for chunk in chunks:
+        reader.feed(chunk)
+    return reader.finish(flush=flush)
+
+
+def iter_text_tokens(path: str | os.PathLike, tokenizer, *, chunk_chars: int = 1 << 20,
+                     encoding: str = "utf-8") -> Iterator[list[int]]:
+    """Token ids of a text file, a block at a time, never holding the whole file.
+
+    Blocks are cut after a line end (words are never split), and each block is tokenized
+    without special tokens. The ids equal tokenizing the whole file whenever the tokenizer does
+    not merge across line ends (true of GPT-2 style byte-level BPE and of SentencePiece models
+    for text that keeps its newlines).
+    """
+    if chunk_chars < 1:
+        raise ValueError(f"chunk_chars must be positive, got {chunk_chars}.")
+    carry = ""
+    with open(path, encoding=encoding) as f:
+        while True:
+            block = f.read(chunk_chars)
+            if not block:
+                break
+            text = carry + block
+            cut = text.rfind("\n") + 1
+            if cut == 0:  # no line end yet: keep reading unless the line is huge
+                if len(text) < 8 * chunk_chars:
+                    carry = text
+                    continue
+                cut = len(text)
+            carry = text[cut:]
+            yield tokenizer(text[:cut], add_special_tokens=False)["input_ids"]
+    if carry:
+        yield tokenizer(carry, add_special_tokens=False)["input_ids"]

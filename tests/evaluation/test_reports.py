@@ -1,0 +1,90 @@
+"""Result tables and heatmaps: files, order, averages, overwrite refusal, resuming."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from armt.evaluation.reports import (
+    load_results,
+    markdown_table,
+    merge_results,
+    missing_pairs,
+    result_record,
+    write_results,
+)
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def results():
+    return [result_record(t, n, c, 10) for t, n, c in [
+        ("qa2", "4k", 3), ("qa1", "0k", 10), ("qa10", "0k", 7), ("qa1", "4k", 6), ("qa2", "0k", 8), ("qa1", "64k", 1)]]
+
+
+def test_files_written(results, tmp_path):
+    paths = write_results(results, tmp_path / "run", title="tiny model")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "heatmap.png", "results.csv", "results.json", "results.md"]
+    png = paths["heatmap.png"].read_bytes()
+    assert png.startswith(PNG) and len(png) > 1000
+    rows = list(csv.DictReader(paths["results.csv"].open()))
+    assert [(r["task"], r["length"]) for r in rows][:3] == [("qa1", "0k"), ("qa1", "4k"), ("qa1", "64k")]
+    data = json.loads(paths["results.json"].read_text())
+    assert data["tasks"] == ["qa1", "qa2", "qa10"] and data["lengths"] == ["0k", "4k", "64k"]
+    md = paths["results.md"].read_text().splitlines()
+    assert md[0] == "# tiny model"
+    assert "| task | 0k | 4k | 64k |" in md
+    assert "| qa2 | 80.0 | 30.0 | – |" in md
+    # the average of a column is over the tasks that have it: (100 + 80 + 70) / 3, (60 + 30) / 2
+    assert md[-1] == "| average | 83.3 | 45.0 | 10.0 |"
+
+
+def test_given_order_of_lengths_and_tasks(results):
+    md = markdown_table(results, tasks=["qa2", "qa1"], lengths=["64k", "0k"])
+    assert md.splitlines()[0] == "| task | 64k | 0k |"
+    assert md.splitlines()[2] == "| qa2 | – | 80.0 |"
+
+
+def test_refuses_to_overwrite(results, tmp_path):
+    write_results(results, tmp_path)
+    before = (tmp_path / "results.json").read_text()
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        write_results(results[:1], tmp_path)
+    assert (tmp_path / "results.json").read_text() == before
+    write_results(results[:1], tmp_path, overwrite=True)
+    assert len(load_results(tmp_path)) == 1
+
+
+def test_load_and_resume(results, tmp_path):
+    write_results(results[:3], tmp_path)
+    old = load_results(tmp_path)
+    # saved in table order: tasks qa1..qa20, then lengths short to long
+    assert old == [results[1], results[0], results[2]]
+    todo = missing_pairs(old, ["qa1", "qa2"], ["0k", "4k"])
+    assert todo == [("qa1", "4k"), ("qa2", "0k")]
+    new = [result_record("qa1", "4k", 5, 10), result_record("qa2", "0k", 9, 10), result_record("qa1", "0k", 0, 10)]
+    merged = merge_results(old, new)
+    cells = {(r["task"], r["length"]): r["correct"] for r in merged}
+    assert cells[("qa1", "0k")] == 10 and cells[("qa1", "4k")] == 5 and len(merged) == 5
+    assert {(r["task"], r["length"]): r["correct"] for r in merge_results(old, new, replace=True)}[("qa1", "0k")] == 0
+    write_results(merged, tmp_path, overwrite=True)
+    assert [(r["task"], r["length"]) for r in load_results(tmp_path)] == [
+        ("qa1", "0k"), ("qa1", "4k"), ("qa2", "0k"), ("qa2", "4k"), ("qa10", "0k")]
+    (tmp_path / "results.json").unlink()
+    assert len(load_results(tmp_path)) == 5     # falls back to the CSV
+    assert load_results(tmp_path / "empty") == []
+
+
+def test_bad_results_are_refused():
+    with pytest.raises(ValueError, match="correct <= n"):
+        result_record("qa1", "0k", 11, 10)
+    with pytest.raises(ValueError, match="lacks"):
+        markdown_table([{"task": "qa1", "length": "0k", "n": 3}])
+    with pytest.raises(ValueError, match="not correct/n"):
+        markdown_table([{"task": "qa1", "length": "0k", "n": 4, "correct": 1, "accuracy": 0.5}])
+    with pytest.raises(ValueError, match="merge_results"):
+        markdown_table([result_record("qa1", "0k", 1, 2)] * 2)

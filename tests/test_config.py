@@ -12,6 +12,7 @@ from armt import ARMTConfig
     (dict(bptt_segments=0), ValueError, "bptt_segments"),
     (dict(segment_size=2.5), TypeError, "segment_size must be an int"),
     (dict(use_sink="yes"), TypeError, "use_sink must be True or False"),
+    (dict(sliding_window=1), TypeError, "sliding_window must be True or False"),
     (dict(layers_path=""), ValueError, "layers_path"),
 ])
 def test_invalid_config_is_refused(kwargs, exc, match):

@@ -20,8 +20,10 @@ def decode_by_hand(model, ids, steps):
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 @pytest.mark.parametrize("use_sink", [False, True])
 @pytest.mark.parametrize("context", [13, 16])  # a partial last segment, and an exactly full one
-def test_greedy_equals_full_forward_decoding(family, use_sink, context):
-    model = tiny_armt(family, use_sink=use_sink)  # segment 8: 20 new tokens cross 2-3 boundaries
+@pytest.mark.parametrize("sliding_window", [False, True])
+def test_greedy_equals_full_forward_decoding(family, use_sink, context, sliding_window):
+    # segment 8: 20 new tokens cross 2-3 boundaries (and decode with 1-2 different windows)
+    model = tiny_armt(family, use_sink=use_sink, sliding_window=sliding_window)
     ids = torch.randint(99, (2, context), generator=torch.Generator().manual_seed(1))
     out = model.generate(ids, max_new_tokens=20, do_sample=False)
     assert torch.equal(out, decode_by_hand(model, ids, 20))
@@ -101,8 +103,9 @@ def test_end_of_sequence_stops_and_pads_finished_rows():
     assert torch.equal(out[1, :13 + stop1 + 1], free[1, :13 + stop1 + 1])
 
 
-def test_generate_after_reading_equals_generate_over_the_whole_text():
-    model = tiny_armt("gpt2")
+@pytest.mark.parametrize("sliding_window", [False, True])
+def test_generate_after_reading_equals_generate_over_the_whole_text(sliding_window):
+    model = tiny_armt("gpt2", sliding_window=sliding_window)
     book = torch.randint(99, (1, 24))  # three full segments
     question = torch.randint(99, (1, 5))
     memory = model.read(book.split(5, dim=1)).memory

@@ -10,6 +10,7 @@ from contextlib import ExitStack, contextmanager
 import torch
 from torch import Tensor, nn
 
+from . import window as sliding
 from .config import ARMTConfig
 from .layers import AssociativeMemory
 from .state import MemoryState
@@ -67,6 +68,10 @@ class ARMTCell(nn.Module):
         self.memory_layers = nn.ModuleList(AssociativeMemory(self.d_model, config, **kw) for _ in layers)
         self._handles = [h for mem, layer in zip(self.memory_layers, layers) for h in mem.attach(layer)]
         self._logits_to_keep = "logits_to_keep" in inspect.signature(self.runner.forward).parameters
+        if config.sliding_window:  # refuse unsupported bases now, not at the first call
+            sliding.rotary_module(self.runner)
+            sliding.check_positions(self.runner, int(config.use_sink) + 2 * config.segment_size
+                                    + config.num_mem_tokens, config.segment_size)
 
     @property
     def runner(self) -> nn.Module:
@@ -139,6 +144,26 @@ class ARMTCell(nn.Module):
                     f"memory.layers[{i}].z is {'missing' if m.z is None else 'present'} but "
                     f"use_denom={self.config.use_denom}: the state comes from another config."
                 )
+        windowed = memory.window_mask is not None
+        if windowed != self.config.sliding_window:
+            raise ValueError(
+                f"memory {'holds' if windowed else 'has no'} sliding window but sliding_window="
+                f"{self.config.sliding_window}: the state comes from another config."
+            )
+        if windowed:
+            W = memory.window_length
+            if tuple(memory.window_mask.shape) != (batch_size, W) or memory.window_mask.dtype != torch.bool:
+                raise ValueError(
+                    f"memory.window_mask is {memory.window_mask.dtype} {tuple(memory.window_mask.shape)}, "
+                    f"expected bool {(batch_size, W)}; build states with the model, not by hand."
+                )
+            for i, m in enumerate(memory.layers):
+                shapes = [None if t is None else tuple(t.shape) for t in (m.window_keys, m.window_values)]
+                if any(s is None or s[0] != batch_size or s[2] != W for s in shapes):
+                    raise ValueError(
+                        f"memory.layers[{i}] window keys/values have shapes {shapes}, expected "
+                        f"(batch={batch_size}, heads, W={W}, head_dim): the state is inconsistent."
+                    )
 
     @contextmanager
     def reading(self, memory: MemoryState | None) -> Iterator[None]:
@@ -160,6 +185,10 @@ class ARMTCell(nn.Module):
         last_logits_only: bool = False,
     ) -> tuple[Tensor | None, MemoryState]:
         """Run one segment.
+
+        With ``sliding_window`` the segment also attends to the window in ``memory`` (see
+        :mod:`armt.window`), and the returned state holds this segment's tokens as the next
+        window.
 
         Args:
             inputs_embeds: ``(B, T, d_model)`` embeddings of the segment's tokens.
@@ -184,12 +213,16 @@ class ARMTCell(nn.Module):
             full[:, offset:offset + T] = attention_mask
             attention_mask = full
         kwargs = dict(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False, return_dict=True)
+        backbone = self._backbone if not compute_logits else None
+        if self.config.sliding_window:
+            cache, rotary, W = self._window_inputs(kwargs, inputs_embeds, attention_mask, memory,
+                                                   backbone or self.runner)
 
         layers = [None] * self.num_layers if memory is None else memory.layers
         with ExitStack() as stack:
             ios = [stack.enter_context(mem.bind(layers[i], M)) for i, mem in enumerate(self.memory_layers)]
-            if not compute_logits and self._backbone is not None:
-                self._backbone(**kwargs)
+            if backbone is not None:
+                backbone(**kwargs)
                 logits = None
             elif compute_logits and self._logits_to_keep:
                 first = offset + T - 1 if last_logits_only else offset
@@ -206,4 +239,33 @@ class ARMTCell(nn.Module):
                 f"segment; check layers_path={self.layers_path!r}."
             )
         written = tuple(io.written for io in ios)
-        return logits, MemoryState(written, 1 if memory is None else memory.segments + 1)
+        segments = 1 if memory is None else memory.segments + 1
+        if not self.config.sliding_window:
+            return logits, MemoryState(written, segments)
+        valid = torch.ones(B, T, dtype=torch.bool, device=embeds.device) if attention_mask is None \
+            else attention_mask[:, offset:offset + T].bool()
+        # the segment's tokens sat at positions offset + W.. and become the window at offset..
+        written, window_mask = sliding.new_window(cache, written, W + offset, valid, rotary, offset + W, offset)
+        return logits, MemoryState(written, segments, window_mask)
+
+    def _window_inputs(self, kwargs, inputs_embeds, attention_mask, memory, module):
+        """Point ``kwargs`` at the window: a cache pre-filled with it, positions after it and the
+        explicit mask of :func:`armt.window.window_mask`. Returns ``(cache, rotary, W)``."""
+        rotary = sliding.rotary_module(self.runner)
+        B, T, _ = inputs_embeds.shape
+        M, o = self.config.num_mem_tokens, int(self.sink is not None)
+        W = 0 if memory is None else memory.window_length
+        device = inputs_embeds.device
+        cache = sliding.prefilled_cache(memory)
+        kwargs.update({"use_cache": True, sliding.cache_argument(module): cache})
+        positions = torch.arange(o + W, o + W + T + M, device=device)
+        if o:
+            positions = torch.cat([torch.zeros(1, dtype=positions.dtype, device=device), positions])
+        kwargs["position_ids"] = positions.unsqueeze(0)
+        if W:  # without a window the mask is the plain causal one the base model builds itself
+            token_valid = torch.ones(B, T, dtype=torch.bool, device=device) if attention_mask is None \
+                else attention_mask[:, o:o + T].bool()
+            mask = sliding.window_mask(memory.window_mask, token_valid, sink=bool(o), num_mem_tokens=M,
+                                       segment_size=self.config.segment_size)
+            kwargs["attention_mask"] = sliding.model_mask(mask, self.runner, inputs_embeds.dtype)
+        return cache, rotary, W

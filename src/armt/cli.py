@@ -165,6 +165,119 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
 
 
+# babilong ------------------------------------------------------------------------------
+
+
+def _babilong_tokenizer(name: str):
+    from .data.tokenizer import load_tokenizer
+
+    try:
+        return load_tokenizer(name)
+    except OSError as err:  # main() reports ValueErrors as one line, not a traceback
+        raise ValueError(str(err)) from err
+
+
+def _unescape(value: str) -> str:
+    # a shell passes "\n" as two characters
+    return value.replace("\\n", "\n").replace("\\t", "\t")
+
+
+def _babilong_make_data(args: argparse.Namespace) -> int:
+    from .evaluation.babilong_eval import make_babilong_data
+
+    tokenizer = _babilong_tokenizer(args.tokenizer)
+    paths = make_babilong_data(tokenizer, args.out, tasks=args.tasks, lengths=args.lengths, n_samples=args.n,
+                               babi_source=args.babi, background=args.background, seed=args.seed,
+                               split=args.split, overwrite=args.overwrite, progress=not args.quiet,
+                               tokenizer_name=args.tokenizer)
+    print(f"wrote {len(paths)} files and manifest.json to {args.out}")
+    return 0
+
+
+def _babilong_eval(args: argparse.Namespace) -> int:
+    from .data.babilong import BabilongPrompt
+    from .evaluation.babilong_eval import evaluate_babilong
+    from .state import MemoryState
+
+    model, tokenizer = _load(args)
+    memory = MemoryState.load(args.memory, device=args.device) if args.memory else None
+    prompt = BabilongPrompt(question_prefix=_unescape(args.question_prefix),
+                            answer_prefix=_unescape(args.answer_prefix))
+    run = evaluate_babilong(model, tokenizer, tasks=args.tasks, lengths=args.lengths, n_samples=args.n,
+                            babi_source=args.babi, background=args.background, seed=args.seed,
+                            max_new_tokens=args.max_new_tokens, prompt=prompt, split=args.split,
+                            out_dir=args.out, overwrite=args.overwrite, progress=not args.quiet, memory=memory,
+                            model_name=args.model)
+    print()
+    print(run.table)
+    print(f"\nresults.md, results.csv, results.json, heatmap.png and predictions/ in {args.out}; "
+          f"peak RSS {_peak_rss_mib():,.0f} MiB")
+    return 0
+
+
+def _add_babilong_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tasks", default="qa1,qa2,qa3,qa4,qa5", help="comma-separated bAbI tasks, qa1 .. qa20")
+    p.add_argument("--lengths", default="0k,1k,2k,4k,8k,16k",
+                   help="comma-separated context lengths in tokens: 0k (facts only), 1k, ..., 1M, 10M or numbers")
+    p.add_argument("--n", type=int, default=100, help="samples per task and length")
+    p.add_argument("--babi", default=None,
+                   help="bAbI questions: a folder holding en/ of bAbI v1.2, 'builtin' (generated qa1-qa5 style "
+                        "stories), or 'hf[:NAME]' (published BABILong sets, eval only); default $ARMT_BABI_DIR, "
+                        "else builtin")
+    p.add_argument("--background", default=None,
+                   help="background text: a folder of .txt books, a .txt file, a Hugging Face dataset name, or "
+                        "'builtin' (generated prose, the default)")
+    p.add_argument("--seed", type=int, default=0, help="chooses the background text and where the facts go")
+    p.add_argument("--split", default="test", choices=["test", "train"], help="bAbI split of the questions")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace what the output folder holds")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_babilong_parsers(sub) -> None:
+    bl = sub.add_parser("babilong", help="BABILong: write data sets, evaluate a model")
+    bl_sub = bl.add_subparsers(dest="babilong_command", required=True)
+
+    make = bl_sub.add_parser("make-data", help="write BABILong samples as JSONL (fields input, question, target)")
+    _add_babilong_data_args(make)
+    make.add_argument("--tokenizer", required=True,
+                      help="tokenizer name or path whose tokens measure the lengths (use the model's)")
+    make.set_defaults(func=_babilong_make_data)
+
+    ev = bl_sub.add_parser("eval", help="accuracy per task and length; writes a Markdown table, CSV, JSON, "
+                                        "heatmap and predictions, resuming pairs already done")
+    _add_model_args(ev)
+    _add_babilong_data_args(ev)
+    ev.add_argument("--max-new-tokens", type=int, default=16, help="tokens generated per answer")
+    ev.add_argument("--question-prefix", default="\\n",
+                    help="text between the context and the question (\\n and \\t are a line break and a tab; "
+                         "default: a line break)")
+    ev.add_argument("--answer-prefix", default="\\nAnswer:",
+                    help="text after the question, where generation starts; the training template's default is "
+                         "'\\nAnswer:' (use 'GEN' for models trained with the official ARMT recipe)")
+    ev.set_defaults(func=_babilong_eval)
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from .training.config import load_run_config
+    from .training.run import train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_run_config(args.config, args.overrides)
+    results = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    out = cfg.training["output_dir"]
+    for r in results:
+        best = "" if r.best_metric is None else f", best {cfg.training.get('metric_for_best_model')} = {r.best_metric:.4g}"
+        goal = " (goal reached)" if r.stopped_at_goal else ""
+        print(f"stage {r.stage}: {r.num_segments} segments, {r.steps} steps{best}{goal} -> {r.best_dir}")
+    print(f"final model: {out}/best (load with armt.ARMTForCausalLM.from_pretrained); "
+          f"TensorBoard: tensorboard --logdir {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="armt", description="Associative Recurrent Memory Transformer tools.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -214,11 +327,34 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0, help="random seed for sampling")
     gen.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     gen.set_defaults(func=_generate)
+
+    _add_babilong_parsers(sub)
+
+    tr = sub.add_parser(
+        "train", help="train ARMT from a YAML run config (curriculum, Trainer, TensorBoard)",
+        description="Train from CONFIG.yaml (sections model, armt, data, curriculum, training). Any key can be "
+                    "overridden with --section.key value, e.g. --training.learning_rate 1e-4. Without a "
+                    "config, the built-in run trains a tiny GPT-2 on associative retrieval (1 -> 2 -> 4 segments).")
+    tr.add_argument("config", nargs="?", default=None, help="YAML run config (default: the built-in run)")
+    tr.add_argument("--resume", action="store_true", help="continue an interrupted run in training.output_dir")
+    tr.add_argument("--overwrite", action="store_true", help="delete an existing run in training.output_dir first")
+    tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    tr.set_defaults(func=_train)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides: list[str] = []
+    if argv[:1] == ["train"]:
+        # --section.key value pairs override the run config; everything from the first one on
+        for i, arg in enumerate(argv):
+            if arg.startswith("--") and "." in arg.split("=", 1)[0]:
+                argv, overrides = argv[:i], argv[i:]
+                break
+    args = parser.parse_args(argv)
+    args.overrides = overrides
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError) as err:

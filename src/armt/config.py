@@ -43,6 +43,15 @@ class ARMTConfig:
         memory_dtype: dtype of the memory state (``A``, ``z``) and of the read/write maths,
             e.g. ``"float32"`` for a bf16 model over millions of tokens; ``None`` follows the
             base model's dtype.
+        sliding_window: every segment also attends to the keys and values of the previous
+            segment's real tokens (kept detached in the memory state; not its memory tokens nor
+            its sink): token ``i`` sees the window of ``segment_size`` tokens that ends right
+            before it, memory tokens see the whole window. Positions stay bounded: the sink
+            sits at 0, the window at ``sink .. sink + W - 1`` and the segment after it, so the
+            base model needs ``sink + 2 * segment_size + num_mem_tokens`` positions. For RoPE
+            models the window's keys are re-rotated so that every distance is the true one.
+            Needs ``attn_implementation`` ``"sdpa"`` or ``"eager"`` and a GPT-2, GPT-NeoX,
+            Llama, Qwen2 or Mistral base (see :mod:`armt.window`).
 
     Example:
         >>> cfg = ARMTConfig(num_mem_tokens=16, d_mem=64, segment_size=512)
@@ -65,6 +74,7 @@ class ARMTConfig:
     gradient_checkpointing: bool = False
     last_segment_loss_only: bool = False
     memory_dtype: str | None = None
+    sliding_window: bool = False
 
     def __post_init__(self) -> None:
         def positive_int(name: str, hint: str) -> None:
@@ -101,7 +111,7 @@ class ARMTConfig:
                 "(the base model's dtype)."
             )
         for name in ("correction", "use_denom", "gating", "use_sink", "gradient_checkpointing",
-                     "last_segment_loss_only"):
+                     "last_segment_loss_only", "sliding_window"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}.")
 
@@ -115,6 +125,10 @@ class ARMTConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def to_json_string(self, *args, **kwargs) -> str:
+        """Hugging Face config spelling of :meth:`to_json` (TensorBoard logging calls it)."""
+        return self.to_json()
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ARMTConfig:

@@ -6,11 +6,13 @@ would split it."""
 
 from __future__ import annotations
 
-import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import Tensor
 
+from . import window as sliding
 from .state import MemoryState
 
 
@@ -144,18 +146,55 @@ def _generate_in_segment(cell, seg_ids, seg_mask, memory, steps, streamer, hf_kw
     if streamer is not None:
         kwargs["streamer"] = streamer.new_call()
     mask = seg_mask if seg_mask is not None else torch.ones_like(seg_ids)
-    with cell.reading(memory):
-        if cell.sink is not None:
-            # the sink sits at position 0 of every segment: put it in the cache first, so HF
-            # decodes the segment's tokens after it
-            from transformers import DynamicCache
-
-            cache = DynamicCache()
-            # transformers 5.2x renamed past_key_values to cache
-            name = "cache" if "cache" in inspect.signature(runner.forward).parameters else "past_key_values"
-            runner(inputs_embeds=cell.sink.unsqueeze(0).expand(B, -1, -1), use_cache=True,
-                   return_dict=True, **{name: cache})
+    windowed = memory is not None and memory.window_mask is not None
+    with cell.reading(memory), (_window_masks(cell, memory) if windowed else nullcontext()):
+        if cell.sink is not None or windowed:
+            # the cache holds [window, sink] before the segment's tokens, as in a forward pass,
+            # and the mask covers it all so that HF decodes the tokens after it
+            cache = sliding.prefilled_cache(memory)
+            name = sliding.cache_argument(runner)
+            prefix = [memory.window_mask.to(mask.dtype)] if windowed else []
+            if cell.sink is not None:
+                prefix.append(torch.ones_like(mask[:, :1]))
+                runner(inputs_embeds=cell.sink.unsqueeze(0).expand(B, -1, -1), use_cache=True,
+                       attention_mask=torch.cat(prefix, dim=1), return_dict=True, **{name: cache})
             kwargs[name] = cache
-            mask = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
+            mask = torch.cat(prefix + [mask], dim=1)
         out = runner.generate(input_ids=seg_ids, attention_mask=mask, max_new_tokens=steps, **kwargs)
     return out[:, seg_ids.shape[1]:]
+
+
+@contextmanager
+def _window_masks(cell, memory: MemoryState) -> Iterator[None]:
+    """While decoding, turn every call's 2D mask (over ``[window, sink?, tokens]``) into the
+    sliding-window mask and its positions, as :meth:`ARMTCell.forward` builds them."""
+    runner = cell.runner
+    W, o = memory.window_length, int(cell.sink is not None)
+    name = sliding.cache_argument(runner)
+
+    def before(module, args, kwargs):
+        inputs = kwargs.get("input_ids")
+        if inputs is None:
+            inputs = kwargs["inputs_embeds"]
+        q = inputs.shape[1]
+        c = kwargs[name].get_seq_length()
+        full = kwargs.get("attention_mask")
+        T = c + q - W - o  # segment tokens among the keys
+        token_valid = (torch.ones(inputs.shape[0], T, dtype=torch.bool, device=inputs.device) if full is None
+                       else full[:, W + o:].bool())
+        first = max(c - W - o, 0)
+        mask = sliding.window_mask(memory.window_mask, token_valid, sink=bool(o), num_mem_tokens=0,
+                                   segment_size=cell.config.segment_size, query_tokens=range(first, T),
+                                   query_sink=bool(o) and c == W, query_memory=False)
+        positions = torch.arange(o + W + first, o + W + T, device=inputs.device)
+        if o and c == W:
+            positions = torch.cat([torch.zeros(1, dtype=positions.dtype, device=positions.device), positions])
+        kwargs = dict(kwargs, position_ids=positions.unsqueeze(0),
+                      attention_mask=sliding.model_mask(mask, runner, cell.memory_tokens.dtype))
+        return args, kwargs
+
+    handle = runner.register_forward_pre_hook(before, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -4,7 +4,7 @@ per-segment gradient checkpointing."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +14,7 @@ from transformers.utils import ModelOutput
 
 from .cell import ARMTCell
 from .config import ARMTConfig
-from .state import LayerMemory, MemoryState
+from .state import MemoryState
 
 
 @dataclass
@@ -87,6 +87,9 @@ class ARMTForCausalLM(nn.Module):
         (torch.Size([2, 40, 99]), 3)
         >>> more = model(ids[:, :16], memory=out.memory)  # continue the same sequences
     """
+
+    # the Trainer then passes num_items_in_batch, so gradient accumulation weighs every token alike
+    accepts_loss_kwargs = True
 
     def __init__(self, base_model: nn.Module, config: ARMTConfig | None = None):
         super().__init__()
@@ -177,6 +180,8 @@ class ARMTForCausalLM(nn.Module):
         is written to memory and decoding goes on in a fresh segment, so the result equals
         decoding with full forward passes over the growing text (``segment_alignment="left"``).
         With ``write_segments=False`` the last segment just grows, as in the official code.
+        With ``sliding_window`` the decoded tokens see the previous segment's window as in a
+        forward pass (the cache is pre-filled with it and each step gets the window mask).
 
         Args:
             input_ids: ``(B, L)`` context.
@@ -224,6 +229,17 @@ class ARMTForCausalLM(nn.Module):
         from .streaming import read
 
         return read(self, chunks, memory, flush=flush, **reader_kwargs)
+
+    def count_loss_pairs(self, labels: Tensor, labels_mask: Tensor | None = None) -> Tensor:
+        """How many (logits t, label t+1) pairs :meth:`forward` scores for these labels: the
+        denominator of its loss (a 0-d tensor)."""
+        valid = labels[:, 1:] != -100
+        if labels_mask is not None:
+            valid = valid & labels_mask[:, :-1].bool()
+        if self.config.last_segment_loss_only:
+            start = segment_bounds(labels.shape[1], self.config.segment_size, self.config.segment_alignment)[-1][0]
+            valid = valid[:, start:]
+        return valid.sum()
 
     # checkpointing --------------------------------------------------------------------
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
@@ -276,11 +292,11 @@ class ARMTForCausalLM(nn.Module):
             mem = None
             if memory is not None:
                 step = 2 if use_denom else 1
-                mem = MemoryState(
-                    tuple(LayerMemory(flat[i], flat[i + 1] if use_denom else None)
-                          for i in range(0, len(flat), step)),
-                    memory.segments,
-                )
+                # the window (keys, values, mask) is detached: it rides along unchanged
+                mem = replace(memory, layers=tuple(
+                    replace(m, A=flat[i], z=flat[i + 1] if use_denom else None)
+                    for m, i in zip(memory.layers, range(0, len(flat), step))
+                ))
             logits, new = self.cell(embeds, mask, mem, compute_logits)
             return logits, new
 
@@ -297,6 +313,7 @@ class ARMTForCausalLM(nn.Module):
         output_only_last_segment: bool = False,
         return_dict: bool | None = None,
         use_cache: bool | None = None,
+        num_items_in_batch: Tensor | int | None = None,
     ) -> ARMTOutput:
         """Run the whole input segment by segment.
 
@@ -312,8 +329,12 @@ class ARMTForCausalLM(nn.Module):
             memory: state returned by a previous call, to continue those sequences.
             output_only_last_segment: return only the last segment's logits so that memory
                 does not grow with the input length (the loss is unchanged).
+            num_items_in_batch: divide the summed loss by this instead of this batch's own
+                count of pairs (the Hugging Face Trainer passes the count over all gradient
+                accumulation steps and processes, see :func:`count_loss_pairs`).
             return_dict, use_cache: accepted for Hugging Face callers and ignored (the output
-                is always an :class:`ARMTOutput`; segments keep no key/value cache).
+                is always an :class:`ARMTOutput`; segments keep no key/value cache, except the
+                previous segment's window that ``sliding_window=True`` keeps in ``memory``).
         """
         B, L = self._check_inputs(input_ids, inputs_embeds, attention_mask, labels, labels_mask, memory)
         if self.training and _base_checkpointing_on(self.cell.runner):
@@ -361,7 +382,7 @@ class ARMTForCausalLM(nn.Module):
         if labels is not None:
             ref = next(x for x in seg_losses if x is not None)
             nan = torch.full((), float("nan"), dtype=ref.dtype, device=ref.device)
-            out.loss = loss_sum / loss_count
+            out.loss = loss_sum / (loss_count if num_items_in_batch is None else num_items_in_batch)
             out.num_loss_tokens = loss_count
             out.segment_losses = torch.stack([nan if x is None else x for x in seg_losses])
         return out

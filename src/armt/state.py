@@ -1,11 +1,12 @@
-"""The recurrent state of ARMT as plain values: one (A, z) pair per decoder layer."""
+"""The recurrent state of ARMT as plain values: one (A, z) pair per decoder layer, and with
+``sliding_window`` the previous segment's keys and values."""
 
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -21,13 +22,24 @@ class LayerMemory:
         A: ``(batch, n_heads, d_key / n_heads, d_model / n_heads)`` association matrix.
         z: ``(batch, n_heads, d_key / n_heads)`` normaliser, or ``None`` when
             ``use_denom=False``.
+        window_keys, window_values: ``(batch, kv_heads, W, head_dim)`` keys and values of the
+            previous segment's W real tokens in this layer (``sliding_window=True``; detached,
+            keys rotated as if the window sat at positions ``sink, sink + 1, ...``), else ``None``.
     """
 
     A: Tensor
     z: Tensor | None
+    window_keys: Tensor | None = None
+    window_values: Tensor | None = None
+
+    def _map(self, fn) -> LayerMemory:
+        def opt(t):
+            return None if t is None else fn(t)
+
+        return LayerMemory(fn(self.A), opt(self.z), opt(self.window_keys), opt(self.window_values))
 
     def detach(self) -> LayerMemory:
-        return LayerMemory(self.A.detach(), None if self.z is None else self.z.detach())
+        return self._map(Tensor.detach)
 
 
 @dataclass(frozen=True)
@@ -40,6 +52,8 @@ class MemoryState:
     Attributes:
         layers: one :class:`LayerMemory` per decoder layer.
         segments: how many segments have been written into it.
+        window_mask: ``(batch, W)`` bool, which window entries are real tokens (not padding);
+            ``None`` unless the state comes from a ``sliding_window=True`` model.
 
     Example:
         >>> import torch
@@ -50,42 +64,46 @@ class MemoryState:
 
     layers: tuple[LayerMemory, ...]
     segments: int
+    window_mask: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
         return self.layers[0].A.shape[0]
 
+    @property
+    def window_length(self) -> int:
+        """How many tokens the sliding window holds (0 without one)."""
+        return 0 if self.window_mask is None else self.window_mask.shape[1]
+
+    def _map(self, fn, mask_fn=None) -> MemoryState:
+        mask = self.window_mask
+        if mask is not None:
+            mask = (mask_fn or fn)(mask)
+        return replace(self, layers=tuple(m._map(fn) for m in self.layers), window_mask=mask)
+
     def detach(self) -> MemoryState:
         """The same values cut from the autograd graph (truncated backpropagation)."""
-        return MemoryState(tuple(layer.detach() for layer in self.layers), self.segments)
+        return self._map(Tensor.detach)
 
     def to(self, *args, **kwargs) -> MemoryState:
-        return MemoryState(
-            tuple(
-                LayerMemory(m.A.to(*args, **kwargs), None if m.z is None else m.z.to(*args, **kwargs))
-                for m in self.layers
-            ),
-            self.segments,
-        )
+        """Move (and cast) every tensor; the window mask stays boolean."""
+        return self._map(lambda t: t.to(*args, **kwargs), lambda t: t.to(*args, **kwargs).bool())
 
     def select(self, index: Sequence[int] | Tensor) -> MemoryState:
         """The memory of some batch items only, in the given order."""
         index = torch.as_tensor(index, dtype=torch.long, device=self.layers[0].A.device)
-        return MemoryState(
-            tuple(
-                LayerMemory(m.A.index_select(0, index), None if m.z is None else m.z.index_select(0, index))
-                for m in self.layers
-            ),
-            self.segments,
-        )
+        return self._map(lambda t: t.index_select(0, index.to(t.device)))
 
     def tensors(self) -> dict[str, Tensor]:
         """Flat name -> tensor mapping (the safetensors layout)."""
         out: dict[str, Tensor] = {}
         for i, m in enumerate(self.layers):
             out[f"layer{i}.A"] = m.A
-            if m.z is not None:
-                out[f"layer{i}.z"] = m.z
+            for name in ("z", "window_keys", "window_values"):
+                if getattr(m, name) is not None:
+                    out[f"layer{i}.{name}"] = getattr(m, name)
+        if self.window_mask is not None:
+            out["window_mask"] = self.window_mask
         return out
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
@@ -110,9 +128,14 @@ class MemoryState:
                     f"{os.fspath(path)!r} is not an ARMT memory state (metadata {json.dumps(meta)}); "
                     "write one with MemoryState.save."
                 )
-            layers = []
-            for i in range(int(meta["num_layers"])):
-                z_name = f"layer{i}.z"
-                layers.append(LayerMemory(f.get_tensor(f"layer{i}.A"),
-                                          f.get_tensor(z_name) if z_name in f.keys() else None))
-        return cls(tuple(layers), int(meta["segments"]))
+            names = set(f.keys())
+
+            def opt(name):
+                return f.get_tensor(name) if name in names else None
+
+            layers = tuple(
+                LayerMemory(f.get_tensor(f"layer{i}.A"), opt(f"layer{i}.z"), opt(f"layer{i}.window_keys"),
+                            opt(f"layer{i}.window_values"))
+                for i in range(int(meta["num_layers"]))
+            )
+            return cls(layers, int(meta["segments"]), opt("window_mask"))

@@ -10,8 +10,10 @@ TINY_FAMILIES = ("gpt2", "llama")
 
 
 def tiny_base_model(family: str = "gpt2", *, layers: int = 4, hidden: int = 128, vocab: int = 1000,
-                    max_positions: int = 1024, attn: str = "sdpa", seed: int = 0) -> nn.Module:
+                    max_positions: int = 1024, attn: str = "sdpa", seed: int = 0,
+                    dropout: float | None = None) -> nn.Module:
     """A random GPT-2 or Llama causal LM; the defaults are the reference dumps' configs.
+    ``dropout`` overrides the family's default dropout (GPT-2: 0.1, Llama: 0).
 
     Example:
         >>> tiny_base_model("llama").config.num_hidden_layers
@@ -30,6 +32,10 @@ def tiny_base_model(family: str = "gpt2", *, layers: int = 4, hidden: int = 128,
                                        vocab_size=vocab, max_position_embeddings=max_positions)
     else:
         raise ValueError(f"family={family!r} is not a tiny family; use one of {TINY_FAMILIES}.")
+    if dropout is not None:
+        names = ("resid_pdrop", "embd_pdrop", "attn_pdrop") if family == "gpt2" else ("attention_dropout",)
+        for name in names:
+            setattr(cfg, name, dropout)
     cfg._attn_implementation = attn
     torch.manual_seed(seed)
     return transformers.AutoModelForCausalLM.from_config(cfg).eval()

@@ -284,3 +284,21 @@ def test_opening_piece_counted_exactly(sentences, seed):
         s = build_sample(babi, sentences[seed * 50:seed * 50 + 40], OpeningCostsMore(), length, seed=seed)
         assert 0.99 * length <= s.num_tokens <= length
         assert len(s.input_ids()) == s.num_tokens
+
+
+def test_rereads_far_into_a_source_skip_whole_cycles(sentences):
+    reads = []
+
+    def source():
+        for sentence in sentences[:200]:
+            reads.append(sentence)
+            yield sentence
+
+    plain, counted = Sentences(sentences[:200]), Sentences(source)
+    # a first stream that goes past the end teaches the source its length
+    assert list(itertools.islice(counted.stream(0), 250)) == list(itertools.islice(plain.stream(0), 250))
+    reads.clear()
+    far = list(itertools.islice(counted.stream(1_000_000), 10))
+    assert far == list(itertools.islice(plain.stream(1_000_000), 10))
+    # without the period a re-read walked a million sentences to get there
+    assert len(reads) <= 210

@@ -88,3 +88,12 @@ def test_bad_results_are_refused():
         markdown_table([{"task": "qa1", "length": "0k", "n": 4, "correct": 1, "accuracy": 0.5}])
     with pytest.raises(ValueError, match="merge_results"):
         markdown_table([result_record("qa1", "0k", 1, 2)] * 2)
+
+
+def test_metadata_kept_in_json(results, tmp_path):
+    from armt.evaluation.reports import load_metadata
+
+    assert load_metadata(tmp_path) == {}
+    write_results(results, tmp_path, metadata={"model": "tiny", "sources": {"babi": "builtin"}})
+    assert load_metadata(tmp_path) == {"model": "tiny", "sources": {"babi": "builtin"}}
+    assert len(load_results(tmp_path)) == len(results)

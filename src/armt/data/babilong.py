@@ -115,9 +115,12 @@ class Sentences:
     """
 
     def __init__(self, source: SentenceSource):
+        # sentences per cycle, learnt when a stream first gets through the whole source
+        self._period: int | None = None
         if isinstance(source, Sentences):
             self._open: Callable[[], Iterable[str]] = source._open
             self._items: Sequence[str] | None = source._items
+            self._period = source._period
             return
         self._items = None
         if isinstance(source, (str, bytes)):
@@ -155,18 +158,23 @@ class Sentences:
         if self._items is not None:
             items, n = self._items, len(self._items)
             return (items[i % n] for i in itertools.count(start))
+        # the n-th sample of a long set starts far into the stream: without the period every
+        # re-read would walk all the text of the samples before it (quadratic in n)
+        if self._period:
+            start %= self._period
         return itertools.islice(self._cycle(), start, None)
 
     def _cycle(self) -> Iterator[str]:
         while True:
-            empty = True
+            count = 0
             for raw in self._open():
                 text = _clean(raw)
                 if text:
-                    empty = False
+                    count += 1
                     yield text
-            if empty:
+            if not count:
                 raise ValueError("The sentence source gave no sentences; pass a non-empty source.")
+            self._period = count
 
 
 def _token_ids(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
@@ -491,6 +499,96 @@ def make_dataset(task: str | int, length: str | int, n: int, tokenizer: Tokenize
     """
     return [s.to_record() for s in iter_babilong(task, length, n, tokenizer, sentences, seed, babi_source,
                                                  split=split, on_overflow=on_overflow)]
+
+
+@dataclass(frozen=True)
+class BabilongPrompt:
+    """How a BABILong sample becomes tokens, in evaluation and in training alike.
+
+    Training sequences are ``[bos][context][query][answer]``; evaluation generates after
+    ``[bos][context][query]``. The context ids are the sample's own, the query is
+    ``question_prefix + question + answer_prefix``, the answer ``target_prefix + target`` and
+    EOS, each tokenized on its own: ``...<context>\\nWhere is Mary?\\nAnswer: kitchen<eos>``.
+
+    Args:
+        question_prefix: text between the context and the question.
+        answer_prefix: text after the question, where generation starts: plain text that any
+            tokenizer encodes and a pretrained model reads as a cue. The official ARMT recipe
+            puts the first token of ``"GEN"`` there (``answer_prefix="GEN", target_prefix=""``).
+        target_prefix: text before the target (a space: ``"Answer: kitchen"`` as in prose).
+        add_bos: start with the BOS token; ``None`` does as the tokenizer does with
+            ``add_special_tokens=True`` (Llama adds it, GPT-2 does not).
+        add_eos: end training sequences with EOS, so the model learns to stop.
+
+    Example:
+        >>> class Chars:  # one token per character, BOS 1 never added
+        ...     bos_token_id, eos_token_id = 1, 2
+        ...     def __call__(self, texts, add_special_tokens=False):
+        ...         return {"input_ids": [[ord(c) for c in t] for t in texts]}
+        >>> prompt = BabilongPrompt()
+        >>> prompt.query_text("Where is Mary?")
+        '\\nWhere is Mary?\\nAnswer:'
+        >>> ids, start = prompt.example_ids(Chars(), [ord(c) for c in "Mary went home."], "Where is Mary?", "home")
+        >>> "".join(map(chr, ids[start:-1])), ids[-1]
+        (' home', 2)
+        >>> prompt.cut_answer(" home\\nWhere is John?")
+        'home'
+    """
+
+    question_prefix: str = "\n"
+    answer_prefix: str = "\nAnswer:"
+    target_prefix: str = " "
+    add_bos: bool | None = None
+    add_eos: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("question_prefix", "answer_prefix", "target_prefix"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"{name} must be a string, got {getattr(self, name)!r}; use '' for none.")
+        if self.add_bos not in (None, True, False) or self.add_eos not in (True, False):
+            raise TypeError(f"add_bos must be None, True or False and add_eos True or False, "
+                            f"got add_bos={self.add_bos!r}, add_eos={self.add_eos!r}.")
+
+    def query_text(self, question: str) -> str:
+        """The text that follows the context: the question between its prefixes."""
+        return f"{self.question_prefix}{_clean(question)}{self.answer_prefix}"
+
+    def prefix_ids(self, tokenizer: Tokenizer) -> list[int]:
+        """``[bos]`` or ``[]``: what comes before the context (see ``add_bos``)."""
+        bos = getattr(tokenizer, "bos_token_id", None)
+        if self.add_bos is False or (bos is None and self.add_bos is None):
+            return []
+        if bos is None:
+            raise ValueError("add_bos=True but the tokenizer has no BOS token; use add_bos=None or False.")
+        if self.add_bos is None:
+            plain = tokenizer(["x"], add_special_tokens=False)["input_ids"][0]
+            special = tokenizer(["x"], add_special_tokens=True)["input_ids"][0]
+            return [bos] if special[:1] == [bos] and plain[:1] != [bos] else []
+        return [bos]
+
+    def query_ids(self, tokenizer: Tokenizer, question: str) -> list[int]:
+        """Token ids of :meth:`query_text`; generation starts after them."""
+        return _token_ids(tokenizer, [self.query_text(question)])[0]
+
+    def answer_ids(self, tokenizer: Tokenizer, target: str) -> list[int]:
+        """Token ids of the answer in a training sequence (EOS last with ``add_eos``)."""
+        ids = _token_ids(tokenizer, [f"{self.target_prefix}{target.strip()}"])[0]
+        eos = getattr(tokenizer, "eos_token_id", None)
+        if self.add_eos and eos is None:
+            raise ValueError("add_eos=True but the tokenizer has no EOS token; set one or use add_eos=False.")
+        return ids + [eos] if self.add_eos else ids
+
+    def example_ids(self, tokenizer: Tokenizer, context_ids: Sequence[int], question: str,
+                    target: str) -> tuple[list[int], int]:
+        """A whole training sequence and the position of its first answer token (the loss
+        goes on the answer: ``labels_mask[start - 1:-1]`` in the official convention)."""
+        head = self.prefix_ids(tokenizer) + list(context_ids) + self.query_ids(tokenizer, question)
+        return head + self.answer_ids(tokenizer, target), len(head)
+
+    @staticmethod
+    def cut_answer(text: str) -> str:
+        """The generated answer up to its first line break (leading blanks dropped)."""
+        return text.lstrip().split("\n", 1)[0].strip()
 
 
 def write_jsonl(records: Iterable[dict[str, Any]], path: str | os.PathLike, overwrite: bool = False) -> Path:

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +151,8 @@ def plot_heatmap(results: Iterable[dict[str, Any]], path: str | os.PathLike,
 
 def write_results(results: Iterable[dict[str, Any]], out_dir: str | os.PathLike, *,
                   overwrite: bool = False, title: str = "BABILong accuracy, %",
-                  tasks: Sequence[str] | None = None, lengths: Sequence[str] | None = None) -> dict[str, Path]:
+                  tasks: Sequence[str] | None = None, lengths: Sequence[str] | None = None,
+                  metadata: Mapping[str, Any] | None = None) -> dict[str, Path]:
     """Write ``results.csv``, ``results.json``, ``results.md`` and ``heatmap.png`` into ``out_dir``.
 
     Args:
@@ -161,6 +162,8 @@ def write_results(results: Iterable[dict[str, Any]], out_dir: str | os.PathLike,
             (to resume, ``merge_results(load_results(out_dir), new)`` and write with it).
         title: heading of the table and the plot.
         tasks, lengths: row and column order; default qa1..qa20 and short to long.
+        metadata: JSON-serialisable facts about the run (model, data sources, settings),
+            kept under ``"metadata"`` in ``results.json`` (see :func:`load_metadata`).
 
     Example:
         >>> import tempfile
@@ -185,8 +188,10 @@ def write_results(results: Iterable[dict[str, Any]], out_dir: str | os.PathLike,
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    paths["results.json"].write_text(json.dumps({"title": title, "tasks": tasks, "lengths": lengths,
-                                                 "results": rows}, indent=2) + "\n", encoding="utf-8")
+    data = {"title": title, "tasks": tasks, "lengths": lengths, "results": rows}
+    if metadata is not None:
+        data["metadata"] = dict(metadata)
+    paths["results.json"].write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     paths["results.md"].write_text(markdown_table(rows, tasks, lengths, title) + "\n", encoding="utf-8")
     plot_heatmap(rows, paths["heatmap.png"], tasks, lengths, title)
     return paths
@@ -203,6 +208,13 @@ def load_results(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
         with (out / "results.csv").open(newline="", encoding="utf-8") as f:
             return _checked(csv.DictReader(f))
     return []
+
+
+def load_metadata(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """The ``metadata`` that :func:`write_results` kept in ``results.json`` (empty if none)."""
+    path = Path(out_dir) / "results.json"
+    data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    return dict(data.get("metadata") or {}) if isinstance(data, dict) else {}
 
 
 def merge_results(existing: Iterable[dict[str, Any]], new: Iterable[dict[str, Any]], *,

@@ -1,0 +1,265 @@
+"""The Hugging Face ``Trainer`` taught three things about ARMT: checkpoints are ARMT
+``save_pretrained`` directories, the loss is weighted by scored pairs across gradient
+accumulation and processes, and evaluation computes the loss over the whole set, the loss of
+every segment, exact-match accuracy of generated answers and any custom metric."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from ..saving import ADAPTER_DIR, WEIGHTS_NAME
+
+MODEL_KEYS = ("input_ids", "attention_mask", "labels", "labels_mask")
+
+
+@dataclass
+class SegmentCollator:
+    """Pads a list of items on the right (ids with ``pad_token_id``, ``attention_mask`` 0,
+    labels -100), so every item's segments are cut exactly as if it ran alone, then applies
+    the batch transforms. Keys other than the model's inputs are dropped."""
+
+    pad_token_id: int = 0
+    transforms: Sequence[Callable[[dict], dict]] = ()
+
+    def __call__(self, items: list[dict]) -> dict:
+        longest = max(len(item["input_ids"]) for item in items)
+        ragged = any(len(item["input_ids"]) != longest for item in items)
+        batch: dict[str, torch.Tensor] = {}
+        for key, fill in (("input_ids", self.pad_token_id), ("labels", -100), ("labels_mask", False),
+                          ("attention_mask", 0)):
+            if not any(key in item for item in items):
+                continue
+            rows = []
+            for item in items:
+                row = torch.as_tensor(item[key])
+                rows.append(torch.cat([row, row.new_full((longest - len(row),), fill)]))
+            batch[key] = torch.stack(rows)
+        if ragged and "attention_mask" not in batch:
+            batch["attention_mask"] = torch.stack([
+                torch.cat([torch.ones(len(i["input_ids"]), dtype=torch.long),
+                           torch.zeros(longest - len(i["input_ids"]), dtype=torch.long)]) for i in items])
+        for transform in self.transforms:
+            batch = transform(batch)
+        return batch
+
+
+@dataclass
+class EvalRecords:
+    """What a custom metric sees: every evaluated item with its generated answer.
+
+    Attributes:
+        items: the raw dataset items.
+        predictions: generated answer ids per item (``None`` where the item has no answer).
+        targets: the reference answer ids per item.
+        loss: token-weighted evaluation loss.
+        segment_losses: mean within-segment loss per segment index.
+    """
+
+    items: list[dict] = field(default_factory=list)
+    predictions: list[list[int] | None] = field(default_factory=list)
+    targets: list[list[int] | None] = field(default_factory=list)
+    loss: float = float("nan")
+    segment_losses: list[float] = field(default_factory=list)
+
+
+def import_object(spec: str):
+    """``"package.module:name"`` -> the object (custom metrics and batch transforms)."""
+    module, _, name = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot import {spec!r}: {err}. Write it as 'package.module:function'.") from err
+
+
+def load_model_dir(model, directory: str | os.PathLike) -> None:
+    """Load the weights of a ``save_pretrained`` directory into ``model`` in place (ARMT
+    weights, the saved base weights if any, peft adapters if any)."""
+    from safetensors.torch import load_file
+
+    from ..cell import unwrap_adapters
+
+    directory = Path(directory)
+    model.cell.load_armt_state_dict(load_file(str(directory / WEIGHTS_NAME)), str(directory / WEIGHTS_NAME))
+    base_file = directory / "model.safetensors"
+    runner = unwrap_adapters(model.base_model)
+    if base_file.exists() and runner is model.base_model:
+        missing, unexpected = runner.load_state_dict(load_file(str(base_file)), strict=False)
+        tied = set(getattr(runner, "_tied_weights_keys", None) or {})
+        missing = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
+        if missing or unexpected:
+            raise ValueError(f"{base_file} does not fit the base model: missing {missing[:5]}, unexpected {unexpected[:5]}.")
+    adapter = directory / ADAPTER_DIR / "adapter_model.safetensors"
+    if adapter.exists() and runner is not model.base_model:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model.base_model, load_file(str(adapter)))
+
+
+class StopAtMetric(TrainerCallback):
+    """Ends training once an evaluation metric reaches a value (a curriculum stage's goal)."""
+
+    def __init__(self, metric: str, value: float, greater_is_better: bool = True):
+        self.metric, self.value, self.greater = metric, value, greater_is_better
+        self.reached = False
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        got = (metrics or {}).get(self.metric)
+        if got is not None and (got >= self.value if self.greater else got <= self.value):
+            self.reached = True
+            control.should_training_stop = True
+        return control
+
+
+class ARMTTrainer(Trainer):
+    """``transformers.Trainer`` for :class:`armt.ARMTForCausalLM`.
+
+    Args:
+        metrics: built-in evaluation metrics; ``"exact_match"`` generates the answer of every
+            item that has ``answer_start`` and compares it with the reference.
+        metric_fns: callables ``(EvalRecords) -> dict`` computed over the whole eval set.
+        num_segments: shown in the logs (the curriculum stage's length).
+        save_base: write the base weights into checkpoints (needed when they train).
+        generation_kwargs: extra ``generate`` arguments for exact match.
+        Everything else as ``transformers.Trainer``.
+    """
+
+    def __init__(self, *args, metrics: Sequence[str] = (), metric_fns: Sequence[Callable] = (),
+                 num_segments: int | None = None, save_base: bool = True,
+                 generation_kwargs: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.armt_metrics = tuple(metrics)
+        self.metric_fns = tuple(metric_fns)
+        self.num_segments = num_segments
+        self.save_base = save_base
+        self.generation_kwargs = dict(generation_kwargs or {})
+        self._tokens_since_log = 0
+        self._last_log_time = time.perf_counter()
+
+    @property
+    def armt_model(self):
+        return self.accelerator.unwrap_model(self.model)
+
+    # loss weighting ---------------------------------------------------------------------
+    def _get_num_items_in_batch(self, batch_samples, device):
+        # count exactly the pairs the model scores (labels shifted, labels_mask, last segment)
+        model = self.armt_model
+        count = sum(model.count_loss_pairs(b["labels"], b.get("labels_mask")) for b in batch_samples)
+        count = torch.as_tensor(count, device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            count = self.accelerator.gather(count).sum()
+        return count
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self._tokens_since_log += int(inputs["input_ids"].numel())
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log: add throughput and the curriculum's length
+            now = time.perf_counter()
+            tokens = self._tokens_since_log * self.args.world_size
+            logs["tokens_per_second"] = tokens / max(now - self._last_log_time, 1e-9)
+            self._tokens_since_log, self._last_log_time = 0, now
+        if self.num_segments is not None:
+            logs["num_segments"] = self.num_segments
+        super().log(logs, start_time)
+
+    # checkpoints ------------------------------------------------------------------------
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        model = self.armt_model
+        adapters = model.cell.runner is not model.base_model
+        model.save_pretrained(output_dir, save_base=self.save_base and not adapters, overwrite=True)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        load_model_dir(self.armt_model if model is None else model, resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        load_model_dir(self.armt_model, self.state.best_model_checkpoint)
+
+    # evaluation -------------------------------------------------------------------------
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            raise ValueError("evaluate() needs an eval_dataset (pass one to the trainer or to evaluate).")
+        start = time.perf_counter()
+        records = self.evaluation_records(dataset)
+        metrics: dict[str, Any] = {f"{metric_key_prefix}_loss": records.loss}
+        for i, value in enumerate(records.segment_losses):
+            metrics[f"{metric_key_prefix}_segment_{i + 1}_loss"] = value
+        if "exact_match" in self.armt_metrics:
+            scored = [(p, t) for p, t in zip(records.predictions, records.targets) if t is not None]
+            if scored:
+                metrics[f"{metric_key_prefix}_exact_match"] = sum(p == t for p, t in scored) / len(scored)
+        for fn in self.metric_fns:
+            for key, value in fn(records).items():
+                metrics[key if key.startswith(metric_key_prefix + "_") else f"{metric_key_prefix}_{key}"] = value
+        metrics[f"{metric_key_prefix}_runtime"] = time.perf_counter() - start
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    @torch.no_grad()
+    def evaluation_records(self, dataset) -> EvalRecords:
+        """Loss, per-segment loss and generated answers over the whole ``dataset`` (every
+        process evaluates all of it: eval sets are small and the numbers then agree)."""
+        model = self.armt_model
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        collate = self.data_collator
+        batch_size = self.args.per_device_eval_batch_size
+        records = EvalRecords()
+        loss_sum, loss_count = 0.0, 0
+        seg_sum: list[float] = []
+        seg_n: list[int] = []
+        wants_answers = "exact_match" in self.armt_metrics or bool(self.metric_fns)
+        for start in range(0, len(dataset), batch_size):
+            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            batch = {k: v.to(device) for k, v in collate(items).items() if k in MODEL_KEYS}
+            out = model(**batch, output_only_last_segment=True)
+            n = int(out.num_loss_tokens)
+            loss_sum += float(out.loss) * n
+            loss_count += n
+            for i, value in enumerate(out.segment_losses.tolist()):
+                if i >= len(seg_sum):
+                    seg_sum.append(0.0)
+                    seg_n.append(0)
+                if value == value:  # NaN where a segment scored nothing
+                    seg_sum[i] += value * len(items)
+                    seg_n[i] += len(items)
+            records.items.extend(items)
+            for item in items:
+                prediction, target = self._answer(model, item, device) if wants_answers else (None, None)
+                records.predictions.append(prediction)
+                records.targets.append(target)
+        records.loss = loss_sum / max(loss_count, 1)
+        records.segment_losses = [s / n if n else float("nan") for s, n in zip(seg_sum, seg_n)]
+        model.train(was_training)
+        return records
+
+    def _answer(self, model, item, device):
+        if "answer_start" not in item:
+            return None, None
+        ids = torch.as_tensor(item["input_ids"])
+        labels = torch.as_tensor(item["labels"])
+        start = int(item["answer_start"])
+        scored = (labels != -100).nonzero().flatten()
+        end = int(scored.max()) + 1 if len(scored) else len(ids)
+        target = ids[start:end].tolist()
+        kwargs = {"do_sample": False, "pad_token_id": 0, **self.generation_kwargs}
+        out = model.generate(ids[:start].unsqueeze(0).to(device), max_new_tokens=len(target), **kwargs)
+        return out[0, start:].tolist(), target

@@ -1,0 +1,248 @@
+"""Training on the Hugging Face Trainer: logging, best model, gradient accumulation, exact
+resume, curriculum, config errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback, TrainingArguments
+
+from armt.training.config import RunConfig, load_run_config
+from armt.training.run import train
+from armt.training.trainer import ARMTTrainer, SegmentCollator
+
+
+def tiny_run(out: Path, stages=((1, 20),), dropout: float | None = None, **training) -> RunConfig:
+    values = {
+        "model": {"tiny": {"family": "gpt2", "layers": 2, "hidden": 32, "vocab": 32,
+                           **({} if dropout is None else {"dropout": dropout})}},
+        "armt": {"num_mem_tokens": 2, "d_mem": 8, "segment_size": 12},
+        "data": {"kind": "associative_retrieval", "num_train": 256, "num_eval": 8,
+                 "options": {"key_len": 1, "value_len": 1}},
+        "curriculum": [{"num_segments": n, "max_steps": s} for n, s in stages],
+        "training": {"output_dir": str(out), "learning_rate": 3e-3, "per_device_train_batch_size": 4,
+                     "per_device_eval_batch_size": 8, "eval_strategy": "steps", "eval_steps": 5,
+                     "save_steps": 5, "logging_steps": 1, "report_to": [], "use_cpu": True, "seed": 0,
+                     "disable_tqdm": True, "dataloader_num_workers": 0, **training},
+        "metrics": ["exact_match"],
+    }
+    return RunConfig.from_dict(values)
+
+
+def event_tags(directory: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for events in directory.rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    return tags
+
+
+def test_twenty_steps_log_to_tensorboard_and_keep_the_best_model(tmp_path):
+    cfg = tiny_run(tmp_path / "run", report_to=["tensorboard"], metric_for_best_model="eval_loss",
+                   greater_is_better=False, save_total_limit=2)
+    [result] = train(cfg)
+    stage = tmp_path / "run" / "stage1-1seg"
+    tags = event_tags(stage)
+    for tag in ("train/loss", "train/learning_rate", "train/grad_norm", "train/tokens_per_second",
+                "train/num_segments", "eval/loss", "eval/exact_match", "eval/segment_1_loss"):
+        assert tag in tags, (tag, sorted(tags))
+    state = json.loads((stage / "checkpoint-20" / "trainer_state.json").read_text())
+    evals = [(h["eval_loss"], h["step"]) for h in state["log_history"] if "eval_loss" in h]
+    best_loss, best_step = min(evals)
+    assert result.best_metric == pytest.approx(best_loss)
+    assert state["best_model_checkpoint"].endswith(f"checkpoint-{best_step}")
+    # best/ is a save_pretrained directory holding the best checkpoint's weights
+    import armt
+
+    best = armt.ARMTForCausalLM.from_pretrained(stage / "best")
+    kept = load_file(str(Path(state["best_model_checkpoint"]) / "armt_model.safetensors"))
+    torch.testing.assert_close(best.cell.armt_state_dict()["memory_tokens"], kept["memory_tokens"])
+    assert len(list(stage.glob("checkpoint-*"))) <= 2  # save_total_limit (+ the best is kept)
+    assert (tmp_path / "run" / "run_config.yaml").exists() and (tmp_path / "run" / "best" / "armt_config.json").exists()
+
+
+def _grads_after_one_step(tmp_path, batch, accumulation):
+    from armt.training.run import build_model
+
+    cfg = tiny_run(tmp_path)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    for module in model.modules():  # dropout masks would differ between the two batchings
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    # items with different numbers of scored tokens, so weighting by tokens matters
+    items = []
+    for i in range(4):
+        ids = torch.randint(3, 32, (24,), generator=torch.Generator().manual_seed(i))
+        labels = ids.clone()
+        labels[: 4 + 5 * i] = -100
+        items.append({"input_ids": ids, "labels": labels})
+    grads, losses = {}, []
+
+    class Grab(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            grads.update({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                losses.append(logs["loss"])
+
+    args = TrainingArguments(output_dir=str(tmp_path / f"ga{accumulation}"), per_device_train_batch_size=batch,
+                             gradient_accumulation_steps=accumulation, max_steps=1, learning_rate=1e-3,
+                             logging_steps=1, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True,
+                             remove_unused_columns=False, seed=0, data_seed=0)
+    trainer = ARMTTrainer(model=model, args=args, train_dataset=items, data_collator=SegmentCollator(),
+                          callbacks=[Grab()])
+    trainer.train()
+    return grads, losses[0]
+
+
+def test_gradient_accumulation_equals_the_full_batch(tmp_path):
+    full, loss_full = _grads_after_one_step(tmp_path, 4, 1)
+    accumulated, loss_acc = _grads_after_one_step(tmp_path, 1, 4)
+    assert full.keys() == accumulated.keys() and len(full) > 10
+    for name in full:
+        torch.testing.assert_close(accumulated[name], full[name], atol=1e-5, rtol=1e-4)
+    assert loss_acc == pytest.approx(loss_full, abs=1e-5)
+
+
+class Crash(TrainerCallback):
+    """Stops the process the hard way right after a given step (a killed job)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def _losses(stage_dir: Path, last: int) -> list[float]:
+    state = json.loads((stage_dir / f"checkpoint-{last}" / "trainer_state.json").read_text())
+    return [h["loss"] for h in state["log_history"] if "loss" in h]
+
+
+def test_resume_equals_the_uninterrupted_run(tmp_path):
+    stages = ((1, 6), (2, 6))
+    train(tiny_run(tmp_path / "a", stages=stages, save_steps=3, eval_steps=3))
+    cfg = tiny_run(tmp_path / "b", stages=stages, save_steps=3, eval_steps=3)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callbacks=(Crash(4),))  # in stage 2, after its checkpoint at step 3
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg)
+    results = train(cfg, resume=True)
+    assert [r.stage for r in results] == [1, 2]
+    for stage in ("stage1-1seg", "stage2-2seg"):
+        a, b = _losses(tmp_path / "a" / stage, 6), _losses(tmp_path / "b" / stage, 6)
+        assert len(a) == len(b) == 6
+        assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-6, (a, b)
+
+
+def test_three_stage_curriculum_starts_each_stage_from_the_previous_best(tmp_path):
+    starts = []
+
+    class Snapshot(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            starts.append(model.cell.memory_tokens.detach().clone())
+
+    cfg = tiny_run(tmp_path / "c", stages=((1, 5), (2, 5), (3, 5)), metric_for_best_model="eval_loss",
+                   greater_is_better=False)
+    results = train(cfg, callbacks=(Snapshot(),))
+    assert [r.num_segments for r in results] == [1, 2, 3]
+    for previous, start in zip(results[:-1], starts[1:]):
+        best = load_file(str(Path(previous.best_dir) / "armt_model.safetensors"))["memory_tokens"]
+        torch.testing.assert_close(start, best, rtol=0, atol=0)
+    logs = json.loads((tmp_path / "c" / "stage3-3seg" / "checkpoint-5" / "trainer_state.json").read_text())
+    assert {h.get("num_segments") for h in logs["log_history"]} == {3}
+
+
+def test_stage_stops_when_its_goal_is_reached(tmp_path):
+    cfg = tiny_run(tmp_path / "g", stages=((1, 20),))
+    cfg.curriculum[0].stop_metric, cfg.curriculum[0].stop_value = "eval_loss", 100.0
+    [result] = train(cfg)
+    assert result.stopped_at_goal and result.steps == 5
+
+
+def test_sampled_segments_vary_per_item(tmp_path):
+    from armt.data.retrieval import MixedSegments, RetrievalConfig, RetrievalDataset
+
+    mixed = MixedSegments(lambda k: RetrievalDataset(RetrievalConfig(vocab_size=32, segment_size=12,
+                                                                     num_segments=k, key_len=1)), 4)
+    lengths = {len(mixed[i]["input_ids"]) for i in range(40)}
+    assert lengths == {12, 24, 36, 48}
+    batch = SegmentCollator()([mixed[i] for i in range(6)])
+    assert batch["attention_mask"].sum(1).tolist() == [len(mixed[i]["input_ids"]) for i in range(6)]
+
+
+@pytest.mark.parametrize("text, match", [
+    ("model: {tiny: {family: gpt2}}\ntraining: {output_dir: x, learnign_rate: 1.0}\n", "training.learnign_rate"),
+    ("model: {tiny: {family: gpt2}}\narmt: {segment_sise: 4}\ntraining: {output_dir: x}\n", "armt.segment_sise"),
+    ("model: {tiny: {family: gpt2}}\ncurriculum: [{num_segments: 2, max_steps: 3, batch: 4}]\n"
+     "training: {output_dir: x}\n", "curriculum\\[0\\].batch"),
+    ("modell: {}\n", "config.modell"),
+])
+def test_unknown_keys_are_refused_by_name(tmp_path, text, match):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_run_config(path)
+
+
+def test_overrides_apply_on_top_of_the_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: {tiny: {family: gpt2}}\ntraining: {output_dir: x, learning_rate: 1.0}\n")
+    cfg = load_run_config(path, ["--training.learning_rate", "0.5", "--armt.segment_size=32",
+                                 "--curriculum", "[{num_segments: 2, max_steps: 3}]"])
+    assert cfg.training["learning_rate"] == 0.5 and cfg.armt.segment_size == 32
+    assert cfg.stages[0].num_segments == 2
+
+
+def _write_config(path: Path, out: Path, **training) -> Path:
+    import yaml
+
+    values = tiny_run(out, stages=((2, 6),), dropout=None, **training).to_dict()
+    values["model"]["tiny"]["dropout"] = 0.0  # identical random streams are not promised across ranks
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def test_cli_train_runs_and_refuses_unknown_keys(tmp_path, capsys):
+    from armt.cli import main
+
+    cfg = _write_config(tmp_path / "run.yaml", tmp_path / "out")
+    assert main(["train", str(cfg), "--training.max_grad_norm", "0.5", "--threads", "1"]) == 2  # flags first
+    capsys.readouterr()
+    assert main(["train", str(cfg), "--threads", "1", "--training.max_grad_norm", "0.5"]) == 0
+    printed = capsys.readouterr().out
+    assert "stage 1: 2 segments, 6 steps" in printed and (tmp_path / "out" / "best" / "armt_config.json").exists()
+    assert main(["train", str(cfg), "--training.learnig_rate", "1"]) == 2
+    assert "training.learnig_rate" in capsys.readouterr().err
+
+
+def test_two_processes_with_gloo_equal_one_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    cfg = _write_config(tmp_path / "run.yaml", tmp_path / "unused")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    single = tmp_path / "single"
+    subprocess.run([sys.executable, "-m", "armt.cli", "train", str(cfg), "--threads", "1",
+                    f"--training.output_dir={single}", "--training.per_device_train_batch_size=4"],
+                   check=True, env=env, capture_output=True, timeout=300)
+    ddp = tmp_path / "ddp"
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+                          "-m", "armt.cli", "train", str(cfg), "--threads", "1", f"--training.output_dir={ddp}",
+                          "--training.per_device_train_batch_size=2", "--training.ddp_backend=gloo"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    a, b = _losses(single / "stage1-2seg", 6), _losses(ddp / "stage1-2seg", 6)
+    assert len(a) == len(b) == 6
+    assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-4, (a, b)

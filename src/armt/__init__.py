@@ -4,6 +4,7 @@ from .cell import ARMTCell
 from .config import ARMTConfig
 from .model import ARMTForCausalLM, ARMTOutput, segment_bounds
 from .state import LayerMemory, MemoryState
+from .streaming import MemoryReader, ReadResult
 from .targets import find_decoder_layers
 
 __version__ = "0.1.0"
@@ -14,7 +15,9 @@ __all__ = [
     "ARMTForCausalLM",
     "ARMTOutput",
     "LayerMemory",
+    "MemoryReader",
     "MemoryState",
+    "ReadResult",
     "find_decoder_layers",
     "segment_bounds",
 ]

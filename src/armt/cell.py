@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from . import window as sliding
 from .config import ARMTConfig
 from .layers import AssociativeMemory
-from .state import MemoryState
+from .state import LayerMemory, MemoryState
 from .targets import find_decoder_layers
 
 
@@ -35,7 +35,9 @@ class ARMTCell(nn.Module):
 
     Holds the base model (its decoder layers get hooks, nothing is replaced), the memory
     tokens (``randn * std(input embeddings)``, as the official code), the optional sink token
-    and one :class:`AssociativeMemory` per decoder layer.
+    and one :class:`AssociativeMemory` per decoder layer. With ``use_memory=False`` there are
+    no memory tokens, memories or hooks: the segment runs through the plain base model (with
+    the sink and the window, if configured).
 
     Example:
         >>> import torch
@@ -63,15 +65,23 @@ class ARMTCell(nn.Module):
         kw = dict(device=weight.device, dtype=weight.dtype)
         with torch.no_grad():
             scale = weight.float().std().to(weight.dtype)
-        self.memory_tokens = nn.Parameter(torch.randn(config.num_mem_tokens, self.d_model, **kw) * scale)
+        self.num_mem_tokens = config.memory_tokens_per_segment
+        self._num_layers = len(layers)
+        if config.use_memory:
+            self.memory_tokens = nn.Parameter(torch.randn(self.num_mem_tokens, self.d_model, **kw) * scale)
+        else:
+            # no parameter, but the same (0, d_model) shape, dtype and device for the code that
+            # appends memory tokens or asks where the model lives
+            self.register_buffer("memory_tokens", torch.zeros(0, self.d_model, **kw), persistent=False)
         self.sink = nn.Parameter(torch.randn(1, self.d_model, **kw)) if config.use_sink else None
-        self.memory_layers = nn.ModuleList(AssociativeMemory(self.d_model, config, **kw) for _ in layers)
+        self.memory_layers = nn.ModuleList(AssociativeMemory(self.d_model, config, **kw)
+                                           for _ in (layers if config.use_memory else ()))
         self._handles = [h for mem, layer in zip(self.memory_layers, layers) for h in mem.attach(layer)]
         self._logits_to_keep = "logits_to_keep" in inspect.signature(self.runner.forward).parameters
         if config.sliding_window:  # refuse unsupported bases now, not at the first call
             sliding.rotary_module(self.runner)
             sliding.check_positions(self.runner, int(config.use_sink) + 2 * config.segment_size
-                                    + config.num_mem_tokens, config.segment_size)
+                                    + self.num_mem_tokens, config.segment_size)
 
     @property
     def runner(self) -> nn.Module:
@@ -87,11 +97,12 @@ class ARMTCell(nn.Module):
 
     @property
     def num_layers(self) -> int:
-        return len(self.memory_layers)
+        """Decoder layers of the base model (each has a memory, unless ``use_memory=False``)."""
+        return self._num_layers
 
     def armt_state_dict(self) -> dict[str, Tensor]:
         """The ARMT weights only (memory tokens, sink, per-layer projections), no base weights."""
-        out = {"memory_tokens": self.memory_tokens.detach()}
+        out = {"memory_tokens": self.memory_tokens.detach()} if self.config.use_memory else {}
         if self.sink is not None:
             out["sink"] = self.sink.detach()
         out.update({f"memory_layers.{k}": v for k, v in self.memory_layers.state_dict().items()})
@@ -131,7 +142,8 @@ class ARMTCell(nn.Module):
                 f"memory has {len(memory.layers)} layers but this model has {self.num_layers}; "
                 "it was made by another model."
             )
-        expected = self.memory_layers[0].empty_shape(batch_size, self.d_model)
+        use_memory = self.config.use_memory
+        expected = self.memory_layers[0].empty_shape(batch_size, self.d_model) if use_memory else (batch_size, 0)
         for i, m in enumerate(memory.layers):
             if tuple(m.A.shape) != expected:
                 what = ("batch size" if tuple(m.A.shape[1:]) == expected[1:] else "config")
@@ -139,7 +151,11 @@ class ARMTCell(nn.Module):
                     f"memory.layers[{i}].A has shape {tuple(m.A.shape)}, expected {expected}: "
                     f"the state comes from another {what}. Pass memory=None to start afresh."
                 )
-            if (m.z is None) == self.config.use_denom:
+            if not use_memory:
+                if m.z is not None:
+                    raise ValueError(f"memory.layers[{i}].z is present but use_memory=False: the state "
+                                     "comes from a model with memory.")
+            elif (m.z is None) == self.config.use_denom:
                 raise ValueError(
                     f"memory.layers[{i}].z is {'missing' if m.z is None else 'present'} but "
                     f"use_denom={self.config.use_denom}: the state comes from another config."
@@ -173,7 +189,7 @@ class ARMTCell(nn.Module):
         layers = [None] * self.num_layers if memory is None else memory.layers
         with ExitStack() as stack:
             for i, mem in enumerate(self.memory_layers):
-                stack.enter_context(mem.bind(layers[i], self.config.num_mem_tokens, write=False))
+                stack.enter_context(mem.bind(layers[i], self.num_mem_tokens, write=False))
             yield
 
     def forward(
@@ -201,7 +217,7 @@ class ARMTCell(nn.Module):
             ``(logits (B, T, vocab) or None, new memory state)``.
         """
         B, T, _ = inputs_embeds.shape
-        M = self.config.num_mem_tokens
+        M = self.num_mem_tokens
         parts = [inputs_embeds, self.memory_tokens.unsqueeze(0).expand(B, -1, -1)]
         offset = 0
         if self.sink is not None:
@@ -238,7 +254,11 @@ class ARMTCell(nn.Module):
                 f"decoder layers {missing} of {type(self.base_model).__name__} did not run during the "
                 f"segment; check layers_path={self.layers_path!r}."
             )
-        written = tuple(io.written for io in ios)
+        if self.config.use_memory:
+            written = tuple(io.written for io in ios)
+        else:  # nothing is written: empty placeholders that carry the window below
+            empty = embeds.new_zeros(B, 0)
+            written = tuple(LayerMemory(empty, None) for _ in range(self.num_layers))
         segments = 1 if memory is None else memory.segments + 1
         if not self.config.sliding_window:
             return logits, MemoryState(written, segments)
@@ -253,7 +273,7 @@ class ARMTCell(nn.Module):
         explicit mask of :func:`armt.window.window_mask`. Returns ``(cache, rotary, W)``."""
         rotary = sliding.rotary_module(self.runner)
         B, T, _ = inputs_embeds.shape
-        M, o = self.config.num_mem_tokens, int(self.sink is not None)
+        M, o = self.num_mem_tokens, int(self.sink is not None)
         W = 0 if memory is None else memory.window_length
         device = inputs_embeds.device
         cache = sliding.prefilled_cache(memory)

@@ -257,6 +257,19 @@ def _add_babilong_parsers(sub) -> None:
                          "'\\nAnswer:' (use 'GEN' for models trained with the official ARMT recipe)")
     ev.set_defaults(func=_babilong_eval)
 
+    tr = bl_sub.add_parser(
+        "train", help="train on BABILong with a curriculum (the official recipe, or a tiny one for a CPU)",
+        description="Runs `armt train` on a BABILong recipe: [noisy facts][question][answer][EOS], loss on the "
+                    "answer and EOS, curriculum over the number of segments, exact-match validation by generation. "
+                    "Override any key with --section.key value.")
+    tr.add_argument("config", nargs="?", default=None, help="YAML run config (default: the --recipe)")
+    tr.add_argument("--recipe", default="babilong_tiny", choices=["babilong_tiny", "babilong_gpt2"],
+                    help="built-in recipe used when no config is given (babilong_gpt2 is the official one)")
+    tr.add_argument("--resume", action="store_true", help="continue an interrupted run in training.output_dir")
+    tr.add_argument("--overwrite", action="store_true", help="delete an existing run in training.output_dir first")
+    tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    tr.set_defaults(func=_train)
+
 
 def _train(args: argparse.Namespace) -> int:
     import torch
@@ -266,7 +279,12 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_run_config(args.config, args.overrides)
+    defaults = None
+    if getattr(args, "recipe", None):
+        from .training.recipes import RECIPES
+
+        defaults = RECIPES[args.recipe]()
+    cfg = load_run_config(args.config, args.overrides, defaults)
     results = train(cfg, resume=args.resume, overwrite=args.overwrite)
     out = cfg.training["output_dir"]
     for r in results:
@@ -276,6 +294,84 @@ def _train(args: argparse.Namespace) -> int:
     print(f"final model: {out}/best (load with armt.ARMTForCausalLM.from_pretrained); "
           f"TensorBoard: tensorboard --logdir {out}")
     return 0
+
+
+# perplexity ------------------------------------------------------------------------------
+
+
+def _perplexity(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .data.lm import LMWindowDataset, LMWindowsConfig
+    from .evaluation import perplexity as ppl
+
+    taken = [str(Path(args.out) / f) for f in ppl.FILES if (Path(args.out) / f).exists()]
+    if taken and not args.overwrite:  # before the evaluation, not after it
+        raise FileExistsError(f"{taken[0]} exists; pass --overwrite to replace the results, or another --out.")
+    dirs = [args.model] + ([args.baseline] if args.baseline else [])
+    source, titles = ppl.held_out_books(dirs, args.books, args.held_out_books)
+    loaded = [_load(argparse.Namespace(**{**vars(args), "model": d})) for d in dirs]
+    model, tokenizer = loaded[0]
+    S = model.config.segment_size
+    for d, (other, other_tokenizer) in zip(dirs[1:], loaded[1:]):
+        if other.config.segment_size != S:
+            raise ValueError(f"--baseline {d} has segment_size={other.config.segment_size} but --model has {S}; "
+                             "per-segment perplexities compare only models with the same segments.")
+        if other_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise ValueError(f"--baseline {d} has another tokenizer than --model; both must read the same token "
+                             "ids (pass --tokenizer, or train the baseline with --data.options.tokenizer).")
+    names = ["ARMT" if m.config.use_memory else "no memory" for m, _ in loaded]
+    if len(set(names)) < len(names):
+        names = ["model", "baseline"]
+    data = LMWindowDataset.from_books(source, tokenizer, LMWindowsConfig(S, args.num_segments), books=titles)
+    if len(data) == 0:
+        raise ValueError(f"the held-out books {titles} hold no window of {args.num_segments} x {S} tokens; "
+                         "use fewer --num-segments or more --books.")
+    windows = data.windows[ppl.evenly_spaced(len(data), args.max_windows)]
+    results = {name: ppl.evaluate_perplexity(m, windows, batch_size=args.batch_size, progress=not args.quiet)
+               for name, (m, _) in zip(names, loaded)}
+    title = f"Perplexity per segment ({args.num_segments} x {S} tokens) on held-out books"
+    metadata = {"models": dict(zip(names, dirs)), "books": source.description, "titles": titles,
+                "windows": len(windows), "windows_available": len(data), "num_segments": args.num_segments,
+                "segment_size": S, "device": args.device, "dtype": args.dtype}
+    paths = ppl.write_perplexity(results, args.out, overwrite=args.overwrite, title=title, metadata=metadata)
+    print(paths["perplexity.md"].read_text())
+    print(f"{len(windows)} windows from {', '.join(titles)}; perplexity.md, .csv, .json and .png in {args.out}")
+    return 0
+
+
+def _add_perplexity_parser(sub) -> None:
+    pp = sub.add_parser(
+        "perplexity", help="perplexity per segment index on held-out books (a model and its no-memory baseline)",
+        description="Cuts windows of --num-segments segments from books the models never trained on, reads each "
+                    "from an empty memory and reports the perplexity of every segment index: the pair (logits t, "
+                    "token t+1) counts in the segment of its target t+1, so segment 1 has S-1 pairs per window and "
+                    "later segments S. Writes perplexity.md, .csv, .json and .png.")
+    pp.add_argument("--model", required=True, help="model directory (save_pretrained or armt train output)")
+    pp.add_argument("--baseline", default=None,
+                    help="a second model directory to compare with, e.g. the run with --armt.use_memory false")
+    pp.add_argument("--books", default=None,
+                    help="folder of .txt books, .txt file or dataset name (default: the source of --model's run)")
+    pp.add_argument("--held-out-books", default=None,
+                    help="which of --books to use: a count or fraction of the last titles, comma-separated titles, "
+                         "or 'all' (default: the run's data.options.held_out_books); a book a run trained on is "
+                         "refused")
+    pp.add_argument("--num-segments", type=int, default=4, help="segments per evaluation window")
+    pp.add_argument("--max-windows", type=int, default=None,
+                    help="evaluate at most this many windows, spread evenly over the books (default: all)")
+    pp.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    pp.add_argument("--out", required=True, help="output folder")
+    pp.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    pp.add_argument("--base", default=None,
+                    help="base model name or path, when the directories hold only the ARMT weights")
+    pp.add_argument("--tokenizer", default=None,
+                    help="tokenizer name or path (default: the one saved in --model)")
+    pp.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    pp.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                    help="dtype of the models")
+    pp.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    pp.add_argument("--quiet", action="store_true", help="no progress bars")
+    pp.set_defaults(func=_perplexity)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -340,6 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action="store_true", help="delete an existing run in training.output_dir first")
     tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     tr.set_defaults(func=_train)
+
+    _add_perplexity_parser(sub)
     return parser
 
 
@@ -347,12 +445,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides: list[str] = []
-    if argv[:1] == ["train"]:
-        # --section.key value pairs override the run config; everything from the first one on
-        for i, arg in enumerate(argv):
-            if arg.startswith("--") and "." in arg.split("=", 1)[0]:
-                argv, overrides = argv[:i], argv[i:]
-                break
+    if argv[:1] == ["train"] or argv[:2] == ["babilong", "train"]:
+        # --section.key value pairs override the run config; the command's own flags stay
+        own = {"--resume", "--overwrite", "--threads", "--recipe", "--help"}
+        rest, i = [], 0
+        while i < len(argv):
+            arg = argv[i]
+            if arg.startswith("--") and arg.split("=", 1)[0] not in own:
+                takes_value = "=" not in arg and i + 1 < len(argv)
+                overrides += argv[i:i + 2] if takes_value else [arg]
+                i += 2 if takes_value else 1
+            else:
+                rest.append(arg)
+                i += 1
+        argv = rest
     args = parser.parse_args(argv)
     args.overrides = overrides
     try:

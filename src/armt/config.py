@@ -52,6 +52,13 @@ class ARMTConfig:
             models the window's keys are re-rotated so that every distance is the true one.
             Needs ``attn_implementation`` ``"sdpa"`` or ``"eager"`` and a GPT-2, GPT-NeoX,
             Llama, Qwen2 or Mistral base (see :mod:`armt.window`).
+        use_memory: ``False`` gives the no-memory baseline of the same model: no memory tokens,
+            no associative read or write and no memory parameters, while the segmentation, the
+            sliding window and the sink stay as configured. Each segment then sees only itself
+            (and the window), so comparing it with ``use_memory=True`` measures what the
+            memory adds. ``num_mem_tokens``, ``d_mem``, ``n_heads``, ``dpfp_nu``,
+            ``correction``, ``use_denom``, ``gating`` and ``memory_dtype`` are ignored; the
+            state carries only the window (its ``A`` are empty ``(batch, 0)`` tensors).
 
     Example:
         >>> cfg = ARMTConfig(num_mem_tokens=16, d_mem=64, segment_size=512)
@@ -75,6 +82,7 @@ class ARMTConfig:
     last_segment_loss_only: bool = False
     memory_dtype: str | None = None
     sliding_window: bool = False
+    use_memory: bool = True
 
     def __post_init__(self) -> None:
         def positive_int(name: str, hint: str) -> None:
@@ -111,9 +119,19 @@ class ARMTConfig:
                 "(the base model's dtype)."
             )
         for name in ("correction", "use_denom", "gating", "use_sink", "gradient_checkpointing",
-                     "last_segment_loss_only", "sliding_window"):
+                     "last_segment_loss_only", "sliding_window", "use_memory"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}.")
+
+    @property
+    def memory_tokens_per_segment(self) -> int:
+        """Memory tokens actually appended to a segment: ``num_mem_tokens``, or 0 without memory.
+
+        Example:
+            >>> [ARMTConfig(use_memory=m).memory_tokens_per_segment for m in (True, False)]
+            [16, 0]
+        """
+        return self.num_mem_tokens if self.use_memory else 0
 
     @property
     def d_key(self) -> int:

@@ -285,12 +285,14 @@ class ARMTForCausalLM(nn.Module):
     def _run_segment(self, embeds, mask, memory, compute_logits):
         if not (self.config.gradient_checkpointing and torch.is_grad_enabled()):
             return self.cell(embeds, mask, memory, compute_logits)
-        flat = [] if memory is None else [t for m in memory.layers for t in (m.A, m.z) if t is not None]
+        # without memory the state holds only the (detached) window: nothing to pass through
+        carried = memory is not None and self.config.use_memory
+        flat = [t for m in memory.layers for t in (m.A, m.z) if t is not None] if carried else []
         use_denom = self.config.use_denom
 
         def run(embeds, *flat):
-            mem = None
-            if memory is not None:
+            mem = memory
+            if carried:
                 step = 2 if use_denom else 1
                 # the window (keys, values, mask) is detached: it rides along unchanged
                 mem = replace(memory, layers=tuple(

@@ -217,12 +217,10 @@ def test_cli_train_runs_and_refuses_unknown_keys(tmp_path, capsys):
     from armt.cli import main
 
     cfg = _write_config(tmp_path / "run.yaml", tmp_path / "out")
-    assert main(["train", str(cfg), "--training.max_grad_norm", "0.5", "--threads", "1"]) == 2  # flags first
-    capsys.readouterr()
-    assert main(["train", str(cfg), "--threads", "1", "--training.max_grad_norm", "0.5"]) == 0
+    assert main(["train", str(cfg), "--training.max_grad_norm", "0.5", "--threads", "1"]) == 0
     printed = capsys.readouterr().out
     assert "stage 1: 2 segments, 6 steps" in printed and (tmp_path / "out" / "best" / "armt_config.json").exists()
-    assert main(["train", str(cfg), "--training.learnig_rate", "1"]) == 2
+    assert main(["train", str(cfg), "--training.learnig_rate", "1", "--overwrite"]) == 2
     assert "training.learnig_rate" in capsys.readouterr().err
 
 
@@ -246,3 +244,30 @@ def test_two_processes_with_gloo_equal_one_process(tmp_path):
     a, b = _losses(single / "stage1-2seg", 6), _losses(ddp / "stage1-2seg", 6)
     assert len(a) == len(b) == 6
     assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-4, (a, b)
+
+
+def test_babilong_recipe_trains_on_real_babi_and_books(tmp_path, capsys):
+    from armt.cli import main
+    from conftest import DATA
+
+    if not (DATA / "babi" / "en").is_dir() or not (DATA / "gutenberg").is_dir():
+        pytest.skip(f"bAbI / Gutenberg data not found under {DATA}")
+    out = tmp_path / "bl"
+    code = main(["babilong", "train", "--threads", "1", f"--training.output_dir={out}",
+                 f"--data.options.babi={DATA / 'babi'}", f"--data.options.background={DATA / 'gutenberg'}",
+                 "--data.options.tokenizer_vocab=300", "--data.options.tokenizer_train_chars=200000","--data.num_train=16", "--data.num_eval=4",
+                 "--curriculum=[{num_segments: 1, max_steps: 3}, {num_segments: 2, max_steps: 3}]",
+                 "--training.eval_steps=3", "--training.save_steps=3", "--training.report_to=[]",
+                 "--armt.segment_size=96", "--early_stopping_patience=null"])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    state = json.loads((out / "stage2-2seg" / "checkpoint-3" / "trainer_state.json").read_text())
+    evals = [h for h in state["log_history"] if "eval_exact_match" in h]
+    assert evals and 0.0 <= evals[-1]["eval_exact_match"] <= 1.0
+    assert (out / "tokenizer" / "tokenizer.json").exists() and (out / "best" / "tokenizer.json").exists()
+
+
+def test_scientific_notation_reads_as_numbers(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: {tiny: {family: gpt2}}\ntraining: {output_dir: x, learning_rate: 1e-5}\n")
+    cfg = load_run_config(path, ["--training.weight_decay", "1E-2"])
+    assert cfg.training["learning_rate"] == 1e-5 and cfg.training["weight_decay"] == 0.01

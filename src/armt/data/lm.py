@@ -31,11 +31,19 @@ class LMWindowsConfig:
             read as one stream.
         add_eos_between_books: with ``cross_books``, put the tokenizer's eos token between books.
         max_tokens_per_book: use at most this many tokens of each book (``None``: all).
+        no_loss_segments: the tokens of the first this many segments get label ``-100``, so
+            the loss scores only the pairs (logits ``t``, token ``t + 1``) whose target lies in
+            segment ``no_loss_segments + 1`` or later, the pair from the last token of segment
+            ``no_loss_segments`` to the first token after it included. The official recipe's
+            ``--no_loss_from_first_segment`` is ``no_loss_segments=1``: the first segment is
+            context only, read with no memory of anything before it.
 
     Example:
         >>> cfg = LMWindowsConfig(segment_size=512, num_segments=4)
         >>> cfg.window, cfg.step
         (2048, 2048)
+        >>> LMWindowsConfig(segment_size=512, num_segments=2, no_loss_segments=1).no_loss_tokens
+        512
     """
 
     segment_size: int
@@ -44,6 +52,7 @@ class LMWindowsConfig:
     cross_books: bool = False
     add_eos_between_books: bool = True
     max_tokens_per_book: int | None = None
+    no_loss_segments: int = 0
 
     def __post_init__(self) -> None:
         def positive_int(name: str, hint: str) -> None:
@@ -62,6 +71,14 @@ class LMWindowsConfig:
         for name in ("cross_books", "add_eos_between_books"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}.")
+        value = self.no_loss_segments
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"no_loss_segments must be an int, got {type(value).__name__} ({value!r}).")
+        if not 0 <= value < self.num_segments:
+            raise ValueError(
+                f"no_loss_segments={value} with num_segments={self.num_segments} leaves no segment to score; "
+                f"use 0 <= no_loss_segments < num_segments (train on windows of at least {value + 1} segments)."
+            )
 
     @property
     def window(self) -> int:
@@ -72,6 +89,11 @@ class LMWindowsConfig:
     def step(self) -> int:
         """Tokens between window starts (``stride``, or the window when it is ``None``)."""
         return self.window if self.stride is None else self.stride
+
+    @property
+    def no_loss_tokens(self) -> int:
+        """Tokens at the start of every window whose labels are ``-100``."""
+        return self.no_loss_segments * self.segment_size
 
 
 _CUT = re.compile(r"\S(?=\s)")
@@ -189,15 +211,16 @@ def lm_windows(token_streams: Iterable[Sequence[int] | tuple[str, Sequence[int]]
         del buffer[:start]
 
 
-def split_books(source: BookSource | Sequence[str], held_out: float) -> tuple[list[str], list[str]]:
+def split_books(source: BookSource | Sequence[str], held_out: float | Sequence[str]) -> tuple[list[str], list[str]]:
     """Split book titles into training and evaluation titles that share no book.
 
-    Titles are sorted and the last ones are held out, so the split depends only on the titles.
+    Titles are sorted and the last ones are held out (or the ones named), so the split depends
+    only on the titles.
 
     Args:
         source: a :class:`~armt.data.books.BookSource` (its distinct titles) or titles.
-        held_out: how many books to hold out (an int >= 1), or which fraction (a float in
-            ``(0, 1)``, rounded, at least one book).
+        held_out: how many books to hold out (an int >= 1), which fraction (a float in
+            ``(0, 1)``, rounded, at least one book), or which books (a list of titles).
 
     Returns:
         ``(train_titles, eval_titles)``, each sorted.
@@ -205,10 +228,20 @@ def split_books(source: BookSource | Sequence[str], held_out: float) -> tuple[li
     Example:
         >>> split_books(["c", "a", "b", "d"], held_out=0.25)
         (['a', 'b', 'c'], ['d'])
+        >>> split_books(["c", "a", "b", "d"], held_out=["b"])
+        (['a', 'c', 'd'], ['b'])
     """
     titles = sorted(set(source.titles() if isinstance(source, BookSource) else source))
+    if isinstance(held_out, (list, tuple)):
+        named = sorted(set(held_out))
+        unknown = [t for t in named if t not in titles]
+        if unknown or not named or len(named) == len(titles):
+            problem = f"{unknown} are not titles of the source" if unknown else "it must name some but not all books"
+            raise ValueError(f"held_out={list(held_out)}: {problem}; the titles are {titles}.")
+        return [t for t in titles if t not in set(named)], named
     if isinstance(held_out, bool) or not isinstance(held_out, (int, float)):
-        raise TypeError(f"held_out must be an int or a float, got {type(held_out).__name__} ({held_out!r}).")
+        raise TypeError(f"held_out must be an int, a float or a list of titles, got {type(held_out).__name__} "
+                        f"({held_out!r}).")
     if isinstance(held_out, float):
         if not 0.0 < held_out < 1.0:
             raise ValueError(f"held_out={held_out} as a fraction must lie in (0, 1); or pass a book count.")
@@ -226,28 +259,37 @@ def split_books(source: BookSource | Sequence[str], held_out: float) -> tuple[li
 class LMWindowDataset(torch.utils.data.Dataset):
     """Fixed-length language-modelling windows held as one ``LongTensor``.
 
-    Items are ``{"input_ids": (window,), "labels": (window,)}`` with equal values; the model
-    shifts the labels itself.
+    Items are ``{"input_ids": (window,), "labels": (window,)}`` with equal values, except the
+    first ``no_loss_tokens`` labels, which are ``-100``; the model shifts the labels itself.
 
     Args:
         windows: ``(num_windows, window)`` token ids, or a list of equal-length id lists.
         description: where the windows came from, for logs.
         titles: the books the windows were cut from.
+        no_loss_tokens: leading tokens of every window that are not targets of the loss
+            (:attr:`LMWindowsConfig.no_loss_tokens`).
 
     Example:
         >>> ds = LMWindowDataset([[1, 2, 3, 4], [5, 6, 7, 8]])
         >>> len(ds), ds[1]["input_ids"].tolist(), ds[1]["labels"].tolist()
         (2, [5, 6, 7, 8], [5, 6, 7, 8])
+        >>> LMWindowDataset([[1, 2, 3, 4]], no_loss_tokens=2)[0]["labels"].tolist()
+        [-100, -100, 3, 4]
     """
 
     def __init__(self, windows: torch.Tensor | Sequence[Sequence[int]], description: str = "",
-                 titles: Sequence[str] = ()) -> None:
+                 titles: Sequence[str] = (), no_loss_tokens: int = 0) -> None:
         data = windows if isinstance(windows, torch.Tensor) else torch.tensor(list(windows), dtype=torch.long)
         if data.dim() != 2:
             raise ValueError(f"windows must be (num_windows, window), got shape {tuple(data.shape)}.")
+        if isinstance(no_loss_tokens, bool) or not isinstance(no_loss_tokens, int) or \
+                not 0 <= no_loss_tokens < max(data.shape[1], 1):
+            raise ValueError(f"no_loss_tokens={no_loss_tokens!r} must be an int in [0, window={data.shape[1]}); "
+                             "some tokens of a window must remain targets.")
         self.windows = data.long()  # (N, window)
         self.description = description
         self.titles = list(titles)
+        self.no_loss_tokens = no_loss_tokens
 
     @classmethod
     def from_books(cls, source: BookSource, tokenizer: Any, config: LMWindowsConfig, *,
@@ -285,7 +327,9 @@ class LMWindowDataset(torch.utils.data.Dataset):
         which = "all" if books is None else "selected"
         description = (f"{len(rows)} windows of {config.window} tokens (stride {config.step}) from "
                        f"{len(titles)} {which} books of {source.description}")
-        return cls(windows, description, titles)
+        if config.no_loss_segments:
+            description += f", no loss on the first {config.no_loss_segments} segment(s)"
+        return cls(windows, description, titles, no_loss_tokens=config.no_loss_tokens)
 
     @property
     def num_books(self) -> int:
@@ -298,7 +342,9 @@ class LMWindowDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         ids = self.windows[index]
         # A copy, so that a collator masking labels in place never edits the inputs.
-        return {"input_ids": ids, "labels": ids.clone()}
+        labels = ids.clone()
+        labels[:self.no_loss_tokens] = -100
+        return {"input_ids": ids, "labels": labels}
 
 
 def _select(source: BookSource, books: slice | Sequence[str] | None) -> Iterator[Book]:

@@ -24,6 +24,8 @@ class RetrievalConfig:
         segment_size: real tokens per segment of the model.
         num_segments: each sample is exactly ``num_segments * segment_size`` tokens long.
         key_len, value_len: tokens per key and per value.
+        num_pairs: key-value pairs per sample (``None``: as many as fit); the rest is filler,
+            and the pairs are spread over the whole sample.
         num_samples: length of the dataset.
         seed: samples depend only on ``(seed, index)``.
 
@@ -39,6 +41,7 @@ class RetrievalConfig:
     num_segments: int = 2
     key_len: int = 2
     value_len: int = 1
+    num_pairs: int | None = None
     num_samples: int = 1000
     seed: int = 0
 
@@ -50,7 +53,10 @@ class RetrievalConfig:
         if self.vocab_size < 3 + 2:
             raise ValueError(f"vocab_size={self.vocab_size} leaves no room for keys and values (ids 0-2 are reserved).")
         pair = self.key_len + self.value_len
-        if self.length < 1 + self.key_len + self.value_len + 1 + pair:
+        if self.num_pairs is not None and (isinstance(self.num_pairs, bool) or not isinstance(self.num_pairs, int)
+                                           or self.num_pairs < 1):
+            raise ValueError(f"num_pairs must be a positive int or None, got {self.num_pairs!r}.")
+        if self.length < 1 + self.key_len + self.value_len + 1 + pair * (self.num_pairs or 1):
             raise ValueError(
                 f"num_segments * segment_size = {self.length} tokens cannot hold one key-value pair and "
                 f"the question ({2 * pair + 2} tokens); use longer segments or more of them."
@@ -62,7 +68,7 @@ class RetrievalConfig:
 
 
 class RetrievalDataset(Dataset):
-    """``[filler][k1 v1 k2 v2 ...][ASK q][v_q][EOS]`` samples; the loss is on ``v_q`` and
+    """``k1 v1 .. k2 v2 .. [ASK q][v_q][EOS]`` samples (pairs among filler); the loss is on ``v_q`` and
     ``EOS`` only. Keys are distinct within a sample; the asked key is uniform over the pairs,
     so its value is usually several segments back. Items hold ``input_ids``, ``labels`` and
     ``answer_start`` (where the answer begins, for exact-match generation)."""
@@ -82,6 +88,8 @@ class RetrievalDataset(Dataset):
         pair = c.key_len + c.value_len
         tail = 1 + c.key_len + c.value_len + 1  # ASK key value EOS
         n_pairs = (c.length - tail) // pair
+        if c.num_pairs is not None:
+            n_pairs = min(n_pairs, c.num_pairs)
         filler = c.length - tail - n_pairs * pair
         span = c.vocab_size - 3
         keys = torch.randint(span, (n_pairs * 4, c.key_len), generator=gen) + 3
@@ -94,11 +102,12 @@ class RetrievalDataset(Dataset):
             )
         values = torch.randint(span, (n_pairs, c.value_len), generator=gen) + 3
         asked = int(torch.randint(n_pairs, (1,), generator=gen))
-        ids = torch.cat([
-            torch.full((filler,), PAD),
-            torch.cat([keys, values], dim=1).reshape(-1),
-            torch.tensor([ASK]), keys[asked], values[asked], torch.tensor([EOS]),
-        ])
+        # pairs at random places among the filler, in order, so they land in any segment
+        slots = torch.full((filler + n_pairs,), -1)
+        where = torch.randperm(filler + n_pairs, generator=gen)[:n_pairs].sort().values
+        slots[where] = torch.arange(n_pairs)
+        pieces = [torch.tensor([PAD]) if j < 0 else torch.cat([keys[j], values[j]]) for j in slots.tolist()]
+        ids = torch.cat(pieces + [torch.tensor([ASK]), keys[asked], values[asked], torch.tensor([EOS])])
         labels = torch.full_like(ids, -100)
         start = c.length - c.value_len - 1
         labels[start:] = ids[start:]

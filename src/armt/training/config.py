@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,6 +219,20 @@ class RunConfig:
         }
 
 
+_SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _numbers(obj):
+    """PyYAML reads ``1e-5`` (no dot) as a string; read such values as the floats they are."""
+    if isinstance(obj, str) and _SCIENTIFIC.match(obj):
+        return float(obj)
+    if isinstance(obj, dict):
+        return {k: _numbers(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_numbers(v) for v in obj]
+    return obj
+
+
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
     """Apply ``["--training.learning_rate", "1e-4", "--armt.segment_size=64", ...]`` to a
     config dict; values are read as YAML (numbers, booleans, lists)."""
@@ -245,7 +260,7 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
             else:
                 node = node.setdefault(part, {})
         last = parts[-1]
-        value = yaml.safe_load(raw)
+        value = _numbers(yaml.safe_load(raw))
         if isinstance(node, list):
             node[int(last)] = value
         else:
@@ -253,17 +268,17 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
     return values
 
 
-def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
-    """Read a YAML run config (``None``: the built-in defaults) and apply overrides."""
+def load_run_config(path: str | Path | None, overrides: list[str] = (), defaults: dict | None = None) -> RunConfig:
+    """Read a YAML run config (``None``: ``defaults``, else the built-in run) and apply overrides."""
     import yaml
 
     if path is None:
-        values = default_run_values()
+        values = defaults if defaults is not None else default_run_values()
     else:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist.")
-        values = yaml.safe_load(path.read_text()) or {}
+        values = _numbers(yaml.safe_load(path.read_text()) or {})
     return RunConfig.from_dict(apply_overrides(values, list(overrides)))
 
 
@@ -271,16 +286,16 @@ def default_run_values() -> dict:
     """The built-in run: a tiny GPT-2 learns associative retrieval across 1 -> 2 -> 4 segments
     on the CPU in a few minutes."""
     return {
-        "model": {"tiny": {"family": "gpt2", "layers": 2, "hidden": 64, "vocab": 64}},
+        "model": {"tiny": {"family": "gpt2", "layers": 2, "hidden": 64, "vocab": 16}},
         "armt": {"num_mem_tokens": 4, "d_mem": 16, "segment_size": 16},
-        "data": {"kind": "associative_retrieval", "num_train": 4000, "num_eval": 64,
-                 "options": {"key_len": 2, "value_len": 1}},
+        "data": {"kind": "associative_retrieval", "num_train": 20000, "num_eval": 64,
+                 "options": {"key_len": 1, "value_len": 1, "num_pairs": 2}},
         "curriculum": [
-            {"num_segments": 1, "max_steps": 300},
+            {"num_segments": 1, "max_steps": 400},
             {"num_segments": 2, "max_steps": 300},
             {"num_segments": 4, "max_steps": 300},
         ],
-        "training": {"output_dir": "runs/default", "learning_rate": 3e-3, "per_device_train_batch_size": 32,
+        "training": {"output_dir": "runs/default", "learning_rate": 2e-3, "per_device_train_batch_size": 32,
                      "eval_strategy": "steps", "eval_steps": 100, "save_steps": 100, "logging_steps": 20,
                      "warmup_steps": 0.05, "lr_scheduler_type": "linear", "max_grad_norm": 1.0,
                      "metric_for_best_model": "eval_exact_match", "greater_is_better": True,

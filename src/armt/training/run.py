@@ -85,6 +85,7 @@ def dataset_factory(cfg: RunConfig, model: ARMTForCausalLM, tokenizer=None) -> C
         options = dict(data.options)
         options.pop("tokenizer", None)
         options.pop("tokenizer_vocab", None)
+        options.pop("tokenizer_train_chars", None)
         source = load_books(options.pop("source", None), seed=data.seed)
         held_out = options.pop("held_out_books", 1)
         train_titles, eval_titles = split_books(source, held_out)
@@ -122,11 +123,11 @@ def babilong_factory(cfg, tokenizer) -> Callable[[int, str], Dataset]:
         tasks = [t.strip() for t in tasks.split(",") if t.strip()]
     babi = options.pop("babi", "builtin")
     background = options.pop("background", None)
-    options.pop("tokenizer", None)
-    options.pop("tokenizer_vocab", None)
+    for key in ("tokenizer", "tokenizer_vocab", "tokenizer_train_chars"):
+        options.pop(key, None)
     if options:
         raise ValueError(f"unknown key data.options.{sorted(options)[0]} for babilong "
-                         "(known: tasks, babi, background, tokenizer, tokenizer_vocab).")
+                         "(known: tasks, babi, background, tokenizer, tokenizer_vocab, tokenizer_train_chars).")
     cache: dict = {}
 
     def make(num_segments: int, split: str) -> Dataset:
@@ -157,9 +158,20 @@ def resolve_tokenizer(cfg: RunConfig, save_dir: Path):
     name = options.get("tokenizer") or cfg.model.name_or_path
     texts_source = options.get("source") if cfg.data.kind == "lm" else options.get("background")
     books = load_books(texts_source, seed=cfg.data.seed)
-    texts = (book.text for book in books.books())
-    return get_tokenizer(name, train_texts=texts, vocab_size=int(options.get("tokenizer_vocab", 4096)),
-                         save_dir=save_dir)
+
+    def texts():
+        # language modelling evaluates on held-out books: the tokenizer is not fitted on them either
+        keep = None
+        if cfg.data.kind == "lm":
+            from ..data.lm import split_books
+
+            keep = set(split_books(books, options.get("held_out_books", 1))[0])
+        for book in books.books():
+            if keep is None or book.title in keep:
+                yield book.text
+
+    return get_tokenizer(name, train_texts=texts(), vocab_size=int(options.get("tokenizer_vocab", 4096)),
+                         save_dir=save_dir, max_train_chars=int(options.get("tokenizer_train_chars", 5_000_000)))
 
 
 def _latest_checkpoint(directory: Path) -> str | None:
@@ -218,6 +230,13 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, toke
                          callbacks=callbacks, main_process=True)
 
 
+def _generation_kwargs(tokenizer) -> dict:
+    if tokenizer is None or tokenizer.eos_token_id is None:
+        return {}
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": pad}
+
+
 def _barrier() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
@@ -266,6 +285,7 @@ def _train_stages(cfg: RunConfig, out: Path, *, resume: bool, tokenizer, metric_
         args = dict(training)
         args.update(output_dir=str(stage_dir), max_steps=stage.max_steps,
                     load_best_model_at_end=bool(metric), remove_unused_columns=False)
+        args.setdefault("dataloader_pin_memory", torch.cuda.is_available())
         if stage.batch_size is not None:
             args["per_device_train_batch_size"] = stage.batch_size
         stage_callbacks = list(callbacks)
@@ -280,9 +300,10 @@ def _train_stages(cfg: RunConfig, out: Path, *, resume: bool, tokenizer, metric_
             stage_callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
         trainer = ARMTTrainer(
             model=model, args=TrainingArguments(**args), train_dataset=train_ds, eval_dataset=eval_ds,
-            data_collator=SegmentCollator(pad_token_id=pad, transforms=transforms), processing_class=tokenizer,
+            data_collator=SegmentCollator(pad_token_id=pad, transforms=transforms), tokenizer=tokenizer,
             callbacks=stage_callbacks, metrics=cfg.metrics, metric_fns=fns, num_segments=stage.num_segments,
             save_base=not cfg.model.freeze_base or cfg.model.tiny is not None,
+            generation_kwargs=_generation_kwargs(tokenizer),
         )
         checkpoint = _latest_checkpoint(stage_dir) if resume else None
         trainer.train(resume_from_checkpoint=checkpoint)

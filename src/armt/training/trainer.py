@@ -129,13 +129,16 @@ class ARMTTrainer(Trainer):
         num_segments: shown in the logs (the curriculum stage's length).
         save_base: write the base weights into checkpoints (needed when they train).
         generation_kwargs: extra ``generate`` arguments for exact match.
+        tokenizer: saved with every checkpoint (not handed to the Trainer, whose special-token
+            alignment expects a transformers model config).
         Everything else as ``transformers.Trainer``.
     """
 
     def __init__(self, *args, metrics: Sequence[str] = (), metric_fns: Sequence[Callable] = (),
                  num_segments: int | None = None, save_base: bool = True,
-                 generation_kwargs: dict | None = None, **kwargs):
+                 generation_kwargs: dict | None = None, tokenizer=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.armt_tokenizer = tokenizer
         self.armt_metrics = tuple(metrics)
         self.metric_fns = tuple(metric_fns)
         self.num_segments = num_segments
@@ -180,8 +183,8 @@ class ARMTTrainer(Trainer):
         model = self.armt_model
         adapters = model.cell.runner is not model.base_model
         model.save_pretrained(output_dir, save_base=self.save_base and not adapters, overwrite=True)
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
+        if self.armt_tokenizer is not None:
+            self.armt_tokenizer.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:

@@ -1,0 +1,346 @@
+"""Perplexity per segment index on held-out books: does the memory help later segments?
+
+Windows of ``n * segment_size`` tokens are cut from books the model never trained on; each
+window is read from an empty memory, segment after segment, as in training.
+
+Definition. The pair (logits at ``t``, token ``t + 1``) of a window belongs to segment ``i``
+(1-based) when its *target* ``t + 1`` lies in segment ``i``, i.e.
+``(i - 1) * S <= t + 1 < i * S``. Segment 1 therefore has ``S - 1`` pairs per window (the
+window's first token has no context and is never a target) and every later segment ``S``
+pairs, the one predicting its first token from the last token of the segment before
+included. The perplexity of segment ``i`` is ``exp`` of the mean cross-entropy (nats) of its
+pairs over all windows; ``all`` pools every pair of the windows.
+
+:func:`write_perplexity` writes ``perplexity.md``, ``perplexity.csv``, ``perplexity.json`` and
+``perplexity.png`` (perplexity against segment index, one line per model).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..data.books import BookSource, load_books
+from ..data.lm import split_books
+
+FILES = ("perplexity.md", "perplexity.csv", "perplexity.json", "perplexity.png")
+FIELDS = ("model", "segment", "pairs", "loss", "perplexity")
+RUN_CONFIG = "run_config.yaml"
+DEFINITION = ("pair (logits t, token t+1) counted in the segment of its target t+1; segment 1 has S-1 pairs per "
+              "window (the window's first token is never a target), later segments S; perplexity = exp(mean CE)")
+
+
+@torch.no_grad()
+def segment_nll(model, input_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """Summed cross-entropy and number of pairs of every segment, for a batch of windows.
+
+    The windows are read one segment per call with the memory carried between calls, which
+    equals one forward pass over the whole window while keeping one segment's logits at a time.
+
+    Args:
+        model: an :class:`armt.ARMTForCausalLM` (with or without memory).
+        input_ids: ``(B, n * segment_size)`` token ids, one window per row.
+
+    Returns:
+        ``(sums, counts)``, both ``(n,)``: float64 summed cross-entropy (nats) and int64 pair
+        counts per segment (see the module docstring for which pairs).
+
+    Example:
+        >>> import armt
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> base = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=99))
+        >>> model = armt.ARMTForCausalLM(base, armt.ARMTConfig(num_mem_tokens=4, d_mem=8, segment_size=16))
+        >>> sums, counts = segment_nll(model.eval(), torch.randint(99, (2, 48)))
+        >>> counts.tolist()
+        [30, 32, 32]
+    """
+    S = model.config.segment_size
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0 or input_ids.shape[1] % S:
+        raise ValueError(
+            f"input_ids must be (batch, n * segment_size) with segment_size={S}, got shape "
+            f"{tuple(input_ids.shape)}; cut windows with LMWindowsConfig(segment_size={S}, num_segments=n)."
+        )
+    B, L = input_ids.shape
+    n = L // S
+    sums = torch.zeros(n, dtype=torch.float64)
+    counts = torch.zeros(n, dtype=torch.long)
+    memory, last = None, None
+    for i in range(n):
+        seg = input_ids[:, i * S:(i + 1) * S]  # (B, S)
+        out = model(seg, memory=memory)
+        memory = out.memory
+        logits = out.logits  # (B, S, vocab)
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), seg[:, 1:].reshape(-1), reduction="sum")
+        pairs = B * (S - 1)
+        if last is not None:  # the pair whose target is this segment's first token
+            ce = ce + F.cross_entropy(last, seg[:, 0], reduction="sum")
+            pairs += B
+        last = logits[:, -1]
+        sums[i] = ce.double().cpu()
+        counts[i] = pairs
+    return sums, counts
+
+
+def evenly_spaced(total: int, limit: int | None) -> list[int]:
+    """``limit`` indices spread evenly over ``range(total)`` (all of them when ``limit`` is None
+    or not smaller), so a capped evaluation still samples every book.
+
+    Example:
+        >>> evenly_spaced(10, 4), evenly_spaced(3, None)
+        ([0, 2, 5, 7], [0, 1, 2])
+    """
+    if limit is None or limit >= total:
+        return list(range(total))
+    if limit < 1:
+        raise ValueError(f"max_windows must be >= 1, got {limit}.")
+    return [i * total // limit for i in range(limit)]
+
+
+def evaluate_perplexity(model, windows: Tensor, *, batch_size: int = 8, progress: bool = False) -> list[dict]:
+    """Perplexity per segment index over ``windows``.
+
+    Args:
+        model: an :class:`armt.ARMTForCausalLM`; it is put in eval mode for the call.
+        windows: ``(N, n * segment_size)`` token ids (e.g. ``LMWindowDataset.windows``).
+        batch_size: windows per forward pass.
+        progress: show a tqdm bar over batches.
+
+    Returns:
+        One record per segment and a last one for all pairs: ``{"segment": 1 .. n or "all",
+        "pairs", "loss", "perplexity"}``.
+
+    Example:
+        >>> import armt
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> base = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=99))
+        >>> model = armt.ARMTForCausalLM(base, armt.ARMTConfig(num_mem_tokens=4, d_mem=8, segment_size=16))
+        >>> records = evaluate_perplexity(model, torch.randint(99, (3, 32)), batch_size=2)
+        >>> [(r["segment"], r["pairs"]) for r in records]
+        [(1, 45), (2, 48), ('all', 93)]
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    if windows.dim() != 2 or windows.shape[0] == 0:
+        raise ValueError(f"windows must be a non-empty (num_windows, length) tensor, got {tuple(windows.shape)}; "
+                         "the held-out books may be shorter than one window (use fewer segments).")
+    was_training = model.training
+    model.eval()
+    device = model.cell.memory_tokens.device
+    starts = range(0, windows.shape[0], batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="perplexity", unit="batch")
+    sums = counts = None
+    try:
+        for start in starts:
+            s, c = segment_nll(model, windows[start:start + batch_size].to(device))
+            sums, counts = (s, c) if sums is None else (sums + s, counts + c)
+    finally:
+        model.train(was_training)
+    records = [_record(i + 1, float(s), int(c)) for i, (s, c) in enumerate(zip(sums, counts))]
+    records.append(_record("all", float(sums.sum()), int(counts.sum())))
+    return records
+
+
+def _record(segment: int | str, total: float, pairs: int) -> dict[str, Any]:
+    loss = total / pairs
+    return {"segment": segment, "pairs": pairs, "loss": loss, "perplexity": math.exp(loss)}
+
+
+# which books ---------------------------------------------------------------------------------
+
+
+def find_run_config(model_dir: str | os.PathLike) -> Path | None:
+    """The ``run_config.yaml`` of the ``armt train`` run a model directory belongs to
+    (``run/best``, ``run/stageN-Kseg/best``, ``run/stageN-Kseg/checkpoint-M``), else None."""
+    here = Path(model_dir).resolve()
+    for folder in (here, here.parent, here.parent.parent):
+        if (folder / RUN_CONFIG).is_file():
+            return folder / RUN_CONFIG
+    return None
+
+
+def _lm_data(model_dir) -> dict | None:
+    import yaml
+
+    path = find_run_config(model_dir)
+    if path is None:
+        return None
+    data = (yaml.safe_load(path.read_text()) or {}).get("data") or {}
+    return data if data.get("kind") == "lm" else None
+
+
+def _held_out_value(spec: Any) -> Any:
+    """``"2"`` -> 2, ``"0.2"`` -> 0.2, ``"a,b"`` -> ["a", "b"]; other values as they are."""
+    if not isinstance(spec, str):
+        return spec
+    for kind in (int, float):
+        try:
+            return kind(spec)
+        except ValueError:
+            pass
+    return [t.strip() for t in spec.split(",") if t.strip()]
+
+
+def held_out_books(model_dirs: Sequence[str | os.PathLike], books: str | None = None,
+                   held_out: Any = None) -> tuple[BookSource, list[str]]:
+    """The source and titles to evaluate on, never a book that a model trained on.
+
+    Args:
+        model_dirs: the evaluated model directories; those inside an ``armt train`` run with
+            ``data.kind: lm`` tell their training source and split.
+        books: a folder of ``.txt`` books, a ``.txt`` file or a dataset name; default: the
+            source the first model's run trained on.
+        held_out: which of those books: a count, a fraction or titles (as ``held_out_books``
+            of the run config; a string ``"2"``, ``"0.2"`` or ``"a,b"`` is parsed), or
+            ``"all"``; default: the first run's ``held_out_books`` (else 1).
+
+    Raises:
+        ValueError: when no source is known, or an evaluation book is a training book of
+            one of the runs.
+    """
+    runs = [(d, _lm_data(d)) for d in model_dirs]
+    first = next((data for _, data in runs if data is not None), None)
+    options = (first or {}).get("options") or {}
+    if books is None:
+        if first is None:
+            raise ValueError(f"{model_dirs[0]} is not inside an armt train run of data.kind lm, so its books are "
+                             "unknown; pass --books with a folder of .txt books (and --held-out-books).")
+        books = options.get("source")
+    source = load_books(books, seed=(first or {}).get("seed", 0))
+    spec = options.get("held_out_books", 1) if held_out is None else held_out
+    titles = source.titles() if spec == "all" else split_books(source, _held_out_value(spec))[1]
+    for directory, data in runs:
+        if data is None:
+            continue
+        run_options = data.get("options") or {}
+        run_source = load_books(run_options.get("source"), seed=data.get("seed", 0))
+        trained = set(split_books(run_source, _held_out_value(run_options.get("held_out_books", 1)))[0])
+        overlap = sorted(trained & set(titles))
+        if overlap:
+            raise ValueError(f"{overlap} are training books of the run of {directory}; evaluate on its held-out "
+                             "books (leave --held-out-books out) or pass other --books.")
+    return source, sorted(titles)
+
+
+# tables and plots ----------------------------------------------------------------------------
+
+
+def _checked(results: Mapping[str, Sequence[dict]]) -> dict[str, list[dict]]:
+    if not results:
+        raise ValueError("results is empty; pass {model name: evaluate_perplexity(...)}.")
+    out = {}
+    for name, records in results.items():
+        records = [dict(r) for r in records]
+        missing = [f for f in FIELDS[1:] for r in records if f not in r]
+        if missing or not records:
+            raise ValueError(f"results[{name!r}] must be records of evaluate_perplexity (fields {FIELDS[1:]}).")
+        out[str(name)] = records
+    segments = {tuple(r["segment"] for r in records) for records in out.values()}
+    if len(segments) != 1:
+        raise ValueError(f"the models were evaluated on different segments {sorted(segments)}; use the same windows.")
+    return out
+
+
+def markdown_table(results: Mapping[str, Sequence[dict]], title: str | None = None) -> str:
+    """Segments as rows, perplexity per model as columns (and their ratio for two models).
+
+    Example:
+        >>> rec = lambda s, p: {"segment": s, "pairs": 10, "loss": math.log(p), "perplexity": p}
+        >>> print(markdown_table({"ARMT": [rec(1, 8.0), rec("all", 6.0)], "base": [rec(1, 10.0), rec("all", 8.0)]}))
+        | segment | pairs | ARMT | base | ARMT / base |
+        |---|---|---|---|---|
+        | 1 | 10 | 8.00 | 10.00 | 0.800 |
+        | all | 10 | 6.00 | 8.00 | 0.750 |
+    """
+    results = _checked(results)
+    names = list(results)
+    ratio = len(names) == 2
+    header = ["segment", "pairs", *names] + ([f"{names[0]} / {names[1]}"] if ratio else [])
+    lines = [f"# {title}", ""] if title else []
+    lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for rows in zip(*results.values()):
+        cells = [str(rows[0]["segment"]), str(rows[0]["pairs"])] + [f"{r['perplexity']:.2f}" for r in rows]
+        if ratio:
+            cells.append(f"{rows[0]['perplexity'] / rows[1]['perplexity']:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_perplexity(results: Mapping[str, Sequence[dict]], path: str | os.PathLike, title: str | None = None) -> Path:
+    """A PNG of perplexity against segment index, one line per model."""
+    # Figure + the Agg canvas directly: no pyplot, so no global backend is switched
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    results = _checked(results)
+    fig = Figure(figsize=(6.4, 4.0))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for name, records in results.items():
+        points = [(r["segment"], r["perplexity"]) for r in records if r["segment"] != "all"]
+        ax.plot([s for s, _ in points], [p for _, p in points], marker="o", label=name)
+    segments = [r["segment"] for r in next(iter(results.values())) if r["segment"] != "all"]
+    ax.set_xticks(segments)
+    ax.set_xlabel("segment index")
+    ax.set_ylabel("perplexity")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def write_perplexity(results: Mapping[str, Sequence[dict]], out_dir: str | os.PathLike, *, overwrite: bool = False,
+                     title: str = "Perplexity per segment on held-out books",
+                     metadata: Mapping[str, Any] | None = None) -> dict[str, Path]:
+    """Write ``perplexity.md``, ``.csv``, ``.json`` and ``.png`` into ``out_dir``.
+
+    Args:
+        results: ``{model name: evaluate_perplexity(...)}``, every model on the same windows.
+        out_dir: the folder; created if missing.
+        overwrite: replace existing files; without it an existing file is an error.
+        title: heading of the table and the plot.
+        metadata: JSON-serialisable facts (models, books, windows), kept in ``perplexity.json``.
+
+    Example:
+        >>> import tempfile
+        >>> rec = {"segment": 1, "pairs": 4, "loss": 0.0, "perplexity": 1.0}
+        >>> sorted(write_perplexity({"m": [rec]}, tempfile.mkdtemp()))
+        ['perplexity.csv', 'perplexity.json', 'perplexity.md', 'perplexity.png']
+    """
+    results = _checked(results)
+    out = Path(out_dir)
+    paths = {name: out / name for name in FILES}
+    existing = [str(p) for p in paths.values() if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} exists; pass overwrite=True (--overwrite on the command line) to "
+                              "replace the results, or choose another output folder.")
+    out.mkdir(parents=True, exist_ok=True)
+    with paths["perplexity.csv"].open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        for name, records in results.items():
+            writer.writerows({"model": name, **r} for r in records)
+    data = {"title": title, "definition": DEFINITION, "models": list(results), "results": results}
+    if metadata is not None:
+        data["metadata"] = dict(metadata)
+    paths["perplexity.json"].write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    paths["perplexity.md"].write_text(markdown_table(results, title) + "\n", encoding="utf-8")
+    plot_perplexity(results, paths["perplexity.png"], title)
+    return paths

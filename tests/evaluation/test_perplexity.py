@@ -1,0 +1,145 @@
+"""Per-segment perplexity: values equal a hand computation from logits, files are written,
+results are never silently replaced, held-out books stay held out, and the CLI runs end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+import yaml
+from conftest import tiny_armt
+
+from armt.evaluation.perplexity import (
+    evaluate_perplexity,
+    held_out_books,
+    markdown_table,
+    segment_nll,
+    write_perplexity,
+)
+
+S = 8
+
+
+def _windows(n, segments, seed=0):
+    return torch.randint(99, (n, segments * S), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("use_memory", [True, False])
+def test_values_equal_a_hand_computation_from_logits(use_memory):
+    model = tiny_armt("llama", segment_size=S, sliding_window=True, use_sink=True, use_memory=use_memory)
+    windows = _windows(3, 3)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(windows).logits, dim=-1)  # one forward over whole windows
+    nll = {1: [], 2: [], 3: []}
+    for b in range(3):
+        for t in range(3 * S - 1):  # the pair (logits t, token t + 1) belongs to its target's segment
+            nll[(t + 1) // S + 1].append(-float(logp[b, t, windows[b, t + 1]]))
+    got = evaluate_perplexity(model, windows, batch_size=2)
+    assert [r["segment"] for r in got] == [1, 2, 3, "all"]
+    assert [r["pairs"] for r in got] == [3 * (S - 1), 3 * S, 3 * S, 3 * (3 * S - 1)]
+    everything = nll[1] + nll[2] + nll[3]
+    for record, values in zip(got, [nll[1], nll[2], nll[3], everything]):
+        mean = sum(values) / len(values)
+        assert record["loss"] == pytest.approx(mean, abs=1e-9)
+        assert record["perplexity"] == pytest.approx(math.exp(mean), rel=1e-9)
+
+
+def test_partial_windows_are_refused():
+    model = tiny_armt("gpt2", segment_size=S)
+    with pytest.raises(ValueError, match="segment_size=8"):
+        segment_nll(model, _windows(1, 2)[:, :-1])
+
+
+def _records(scale):
+    return [{"segment": s, "pairs": 10, "loss": math.log(p * scale), "perplexity": p * scale}
+            for s, p in ((1, 20.0), (2, 15.0), ("all", 17.0))]
+
+
+def test_table_csv_json_and_plot_are_written_and_not_replaced(tmp_path):
+    results = {"ARMT": _records(1.0), "no memory": _records(1.2)}
+    paths = write_perplexity(results, tmp_path / "out", metadata={"books": "x"})
+    assert sorted(p.name for p in paths.values()) == ["perplexity.csv", "perplexity.json", "perplexity.md",
+                                                       "perplexity.png"]
+    table = paths["perplexity.md"].read_text()
+    assert "| 2 | 10 | 15.00 | 18.00 | 0.833 |" in table and "| all |" in table
+    rows = list(csv.DictReader(paths["perplexity.csv"].open()))
+    assert len(rows) == 6 and rows[0]["model"] == "ARMT" and float(rows[4]["perplexity"]) == pytest.approx(18.0)
+    data = json.loads(paths["perplexity.json"].read_text())
+    assert data["models"] == ["ARMT", "no memory"] and data["metadata"] == {"books": "x"}
+    assert data["results"]["no memory"][1]["perplexity"] == pytest.approx(18.0)
+    assert paths["perplexity.png"].read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(FileExistsError, match="overwrite"):
+        write_perplexity(results, tmp_path / "out")
+    write_perplexity({"ARMT": _records(2.0)}, tmp_path / "out", overwrite=True)
+    assert "| 1 | 10 | 40.00 |" in (tmp_path / "out" / "perplexity.md").read_text()
+    with pytest.raises(ValueError, match="different segments"):
+        markdown_table({"a": _records(1.0), "b": _records(1.0)[:2]})
+
+
+def _books(folder, names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        words = [f"word{(7 * i + j) % 53}" for j in range(1500)]
+        sentences = [" ".join(words[k:k + 10]).capitalize() + "." for k in range(0, len(words), 10)]
+        (folder / f"{name}.txt").write_text(" ".join(sentences))
+    return folder
+
+
+def _run_dir(root, source, held_out):
+    (root / "best").mkdir(parents=True)
+    values = {"data": {"kind": "lm", "seed": 0, "options": {"source": str(source), "held_out_books": held_out}}}
+    (root / "run_config.yaml").write_text(yaml.safe_dump(values))
+    return root / "best"
+
+
+def test_held_out_books_come_from_the_run_and_training_books_are_refused(tmp_path):
+    source = _books(tmp_path / "books", ["a", "b", "c", "d"])
+    model = _run_dir(tmp_path / "run", source, ["b"])
+    books, titles = held_out_books([model])
+    assert titles == ["b"] and books.description.startswith("local folder")
+    assert held_out_books([model], held_out="b")[1] == ["b"]
+    with pytest.raises(ValueError, match=r"\['d'\] are training books"):
+        held_out_books([model], held_out=1)  # the last title, d, was trained on
+    other = _books(tmp_path / "other", ["x", "y"])
+    assert held_out_books([model], books=str(other), held_out="all")[1] == ["x", "y"]
+    with pytest.raises(ValueError, match="pass --books"):
+        held_out_books([tmp_path / "books"])
+
+
+def _train_tiny(out, source, *extra):
+    from armt.cli import main
+
+    config = out.parent / f"{out.name}.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"tiny": {"family": "llama", "layers": 2, "hidden": 32}},
+        "armt": {"num_mem_tokens": 2, "d_mem": 8, "segment_size": 16, "sliding_window": True, "use_sink": True},
+        "data": {"kind": "lm", "num_segments": 2, "num_train": 8, "num_eval": 2,
+                 "options": {"source": str(source), "held_out_books": ["b"], "no_loss_segments": 1,
+                             "tokenizer_vocab": 300}},
+        "training": {"output_dir": str(out), "max_steps": 2, "per_device_train_batch_size": 4, "report_to": [],
+                     "disable_tqdm": True, "use_cpu": True},
+    }))
+    assert main(["train", str(config), "--threads", "1", *extra]) == 0
+
+
+def test_cli_compares_a_model_with_its_no_memory_baseline(tmp_path, capsys):
+    from armt.cli import main
+
+    source = _books(tmp_path / "books", ["a", "b", "c"])
+    _train_tiny(tmp_path / "armt", source)
+    _train_tiny(tmp_path / "nomem", source, "--armt.use_memory=false")
+    capsys.readouterr()
+    args = ["perplexity", "--model", str(tmp_path / "armt" / "best"), "--baseline", str(tmp_path / "nomem" / "best"),
+            "--num-segments", "3", "--max-windows", "4", "--threads", "1", "--quiet", "--out", str(tmp_path / "ppl")]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| segment | pairs | ARMT | no memory | ARMT / no memory |" in printed and "from b;" in printed
+    data = json.loads((tmp_path / "ppl" / "perplexity.json").read_text())
+    assert data["metadata"]["titles"] == ["b"] and data["metadata"]["windows"] == 4
+    assert [r["pairs"] for r in data["results"]["ARMT"]] == [4 * 15, 4 * 16, 4 * 16, 4 * 47]
+    assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
+    assert main(args + ["--overwrite", "--held-out-books", "a"]) == 2
+    assert "training books" in capsys.readouterr().err

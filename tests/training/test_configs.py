@@ -1,0 +1,40 @@
+"""Every file in configs/ is a valid run config, and the PG19 files hold the official recipe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from armt.training.config import load_run_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+
+
+def test_there_are_configs():
+    assert CONFIGS, "configs/ holds no .yaml files"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_loads(path):
+    cfg = load_run_config(path)
+    assert cfg.stages and cfg.training["output_dir"]
+
+
+@pytest.mark.parametrize("name", ["pg19_llama_sliding.yaml", "pg19_tiny.yaml"])
+def test_pg19_configs_hold_the_recipe(name):
+    cfg = load_run_config(Path(CONFIGS[0]).parent / name)
+    a, d, t = cfg.armt, cfg.data, cfg.training
+    assert (a.segment_size, a.num_mem_tokens, a.d_mem) == (512, 32, 64)
+    assert a.sliding_window and a.use_sink and a.use_memory
+    assert d.kind == "lm" and d.num_segments == 2 and d.options["no_loss_segments"] == 1
+    assert (t["lr_scheduler_type"], t["warmup_steps"], t["optim"], t["weight_decay"]) == ("linear", 0.1,
+                                                                                         "adamw_torch", 0.01)
+    if name == "pg19_llama_sliding.yaml":
+        assert cfg.model.name_or_path == "meta-llama/Llama-3.2-1B" and t["bf16"]
+        assert t["learning_rate"] == 1e-5
+        assert t["per_device_train_batch_size"] * t["gradient_accumulation_steps"] == 64
+    else:
+        assert cfg.model.tiny["family"] == "llama" and (cfg.model.tiny["hidden"], cfg.model.tiny["layers"]) == (128, 4)
+    baseline = load_run_config(Path(CONFIGS[0]).parent / name, ["--armt.use_memory", "false"])
+    assert not baseline.armt.use_memory and baseline.armt.sliding_window and baseline.armt.use_sink

@@ -242,15 +242,25 @@ class ARMTForCausalLM(nn.Module):
         return valid.sum()
 
     # checkpointing --------------------------------------------------------------------
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
-        """Recompute every segment in the backward pass (the Trainer calls this)."""
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs) -> None:
+        """Recompute every segment in the backward pass (the Trainer calls this). Options of
+        layer-level checkpointing (``every_n_layers``, ...) do not apply: ARMT checkpoints
+        whole segments, because re-running single layers would write the memory twice."""
         self.config.gradient_checkpointing = True
 
     def gradient_checkpointing_disable(self) -> None:
         self.config.gradient_checkpointing = False
 
+    # transformers 5.2x names the same switch "activation checkpointing"
+    activation_checkpointing_enable = gradient_checkpointing_enable
+    activation_checkpointing_disable = gradient_checkpointing_disable
+
     @property
     def is_gradient_checkpointing(self) -> bool:
+        return self.config.gradient_checkpointing
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
         return self.config.gradient_checkpointing
 
     # input checks ---------------------------------------------------------------------

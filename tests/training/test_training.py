@@ -271,3 +271,17 @@ def test_scientific_notation_reads_as_numbers(tmp_path):
     path.write_text("model: {tiny: {family: gpt2}}\ntraining: {output_dir: x, learning_rate: 1e-5}\n")
     cfg = load_run_config(path, ["--training.weight_decay", "1E-2"])
     assert cfg.training["learning_rate"] == 1e-5 and cfg.training["weight_decay"] == 0.01
+
+
+def test_early_stopping_and_trainer_options(tmp_path):
+    # lr 0: eval_loss never improves, so patience 1 stops after the second evaluation
+    cfg = tiny_run(tmp_path / "e", stages=((2, 40),), learning_rate=0.0, metric_for_best_model="eval_loss",
+                   greater_is_better=False, gradient_checkpointing=True, bf16=True, max_grad_norm=0.5,
+                   lr_scheduler_type="cosine")
+    cfg.early_stopping_patience = 1
+    [result] = train(cfg)
+    assert result.steps == 10
+    import armt
+
+    best = armt.ARMTForCausalLM.from_pretrained(Path(result.best_dir))
+    assert best.config.gradient_checkpointing  # the Trainer turned on ARMT's per-segment checkpointing

@@ -234,6 +234,13 @@ def _add_babilong_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in training.output_dir")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing run in training.output_dir first")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.set_defaults(func=_train)
+
+
 def _add_babilong_parsers(sub) -> None:
     bl = sub.add_parser("babilong", help="BABILong: write data sets, evaluate a model")
     bl_sub = bl.add_subparsers(dest="babilong_command", required=True)
@@ -265,10 +272,7 @@ def _add_babilong_parsers(sub) -> None:
     tr.add_argument("config", nargs="?", default=None, help="YAML run config (default: the --recipe)")
     tr.add_argument("--recipe", default="babilong_tiny", choices=["babilong_tiny", "babilong_gpt2"],
                     help="built-in recipe used when no config is given (babilong_gpt2 is the official one)")
-    tr.add_argument("--resume", action="store_true", help="continue an interrupted run in training.output_dir")
-    tr.add_argument("--overwrite", action="store_true", help="delete an existing run in training.output_dir first")
-    tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    tr.set_defaults(func=_train)
+    _add_train_args(tr)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -432,10 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "overridden with --section.key value, e.g. --training.learning_rate 1e-4. Without a "
                     "config, the built-in run trains a tiny GPT-2 on associative retrieval (1 -> 2 -> 4 segments).")
     tr.add_argument("config", nargs="?", default=None, help="YAML run config (default: the built-in run)")
-    tr.add_argument("--resume", action="store_true", help="continue an interrupted run in training.output_dir")
-    tr.add_argument("--overwrite", action="store_true", help="delete an existing run in training.output_dir first")
-    tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    tr.set_defaults(func=_train)
+    _add_train_args(tr)
 
     _add_perplexity_parser(sub)
     return parser

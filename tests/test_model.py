@@ -275,3 +275,18 @@ def test_deepcopy_gets_its_own_hooks():
             mem.W_mv.weight.mul_(3)
         assert (clone(ids).logits - before).abs().max() > 1e-6
         torch.testing.assert_close(model(ids).logits, before, rtol=0, atol=0)
+
+
+def test_memory_dtype_keeps_the_state_wide_under_a_bf16_model():
+    ids = _ids(1, 40)
+    wide = tiny_armt("llama", dtype=torch.bfloat16, memory_dtype="float32")
+    narrow = tiny_armt("llama", dtype=torch.bfloat16)
+    with torch.no_grad():
+        out = wide(ids, labels=ids)
+        state = {m.A.dtype for m in out.memory.layers} | {m.z.dtype for m in out.memory.layers}
+        assert state == {torch.float32} and out.logits.dtype == torch.bfloat16
+        assert {m.A.dtype for m in narrow(ids).memory.layers} == {torch.bfloat16}
+        # the same hidden states, so the two states differ only by the rounding of the state
+        torch.testing.assert_close(out.memory.layers[0].A, narrow(ids).memory.layers[0].A.float(),
+                                   atol=0.02, rtol=0.02)
+    assert wide.read([ids]).memory.layers[0].A.dtype == torch.float32

@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .checks import check_positive_int
+
 ALIGNMENTS = ("left", "right", "center")
 MEMORY_DTYPES = ("float32", "float64", "bfloat16", "float16")
 
@@ -85,18 +87,11 @@ class ARMTConfig:
     use_memory: bool = True
 
     def __post_init__(self) -> None:
-        def positive_int(name: str, hint: str) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r}).")
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}. {hint}")
-
-        positive_int("num_mem_tokens", "ARMT writes memory from memory tokens, so it needs at least one.")
-        positive_int("d_mem", "Use the key width of the memory, e.g. 64.")
-        positive_int("segment_size", "Use the number of real tokens per segment, e.g. 512.")
-        positive_int("n_heads", "Use 1 for a single memory per layer.")
-        positive_int("dpfp_nu", "The official code uses 3.")
+        check_positive_int(self, "num_mem_tokens", "ARMT writes memory from memory tokens, so it needs at least one.")
+        check_positive_int(self, "d_mem", "Use the key width of the memory, e.g. 64.")
+        check_positive_int(self, "segment_size", "Use the number of real tokens per segment, e.g. 512.")
+        check_positive_int(self, "n_heads", "Use 1 for a single memory per layer.")
+        check_positive_int(self, "dpfp_nu", "The official code uses 3.")
         if self.d_mem % self.n_heads != 0:
             raise ValueError(
                 f"d_mem={self.d_mem} is not divisible by n_heads={self.n_heads}; "
@@ -107,7 +102,7 @@ class ARMTConfig:
                 f"segment_alignment={self.segment_alignment!r} is unknown; use one of {ALIGNMENTS}."
             )
         if self.bptt_segments is not None:
-            positive_int("bptt_segments", "Use None to backpropagate through every segment.")
+            check_positive_int(self, "bptt_segments", "Use None to backpropagate through every segment.")
         if self.layers_path is not None and (not isinstance(self.layers_path, str) or not self.layers_path.strip(".")):
             raise ValueError(
                 f"layers_path={self.layers_path!r} is not a dotted attribute path; "

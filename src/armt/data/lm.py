@@ -17,6 +17,8 @@ import torch
 
 from armt.data.books import Book, BookSource
 
+from ..checks import check_positive_int
+
 
 @dataclass
 class LMWindowsConfig:
@@ -55,19 +57,12 @@ class LMWindowsConfig:
     no_loss_segments: int = 0
 
     def __post_init__(self) -> None:
-        def positive_int(name: str, hint: str) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r}).")
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}. {hint}")
-
-        positive_int("segment_size", "Use the number of real tokens per segment, e.g. 512.")
-        positive_int("num_segments", "Use 1 for windows of a single segment.")
+        check_positive_int(self, "segment_size", "Use the number of real tokens per segment, e.g. 512.")
+        check_positive_int(self, "num_segments", "Use 1 for windows of a single segment.")
         if self.stride is not None:
-            positive_int("stride", "Use None for non-overlapping windows.")
+            check_positive_int(self, "stride", "Use None for non-overlapping windows.")
         if self.max_tokens_per_book is not None:
-            positive_int("max_tokens_per_book", "Use None to read whole books.")
+            check_positive_int(self, "max_tokens_per_book", "Use None to read whole books.")
         for name in ("cross_books", "add_eos_between_books"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}.")

@@ -10,7 +10,7 @@ from armt.cli import main
 
 
 def test_demo_runs_and_shows_identity(capsys):
-    assert main(["demo", "--tokens", "600", "--segment-size", "128"]) == 0
+    assert main(["reading-demo", "--tokens", "600", "--segment-size", "128"]) == 0
     out = capsys.readouterr().out
     assert "max |logit diff| = 0.00e+00" in out
     assert "5 segments written" in out
@@ -69,3 +69,15 @@ def test_read_then_generate_from_the_shell(tmp_path, capsys):
     ids = model.generate(prompt, memory=state, max_new_tokens=8, do_sample=False,
                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     assert answer.rstrip("\n") == tok.decode(ids[0, prompt.shape[1]:], skip_special_tokens=True)
+
+
+def test_demo_trains_evaluates_and_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--minutes", "0.02", "--out", str(out), "--threads", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "max |logit diff| = 0.00e+00" in text
+    assert "| pairs N | ARMT | ARMT, memory wiped |" in text and "| 32 |" in text
+    assert "segments back)" in text  # written-out queries with the model's answers
+    assert {p.name for p in out.iterdir()} == {"demo.json", "demo.md", "demo.png"}
+    assert main(["demo", "--minutes", "0.02", "--out", str(out)]) == 2
+    assert "overwrite" in capsys.readouterr().err

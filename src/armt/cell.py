@@ -1,5 +1,7 @@
 """One segment of ARMT: ``[sink?, tokens, memory tokens]`` through the base model, with every
-layer reading and writing its associative memory, giving logits and the new memory state."""
+layer reading and writing its associative memory, giving logits and the new memory state.
+For the RMT baseline (``memory="tokens"``) the segment is ``[sink?, read memory, tokens, write
+memory]`` and the write tokens' final hidden states are the new state."""
 
 from __future__ import annotations
 
@@ -28,6 +30,22 @@ def unwrap_adapters(model: nn.Module) -> nn.Module:
     if callable(get) and type(model).__module__.split(".")[0] == "peft":
         return get()
     return model
+
+
+def _position_limit(runner: nn.Module) -> int | None:
+    """Size of a learned absolute position table (GPT-2's ``n_positions``), None for RoPE."""
+    config = getattr(runner, "config", None)
+    if config is None or config.model_type not in sliding.ABSOLUTE_POSITION_FAMILIES:
+        return None
+    return getattr(config, "n_positions", None)
+
+
+def _positions(attention_mask: Tensor | None) -> dict:
+    """Position ids that skip padding, so that the memory tokens after a row's last real token
+    sit where they sit when the row runs alone (empty when nothing is padded)."""
+    if attention_mask is None or bool(attention_mask.all()):
+        return {}
+    return {"position_ids": (attention_mask.long().cumsum(1) - 1).clamp(min=0)}
 
 
 class ARMTCell(nn.Module):
@@ -61,6 +79,11 @@ class ARMTCell(nn.Module):
                 "with get_input_embeddings()."
             )
         weight = embeddings.weight
+        if weight.is_meta:
+            raise ValueError(
+                f"{type(base_model).__name__} is on the meta device (its weights were never loaded); load it with "
+                "from_pretrained(...) or call to_empty(device=...) and initialise it before wrapping."
+            )
         self.d_model = weight.shape[-1]
         kw = dict(device=weight.device, dtype=weight.dtype)
         with torch.no_grad():
@@ -74,14 +97,40 @@ class ARMTCell(nn.Module):
             # appends memory tokens or asks where the model lives
             self.register_buffer("memory_tokens", torch.zeros(0, self.d_model, **kw), persistent=False)
         self.sink = nn.Parameter(torch.randn(1, self.d_model, **kw)) if config.use_sink else None
+        self.token_memory = config.token_memory
+        self.num_read_tokens = config.read_tokens_per_segment
+        associative = config.use_memory and not self.token_memory
         self.memory_layers = nn.ModuleList(AssociativeMemory(self.d_model, config, **kw)
-                                           for _ in (layers if config.use_memory else ()))
+                                           for _ in (layers if associative else ()))
         self._handles = [h for mem, layer in zip(self.memory_layers, layers) for h in mem.attach(layer)]
         self._logits_to_keep = "logits_to_keep" in inspect.signature(self.runner.forward).parameters
+        positions = int(config.use_sink) + config.read_tokens_per_segment + config.segment_size + self.num_mem_tokens
+        limit = _position_limit(self.runner)
+        if not config.sliding_window and limit is not None and positions > limit:
+            raise ValueError(
+                f"a segment takes {positions} positions (sink + memory tokens + segment_size={config.segment_size}), "
+                f"but {type(self.runner).__name__} has a position table of {limit}; use segment_size <= "
+                f"{limit - positions + config.segment_size}."
+            )
         if config.sliding_window:  # refuse unsupported bases now, not at the first call
             sliding.rotary_module(self.runner)
             sliding.check_positions(self.runner, int(config.use_sink) + 2 * config.segment_size
                                     + self.num_mem_tokens, config.segment_size)
+
+    def prefix_embeds(self, memory: MemoryState | None, batch_size: int) -> Tensor | None:
+        """What precedes a segment's tokens: the sink and, for RMT, the read memory
+        (``(B, P, d_model)``), or ``None`` when nothing does."""
+        parts = []
+        if self.sink is not None:
+            parts.append(self.sink.unsqueeze(0).expand(batch_size, -1, -1))
+        if self.token_memory:
+            parts.append(self._read_tokens(memory, batch_size))
+        return torch.cat(parts, dim=1) if parts else None
+
+    def _read_tokens(self, memory: MemoryState | None, batch_size: int) -> Tensor:
+        if memory is None:
+            return self.memory_tokens.unsqueeze(0).expand(batch_size, -1, -1)
+        return memory.tokens.to(self.memory_tokens.dtype)
 
     @property
     def runner(self) -> nn.Module:
@@ -142,7 +191,28 @@ class ARMTCell(nn.Module):
                 f"memory has {len(memory.layers)} layers but this model has {self.num_layers}; "
                 "it was made by another model."
             )
-        use_memory = self.config.use_memory
+        associative = self.config.use_memory and not self.token_memory
+        want_dtype = self.memory_layers[0].state_dtype if associative else None
+        want_dtype = want_dtype or self.memory_tokens.dtype
+        tensors = [m.A for m in memory.layers if associative] + ([memory.tokens] if self.token_memory else [])
+        if any(t.dtype != want_dtype for t in tensors):
+            raise ValueError(
+                f"memory holds {tensors[0].dtype} tensors but this model keeps its memory in {want_dtype}; "
+                f"convert it first with memory.to({want_dtype})."
+            )
+        if self.token_memory:
+            want = (batch_size, self.num_mem_tokens, self.d_model)
+            if memory.tokens is None or tuple(memory.tokens.shape) != want:
+                got = None if memory.tokens is None else tuple(memory.tokens.shape)
+                raise ValueError(
+                    f"memory.tokens has shape {got}, expected {want} (memory='tokens'): the state comes "
+                    "from another config or batch size. Pass memory=None to start afresh."
+                )
+        elif memory.tokens is not None:
+            raise ValueError("memory holds RMT memory tokens but this model has memory="
+                             f"{self.config.memory!r}, use_memory={self.config.use_memory}: the state comes "
+                             "from another config.")
+        use_memory = associative
         expected = self.memory_layers[0].empty_shape(batch_size, self.d_model) if use_memory else (batch_size, 0)
         for i, m in enumerate(memory.layers):
             if tuple(m.A.shape) != expected:
@@ -153,8 +223,8 @@ class ARMTCell(nn.Module):
                 )
             if not use_memory:
                 if m.z is not None:
-                    raise ValueError(f"memory.layers[{i}].z is present but use_memory=False: the state "
-                                     "comes from a model with memory.")
+                    raise ValueError(f"memory.layers[{i}].z is present but this model has no associative "
+                                     "memory: the state comes from another config.")
             elif (m.z is None) == self.config.use_denom:
                 raise ValueError(
                     f"memory.layers[{i}].z is {'missing' if m.z is None else 'present'} but "
@@ -218,6 +288,8 @@ class ARMTCell(nn.Module):
         """
         B, T, _ = inputs_embeds.shape
         M = self.num_mem_tokens
+        if self.token_memory:
+            return self._forward_tokens(inputs_embeds, attention_mask, memory, compute_logits, last_logits_only)
         parts = [inputs_embeds, self.memory_tokens.unsqueeze(0).expand(B, -1, -1)]
         offset = 0
         if self.sink is not None:
@@ -229,6 +301,7 @@ class ARMTCell(nn.Module):
             full[:, offset:offset + T] = attention_mask
             attention_mask = full
         kwargs = dict(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False, return_dict=True)
+        kwargs.update(_positions(attention_mask))
         backbone = self._backbone if not compute_logits else None
         if self.config.sliding_window:
             cache, rotary, W = self._window_inputs(kwargs, inputs_embeds, attention_mask, memory,
@@ -259,14 +332,44 @@ class ARMTCell(nn.Module):
         else:  # nothing is written: empty placeholders that carry the window below
             empty = embeds.new_zeros(B, 0)
             written = tuple(LayerMemory(empty, None) for _ in range(self.num_layers))
-        segments = 1 if memory is None else memory.segments + 1
+        segments, counts = (1, None) if memory is None else memory.advanced()
         if not self.config.sliding_window:
-            return logits, MemoryState(written, segments)
+            return logits, MemoryState(written, segments, counts=counts)
         valid = torch.ones(B, T, dtype=torch.bool, device=embeds.device) if attention_mask is None \
             else attention_mask[:, offset:offset + T].bool()
         # the segment's tokens sat at positions offset + W.. and become the window at offset..
         written, window_mask = sliding.new_window(cache, written, W + offset, valid, rotary, offset + W, offset)
-        return logits, MemoryState(written, segments, window_mask)
+        return logits, MemoryState(written, segments, window_mask, counts=counts)
+
+    def _forward_tokens(self, inputs_embeds, attention_mask, memory, compute_logits, last_logits_only):
+        """One RMT segment: ``[sink?, read, tokens, write]``; the write tokens' final hidden
+        states (after the base model's last norm) are the next segment's read memory."""
+        B, T, _ = inputs_embeds.shape
+        M = self.num_mem_tokens
+        read = self._read_tokens(memory, B)
+        prefix = self.prefix_embeds(memory, B)
+        offset = prefix.shape[1]
+        embeds = torch.cat([prefix, inputs_embeds, read], dim=1)  # write tokens start as the read memory
+        if attention_mask is not None:
+            full = torch.ones(B, offset + T + M, dtype=attention_mask.dtype, device=attention_mask.device)
+            full[:, offset:offset + T] = attention_mask
+            attention_mask = full
+        kwargs = dict(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False, return_dict=True)
+        kwargs.update(_positions(attention_mask))
+        first = offset + T - 1 if last_logits_only else offset
+        backbone = self._backbone
+        head = self.runner.get_output_embeddings()
+        if backbone is not None and head is not None:
+            hidden = backbone(**kwargs).last_hidden_state
+            logits = head(hidden[:, first:offset + T]) if compute_logits else None
+        else:  # no separate backbone: the last entry of hidden_states is the normed output
+            out = self.runner(**kwargs, output_hidden_states=True)
+            hidden = out.hidden_states[-1]
+            logits = out.logits[:, first:offset + T] if compute_logits else None
+        empty = embeds.new_zeros(B, 0)
+        layers = tuple(LayerMemory(empty, None) for _ in range(self.num_layers))
+        segments, counts = (1, None) if memory is None else memory.advanced()
+        return logits, MemoryState(layers, segments, tokens=hidden[:, -M:], counts=counts)
 
     def _window_inputs(self, kwargs, inputs_embeds, attention_mask, memory, module):
         """Point ``kwargs`` at the window: a cache pre-filled with it, positions after it and the

@@ -11,6 +11,26 @@ from collections.abc import Sequence
 def _demo(args: argparse.Namespace) -> int:
     import torch
 
+    from .evaluation.capacity import capacity_markdown, capacity_outputs, run_demo, write_capacity
+
+    torch.set_num_threads(args.threads)
+    capacity_outputs(args.out, "demo", overwrite=args.overwrite)  # refuse before training, not after
+    start = time.perf_counter()
+    print(f"armt demo: does the memory store and retrieve? ({args.threads} threads, seed {args.seed})", flush=True)
+    results = run_demo(minutes=args.minutes, seed=args.seed, log=lambda s: print(s, flush=True))
+    results["command"] = "armt demo " + " ".join(args.argv)
+    results["wall_seconds"] = round(time.perf_counter() - start, 1)
+    paths = write_capacity(results, args.out, overwrite=args.overwrite, prefix="demo")
+    print("exact match by number of pairs N (each pair in its own segment; N > the last trained N was never "
+          "trained):")
+    print(capacity_markdown(results))
+    print(f"took {results['wall_seconds']:.0f}s; wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def _reading_demo(args: argparse.Namespace) -> int:
+    import torch
+
     from . import ARMTConfig, ARMTForCausalLM, segment_bounds
     from .tiny import tiny_base_model
 
@@ -56,6 +76,10 @@ def _convert_official(args: argparse.Namespace) -> int:
     if os.path.exists(os.path.join(args.output, CONFIG_NAME)) and not args.overwrite:
         print(f"error: {args.output} already holds an ARMT model; pass --overwrite to replace it.", file=sys.stderr)
         return 2
+    if os.path.isdir(args.output) and os.listdir(args.output) and not args.overwrite:
+        print(f"error: {args.output} is not empty; pass --overwrite to write into it, or choose an empty folder.",
+              file=sys.stderr)
+        return 2
     base_cfg = AutoConfig.from_pretrained(args.base)
     base = AutoModelForCausalLM.from_config(base_cfg)
     cfg = ARMTConfig(segment_size=args.segment_size, n_heads=args.n_heads, use_denom=not args.no_denom,
@@ -97,6 +121,9 @@ def _read(args: argparse.Namespace) -> int:
 
     if os.path.exists(args.save_memory) and not args.overwrite:
         raise FileExistsError(f"{args.save_memory} exists; pass --overwrite to replace it.")
+    folder = os.path.dirname(os.path.abspath(args.save_memory))
+    if not os.path.isdir(folder):  # say so now, not after reading the whole input
+        raise FileNotFoundError(f"--save-memory {args.save_memory}: the folder {folder} does not exist; create it first.")
     if not os.path.isfile(args.input):
         raise FileNotFoundError(f"--input {args.input} is not a file.")
     model, tokenizer = _load(args)
@@ -104,8 +131,13 @@ def _read(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     # a byte count is a good enough bar total for most tokenizers (~4 bytes per token)
     total = os.path.getsize(args.input) // 4
-    result = model.read(iter_text_tokens(args.input, tokenizer, chunk_chars=args.chunk_chars), memory,
-                        compute_loss=args.loss, progress=not args.quiet, total=total)
+    try:
+        result = model.read(iter_text_tokens(args.input, tokenizer, chunk_chars=args.chunk_chars,
+                                             encoding=args.encoding), memory,
+                            compute_loss=args.loss, progress=not args.quiet, total=total)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"--input {args.input} is not {args.encoding} text ({err.reason} at byte {err.start}); "
+                         "pass its encoding with --encoding, e.g. --encoding latin-1.") from err
     took = time.perf_counter() - start
     if result.memory is None:
         raise ValueError(f"--input {args.input} holds no tokens.")
@@ -382,14 +414,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="armt", description="Associative Recurrent Memory Transformer tools.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="wrap a small random model and run a long input through it")
+    demo = sub.add_parser("demo", help="train a tiny ARMT for a few minutes and show that its memory stores "
+                          "and retrieves key-value pairs (against the same weights with the memory wiped)")
+    demo.add_argument("--minutes", type=float, default=5.0, help="training budget")
+    demo.add_argument("--out", default="armt-demo", help="folder for demo.json/.md/.png")
+    demo.add_argument("--overwrite", action="store_true", help="replace the files of an earlier demo")
+    demo.add_argument("--seed", type=int, default=0, help="model and data seed")
+    demo.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    demo.set_defaults(func=_demo)
+
+    demo = sub.add_parser("reading-demo", help="wrap a small random model and read a long input through it "
+                          "(identity with the base model, speed, constant state size)")
     demo.add_argument("--family", default="gpt2", choices=["gpt2", "llama"], help="base model family")
     demo.add_argument("--tokens", type=int, default=16384, help="length of the random input")
     demo.add_argument("--segment-size", type=int, default=128, help="real tokens per segment")
     demo.add_argument("--mem-tokens", type=int, default=16, help="memory tokens per segment")
     demo.add_argument("--d-mem", type=int, default=32, help="memory key width before DPFP")
     demo.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    demo.set_defaults(func=_demo)
+    demo.set_defaults(func=_reading_demo)
 
     conv = sub.add_parser("convert-official", help="convert a checkpoint of the official ARMT code")
     conv.add_argument("input", help="official state dict (.safetensors, or .bin/.pt opened weights-only)")
@@ -410,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--input", required=True, help="text file to read (streamed, never loaded whole)")
     rd.add_argument("--save-memory", required=True, help="where to write the memory state (.safetensors)")
     rd.add_argument("--overwrite", action="store_true", help="replace an existing --save-memory file")
+    rd.add_argument("--encoding", default="utf-8", help="text encoding of --input")
     rd.add_argument("--loss", action="store_true", help="also report the language-model loss of the text")
     rd.add_argument("--chunk-chars", type=int, default=1 << 20, help="characters tokenized at a time")
     rd.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -462,6 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = rest
     args = parser.parse_args(argv)
     args.overrides = overrides
+    args.argv = argv[1:]
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError) as err:

@@ -11,6 +11,7 @@ from .checks import check_positive_int
 
 ALIGNMENTS = ("left", "right", "center")
 MEMORY_DTYPES = ("float32", "float64", "bfloat16", "float16")
+MEMORY_KINDS = ("associative", "tokens")
 
 
 @dataclass
@@ -54,6 +55,15 @@ class ARMTConfig:
             models the window's keys are re-rotated so that every distance is the true one.
             Needs ``attn_implementation`` ``"sdpa"`` or ``"eager"`` and a GPT-2, GPT-NeoX,
             Llama, Qwen2 or Mistral base (see :mod:`armt.window`).
+        memory: ``"associative"`` (ARMT) or ``"tokens"``: the Recurrent Memory Transformer
+            baseline (RMT, arXiv 2207.06881 / 2304.11062, decoder form) in the same model. RMT
+            has no associative memory: each segment is ``[read memory, tokens, write memory]``
+            (``num_mem_tokens`` each); the read memory is the learned memory tokens in the first
+            segment and the write tokens' final hidden states of the segment before afterwards
+            (the write tokens enter as copies of the read memory, as in the RMT code); the state
+            carries those ``(batch, num_mem_tokens, d_model)`` states in ``MemoryState.tokens``.
+            ``d_mem``, ``n_heads``, ``dpfp_nu``, ``correction``, ``use_denom``, ``gating`` and
+            ``memory_dtype`` are then ignored; ``sliding_window`` is not supported with it.
         use_memory: ``False`` gives the no-memory baseline of the same model: no memory tokens,
             no associative read or write and no memory parameters, while the segmentation, the
             sliding window and the sink stay as configured. Each segment then sees only itself
@@ -85,6 +95,7 @@ class ARMTConfig:
     memory_dtype: str | None = None
     sliding_window: bool = False
     use_memory: bool = True
+    memory: str = "associative"
 
     def __post_init__(self) -> None:
         check_positive_int(self, "num_mem_tokens", "ARMT writes memory from memory tokens, so it needs at least one.")
@@ -113,14 +124,34 @@ class ARMTConfig:
                 f"memory_dtype={self.memory_dtype!r} is unknown; use one of {MEMORY_DTYPES} or None "
                 "(the base model's dtype)."
             )
+        if self.memory not in MEMORY_KINDS:
+            raise ValueError(
+                f"memory={self.memory!r} is unknown; use 'associative' (ARMT) or 'tokens' (the RMT baseline)."
+            )
+        if self.memory == "tokens" and self.sliding_window:
+            raise ValueError(
+                "memory='tokens' (RMT) does not support sliding_window=True; use memory='associative' "
+                "or sliding_window=False."
+            )
         for name in ("correction", "use_denom", "gating", "use_sink", "gradient_checkpointing",
                      "last_segment_loss_only", "sliding_window", "use_memory"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}.")
 
     @property
+    def token_memory(self) -> bool:
+        """True for the RMT baseline (``memory="tokens"`` with ``use_memory``)."""
+        return self.use_memory and self.memory == "tokens"
+
+    @property
+    def read_tokens_per_segment(self) -> int:
+        """Memory tokens placed before a segment's tokens: ``num_mem_tokens`` for RMT, else 0."""
+        return self.num_mem_tokens if self.token_memory else 0
+
+    @property
     def memory_tokens_per_segment(self) -> int:
-        """Memory tokens actually appended to a segment: ``num_mem_tokens``, or 0 without memory.
+        """Memory tokens actually appended after a segment's tokens (the written ones):
+        ``num_mem_tokens``, or 0 without memory.
 
         Example:
             >>> [ARMTConfig(use_memory=m).memory_tokens_per_segment for m in (True, False)]

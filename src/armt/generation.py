@@ -77,6 +77,12 @@ def generate(
     """
     if max_new_tokens is None or int(max_new_tokens) < 1:
         raise ValueError(f"max_new_tokens must be a positive number of tokens, got {max_new_tokens!r}.")
+    for key in ("num_beams", "num_return_sequences"):
+        if int(hf_kwargs.get(key) or 1) > 1:
+            raise ValueError(
+                f"generate(..., {key}={hf_kwargs[key]}) is not supported by ARMT generation (the memory is "
+                "one state per row); use greedy search or sampling, and repeat rows to get several samples."
+            )
     for key in ("inputs_embeds", "past_key_values", "cache", "max_length", "return_dict_in_generate"):
         if hf_kwargs.get(key) not in (None, False):
             raise ValueError(
@@ -84,6 +90,9 @@ def generate(
                 "as input_ids, the cache is managed per segment, and max_new_tokens sets the length."
             )
     B, L = model._check_inputs(input_ids, None, attention_mask, None, None, memory)
+    if attention_mask is not None and not bool(attention_mask.all()):
+        return _generate_rows(model, input_ids, attention_mask, memory, max_new_tokens=max_new_tokens,
+                              write_segments=write_segments, return_memory=return_memory, **hf_kwargs)
     cell, cfg = model.cell, model.config
     S = cfg.segment_size
     from .model import segment_bounds
@@ -137,6 +146,36 @@ def generate(
     return (out, memory) if return_memory else out
 
 
+def _generate_rows(model, input_ids, attention_mask, memory, *, max_new_tokens, write_segments, return_memory,
+                   **hf_kwargs):
+    """A padded batch, row by row: each row's real tokens (left or right padding) are read and
+    continued exactly as if the row came alone; the new tokens are appended after the padded
+    rows (as Hugging Face does), rows that stop early filled with the pad token."""
+    from .padding import PaddingPlan
+
+    plan = PaddingPlan.from_mask(attention_mask)
+    if hf_kwargs.get("streamer") is not None:
+        raise ValueError("a streamer shows one sequence; pass one row (no padding) when streaming.")
+    rows, states = [], []
+    for i in range(input_ids.shape[0]):
+        start, n = int(plan.starts[i]), int(plan.lengths[i])
+        own = None if memory is None else memory.select([i])
+        ids, state = generate(model, input_ids[i:i + 1, start:start + n], None, own, max_new_tokens=max_new_tokens,
+                              write_segments=write_segments, return_memory=True, **hf_kwargs)
+        rows.append(ids[0, n:])
+        states.append(state)
+    pad = _pad_id(model, hf_kwargs, _eos_ids(model, hf_kwargs))
+    width = max(r.shape[0] for r in rows)
+    new = torch.stack([torch.cat([r, r.new_full((width - r.shape[0],), pad)]) for r in rows])
+    out = torch.cat([input_ids, new], dim=1)
+    if not return_memory:
+        return out
+    try:
+        return out, MemoryState.cat(states)
+    except ValueError as err:
+        raise ValueError(f"return_memory=True with this padded batch: {err} Generate the rows separately.") from err
+
+
 def _generate_in_segment(cell, seg_ids, seg_mask, memory, steps, streamer, hf_kwargs) -> Tensor:
     """Decode ``steps`` tokens after ``seg_ids`` (the open segment) reading ``memory``; returns
     only the new tokens ``(B, <= steps)``."""
@@ -148,15 +187,16 @@ def _generate_in_segment(cell, seg_ids, seg_mask, memory, steps, streamer, hf_kw
     mask = seg_mask if seg_mask is not None else torch.ones_like(seg_ids)
     windowed = memory is not None and memory.window_mask is not None
     with cell.reading(memory), (_window_masks(cell, memory) if windowed else nullcontext()):
-        if cell.sink is not None or windowed:
-            # the cache holds [window, sink] before the segment's tokens, as in a forward pass,
-            # and the mask covers it all so that HF decodes the tokens after it
+        before = cell.prefix_embeds(memory, B)  # sink and, for RMT, the read memory
+        if before is not None or windowed:
+            # the cache holds [window, sink, RMT read memory] before the segment's tokens, as in
+            # a forward pass, and the mask covers it all so that HF decodes the tokens after it
             cache = sliding.prefilled_cache(memory)
             name = sliding.cache_argument(runner)
             prefix = [memory.window_mask.to(mask.dtype)] if windowed else []
-            if cell.sink is not None:
-                prefix.append(torch.ones_like(mask[:, :1]))
-                runner(inputs_embeds=cell.sink.unsqueeze(0).expand(B, -1, -1), use_cache=True,
+            if before is not None:
+                prefix.append(torch.ones_like(mask[:, :1]).expand(-1, before.shape[1]))
+                runner(inputs_embeds=before, use_cache=True,
                        attention_mask=torch.cat(prefix, dim=1), return_dict=True, **{name: cache})
             kwargs[name] = cache
             mask = torch.cat(prefix + [mask], dim=1)

@@ -14,6 +14,7 @@ from transformers.utils import ModelOutput
 
 from .cell import ARMTCell
 from .config import ARMTConfig
+from .padding import PaddingPlan, keep_inactive
 from .state import MemoryState
 
 
@@ -185,7 +186,9 @@ class ARMTForCausalLM(nn.Module):
 
         Args:
             input_ids: ``(B, L)`` context.
-            attention_mask: ``(B, L)``; left padding only (Hugging Face decoding).
+            attention_mask: ``(B, L)``, left or right padding: a padded batch is generated row by
+                row, each row exactly as if it came alone, the new tokens appended after the
+                padded rows.
             memory: state from an earlier call (e.g. a book read with :meth:`read`).
             max_new_tokens: how many tokens to add (in total, across segments).
             return_memory: also return the memory after the last written segment.
@@ -273,7 +276,15 @@ class ARMTForCausalLM(nn.Module):
                     "input_ids must be an integer tensor of shape (batch, length), got "
                     f"{getattr(input_ids, 'shape', type(input_ids).__name__)}."
                 )
+            if input_ids.dtype == torch.bool:
+                raise ValueError("input_ids must hold token ids (integers), got a bool tensor.")
             B, L = input_ids.shape
+            vocab = self.base_model.get_input_embeddings().weight.shape[0]
+            if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
+                raise ValueError(
+                    f"input_ids hold ids from {int(input_ids.min())} to {int(input_ids.max())} but the model's "
+                    f"vocabulary is 0..{vocab - 1}; check the tokenizer (padding with -100 belongs in labels)."
+                )
         else:
             if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.cell.d_model:
                 raise ValueError(
@@ -286,10 +297,36 @@ class ARMTForCausalLM(nn.Module):
         for name, t in (("attention_mask", attention_mask), ("labels", labels), ("labels_mask", labels_mask)):
             if t is not None and tuple(t.shape) != (B, L):
                 raise ValueError(f"{name} has shape {tuple(t.shape)} but the input is {(B, L)}; they must match.")
+        if attention_mask is not None and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token) values.")
         if labels is not None and labels.is_floating_point():
             raise ValueError("labels must hold token ids (integers), with -100 for ignored positions.")
         self.cell.check_memory(memory, B)
         return B, L
+
+    def padding_plan(self, attention_mask: Tensor | None) -> PaddingPlan | None:
+        """How a padded batch is run so that every row equals the row alone (see
+        :mod:`armt.padding`): ``None`` without padding, or for masks with holes (masked tokens
+        between real ones are hidden from attention only). Layouts that cannot be made exact are
+        refused with a message."""
+        if attention_mask is None:
+            return None
+        plan = PaddingPlan.detect(attention_mask)
+        if plan is None or not plan.padded:
+            return None
+        if self.config.segment_alignment != "left":
+            raise ValueError(
+                f"a padded batch with segment_alignment={self.config.segment_alignment!r} cannot give every row "
+                "the segments it gets alone; use segment_alignment='left' (any left or right padding) or "
+                "unpadded rows of equal length."
+            )
+        if self.config.sliding_window:
+            raise ValueError(
+                "padded batches are not supported with sliding_window=True (a short row's window would hold "
+                "padding); run rows of different lengths separately, or pad every row to whole segments of "
+                "real tokens."
+            )
+        return plan
 
     # the recurrent loop ---------------------------------------------------------------
     def _run_segment(self, embeds, mask, memory, compute_logits):
@@ -356,10 +393,25 @@ class ARMTForCausalLM(nn.Module):
                 "use ARMTConfig(gradient_checkpointing=True) (per segment) instead."
             )
         cfg = self.config
-        if attention_mask is not None and bool(attention_mask.all()):
-            attention_mask = None  # lets sdpa take its causal fast path
         if labels_mask is not None:
             labels_mask = labels_mask.bool()
+        plan = self.padding_plan(attention_mask)
+        keep_all = False
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None  # lets sdpa take its causal fast path
+        if plan is not None:
+            # every row's real tokens from position 0, so each row is cut as if alone; padding
+            # scores nothing (a row alone has no such positions)
+            rotate = plan.to_start
+            input_ids = None if input_ids is None else rotate(input_ids)
+            inputs_embeds = None if inputs_embeds is None else rotate(inputs_embeds)
+            attention_mask = rotate(attention_mask)
+            if labels is not None:
+                labels = rotate(labels).masked_fill(attention_mask == 0, -100)
+            if labels_mask is not None:
+                labels_mask = rotate(labels_mask) & (attention_mask != 0)
+            keep_all = output_only_last_segment and plan.shifted  # the rows' last tokens are rotated back
+            output_only_last_segment = output_only_last_segment and not keep_all
         embed = self.base_model.get_input_embeddings()
         bounds = segment_bounds(L, cfg.segment_size, cfg.segment_alignment)
         n = len(bounds)
@@ -372,7 +424,10 @@ class ARMTForCausalLM(nn.Module):
             keep_logits = last or not output_only_last_segment
             embeds = embed(input_ids[:, a:b]) if input_ids is not None else inputs_embeds[:, a:b]
             mask = None if attention_mask is None else attention_mask[:, a:b]
+            before = memory
             logits, memory = self._run_segment(embeds, mask, memory, wants_loss or keep_logits)
+            if plan is not None:  # rows with no token left keep their memory
+                memory = keep_inactive(plan.active(a), memory, before)
             if wants_loss:
                 ce_sum, ce_count, within = self._segment_loss(logits, labels, labels_mask, a, b, L, last)
                 if cfg.last_segment_loss_only:
@@ -387,14 +442,19 @@ class ARMTForCausalLM(nn.Module):
             if cfg.bptt_segments is not None and (s + 1) % cfg.bptt_segments == 0 and not last:
                 memory = memory.detach()
 
-        out = ARMTOutput(
-            logits=logits_out[0] if len(logits_out) == 1 else torch.cat(logits_out, dim=1),
-            memory=memory,
-        )
+        logits = logits_out[0] if len(logits_out) == 1 else torch.cat(logits_out, dim=1)
+        if plan is not None and plan.shifted and logits.shape[1] == L:
+            logits = plan.back(logits)
+            if keep_all:
+                logits = logits[:, bounds[-1][0]:]
+        out = ARMTOutput(logits=logits, memory=memory)
         if labels is not None:
             ref = next(x for x in seg_losses if x is not None)
             nan = torch.full((), float("nan"), dtype=ref.dtype, device=ref.device)
-            out.loss = loss_sum / (loss_count if num_items_in_batch is None else num_items_in_batch)
+            if num_items_in_batch is None and int(loss_count) == 0:
+                out.loss = loss_sum * 0.0  # nothing scored: 0 (still differentiable), not NaN
+            else:
+                out.loss = loss_sum / (loss_count if num_items_in_batch is None else num_items_in_batch)
             out.num_loss_tokens = loss_count
             out.segment_losses = torch.stack([nan if x is None else x for x in seg_losses])
         return out

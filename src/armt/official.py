@@ -29,7 +29,17 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
         from safetensors.torch import load_file
 
         return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"{path!r} is not a PyTorch checkpoint that can be opened safely ({first}). Only plain tensors are "
+            "read (weights_only=True); files that need code to load are refused. Convert it to safetensors "
+            "where you trust it."
+        ) from err
     if isinstance(state, Mapping) and "model_state_dict" in state:
         state = state["model_state_dict"]
     if not isinstance(state, Mapping):

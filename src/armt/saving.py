@@ -9,6 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from .cell import unwrap_adapters
@@ -33,12 +34,34 @@ def base_config_hash(config) -> str | None:
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _resolvable(name: str) -> str:
+    """A local path made absolute (loading later must not depend on the working directory); a
+    Hub name as it is."""
+    return os.path.abspath(name) if name and os.path.isdir(name) else name
+
+
+def load_base_model(source: str, **kwargs) -> nn.Module:
+    """``AutoModelForCausalLM.from_pretrained`` with a message that says what to do when the
+    base is neither a local folder nor reachable on the Hub."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as err:  # ValueError: not even a valid Hub name
+        if os.path.isdir(source):
+            raise
+        raise FileNotFoundError(
+            f"base model {source!r} is not a local folder and could not be loaded from the Hub ({str(err)[:160]}). "
+            "Pass a local folder (base_model= / --base), a tiny model config, or set up the Hugging Face cache."
+        ) from err
+
+
 def _base_record(model) -> dict:
     base = unwrap_adapters(model.base_model)
     cfg = getattr(base, "config", None)
     return {
         "class": type(base).__name__,
-        "name_or_path": getattr(cfg, "_name_or_path", "") or "",
+        "name_or_path": _resolvable(getattr(cfg, "_name_or_path", "") or ""),
         "model_type": getattr(cfg, "model_type", None),
         "hidden_size": model.cell.d_model,
         "num_layers": model.cell.num_layers,
@@ -62,6 +85,10 @@ def save_pretrained(model, save_directory: str | os.PathLike, *, save_base: bool
     out = Path(save_directory)
     if (out / CONFIG_NAME).exists() and not overwrite:
         raise FileExistsError(f"{out} already holds an ARMT model; pass overwrite=True to replace it.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        # e.g. a Hugging Face model folder: save_base would replace its config.json and weights
+        raise FileExistsError(f"{out} is not empty ({', '.join(sorted(p.name for p in out.iterdir())[:4])}, ...); "
+                              "pass overwrite=True to write into it, or choose an empty folder.")
     out.mkdir(parents=True, exist_ok=True)
     weights = {k: v.contiguous() for k, v in model.cell.armt_state_dict().items()}
     save_file(weights, str(out / WEIGHTS_NAME), metadata={"format": _FORMAT})
@@ -104,7 +131,7 @@ def from_pretrained(cls, directory: str | os.PathLike, base_model: nn.Module | s
             raise ValueError(f"{directory} holds no base model and records no base name; pass base_model=.")
         base_model = source
     if isinstance(base_model, (str, os.PathLike)):
-        base_model = AutoModelForCausalLM.from_pretrained(str(base_model), **base_kwargs)
+        base_model = load_base_model(str(base_model), **base_kwargs)
     if record.get("adapter") and unwrap_adapters(base_model) is base_model:
         from peft import PeftModel
 
@@ -124,7 +151,17 @@ def from_pretrained(cls, directory: str | os.PathLike, base_model: nn.Module | s
             + ". Pass the base it was trained on" + (" (or check_base=False if only run-time settings "
                                                       "differ)." if list(clash) == ["config_hash"] else ".")
         )
-    model.cell.load_armt_state_dict(load_file(str(directory / WEIGHTS_NAME)), str(directory / WEIGHTS_NAME))
+    from safetensors import SafetensorError
+
+    try:
+        weights = load_file(str(directory / WEIGHTS_NAME))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{directory / WEIGHTS_NAME} is not a readable safetensors file ({err}); it may be "
+                         "truncated. Save the model again.") from err
+    bad = sorted(k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise ValueError(f"{directory / WEIGHTS_NAME} holds NaN or infinite values in {bad[:4]}; it is not loaded.")
+    model.cell.load_armt_state_dict(weights, str(directory / WEIGHTS_NAME))
     return model
 
 

@@ -1,5 +1,6 @@
 """The recurrent state of ARMT as plain values: one (A, z) pair per decoder layer, and with
-``sliding_window`` the previous segment's keys and values."""
+``sliding_window`` the previous segment's keys and values; for the RMT baseline the memory
+tokens' hidden states."""
 
 from __future__ import annotations
 
@@ -54,6 +55,11 @@ class MemoryState:
         segments: how many segments have been written into it.
         window_mask: ``(batch, W)`` bool, which window entries are real tokens (not padding);
             ``None`` unless the state comes from a ``sliding_window=True`` model.
+        tokens: ``(batch, num_mem_tokens, d_model)`` read memory of the next segment for the
+            RMT baseline (``memory="tokens"``; its ``layers`` then hold empty ``A``), else ``None``.
+        counts: ``(batch,)`` segments written per row when rows differ (padded batches, where a
+            short row skips the segments that are pure padding for it); ``None`` when every row
+            has written ``segments``. :meth:`segment_counts` always gives the per-row numbers.
 
     Example:
         >>> import torch
@@ -65,6 +71,30 @@ class MemoryState:
     layers: tuple[LayerMemory, ...]
     segments: int
     window_mask: Tensor | None = None
+    tokens: Tensor | None = None
+    counts: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.counts is not None:
+            counts = torch.as_tensor(self.counts, dtype=torch.long)
+            if counts.dim() != 1 or counts.shape[0] != self.batch_size:
+                raise ValueError(f"counts must have shape ({self.batch_size},), got {tuple(counts.shape)}.")
+            if bool((counts == counts[0]).all()):  # one number for all rows: the plain form
+                object.__setattr__(self, "segments", int(counts[0]))
+                counts = None
+            else:
+                object.__setattr__(self, "segments", int(counts.max()))
+            object.__setattr__(self, "counts", counts)
+
+    def segment_counts(self) -> Tensor:
+        """``(batch,)`` segments written by each row."""
+        if self.counts is not None:
+            return self.counts
+        return torch.full((self.batch_size,), self.segments, dtype=torch.long)
+
+    def advanced(self) -> tuple[int, Tensor | None]:
+        """``(segments, counts)`` after one more segment written by every row."""
+        return self.segments + 1, None if self.counts is None else self.counts + 1
 
     @property
     def batch_size(self) -> int:
@@ -79,7 +109,41 @@ class MemoryState:
         mask = self.window_mask
         if mask is not None:
             mask = (mask_fn or fn)(mask)
-        return replace(self, layers=tuple(m._map(fn) for m in self.layers), window_mask=mask)
+        tokens = None if self.tokens is None else fn(self.tokens)
+        return replace(self, layers=tuple(m._map(fn) for m in self.layers), window_mask=mask, tokens=tokens)
+
+    @classmethod
+    def cat(cls, states: Sequence[MemoryState]) -> MemoryState:
+        """The states of several batches as one batch (rows in order; per-row segment counts
+        kept). They must come from the same model (and, with a sliding window, hold windows of
+        the same length).
+
+        Example:
+            >>> import torch
+            >>> one = MemoryState((LayerMemory(torch.zeros(1, 1, 6, 4), torch.zeros(1, 1, 6)),), 2)
+            >>> two = MemoryState((LayerMemory(torch.ones(2, 1, 6, 4), torch.ones(2, 1, 6)),), 3)
+            >>> both = MemoryState.cat([one, two])
+            >>> both.batch_size, both.segment_counts().tolist()
+            (3, [2, 3, 3])
+        """
+        first = states[0]
+
+        def join(get):
+            parts = [get(s) for s in states]
+            if all(p is None for p in parts):
+                return None
+            if any(p is None for p in parts) or len({tuple(p.shape[1:]) for p in parts}) != 1:
+                raise ValueError("these memory states do not fit together (another model, or sliding windows of "
+                                 "different lengths).")
+            return torch.cat(parts, dim=0)
+
+        layers = tuple(
+            LayerMemory(join(lambda s, i=i: s.layers[i].A), join(lambda s, i=i: s.layers[i].z),
+                        join(lambda s, i=i: s.layers[i].window_keys), join(lambda s, i=i: s.layers[i].window_values))
+            for i in range(len(first.layers))
+        )
+        counts = torch.cat([s.segment_counts() for s in states])
+        return cls(layers, int(counts.max()), join(lambda s: s.window_mask), join(lambda s: s.tokens), counts)
 
     def detach(self) -> MemoryState:
         """The same values cut from the autograd graph (truncated backpropagation)."""
@@ -92,7 +156,14 @@ class MemoryState:
     def select(self, index: Sequence[int] | Tensor) -> MemoryState:
         """The memory of some batch items only, in the given order."""
         index = torch.as_tensor(index, dtype=torch.long, device=self.layers[0].A.device)
-        return self._map(lambda t: t.index_select(0, index.to(t.device)))
+        counts = None if self.counts is None else self.counts.index_select(0, index.cpu())
+        picked = replace(self, counts=None)._map(lambda t: t.index_select(0, index.to(t.device)))
+        return picked if counts is None else replace(picked, counts=counts)
+
+    def non_finite(self) -> list[str]:
+        """Names of the tensors that hold NaN or infinite values (empty when all is finite)."""
+        return [name for name, t in self.tensors().items()
+                if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
     def tensors(self) -> dict[str, Tensor]:
         """Flat name -> tensor mapping (the safetensors layout)."""
@@ -104,6 +175,10 @@ class MemoryState:
                     out[f"layer{i}.{name}"] = getattr(m, name)
         if self.window_mask is not None:
             out["window_mask"] = self.window_mask
+        if self.tokens is not None:
+            out["tokens"] = self.tokens
+        if self.counts is not None:
+            out["segment_counts"] = self.counts
         return out
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
@@ -113,6 +188,10 @@ class MemoryState:
 
         if os.path.exists(path) and not overwrite:
             raise FileExistsError(f"{os.fspath(path)!r} exists; pass overwrite=True to replace it.")
+        bad = self.non_finite()
+        if bad:
+            raise ValueError(f"the memory state holds NaN or infinite values in {bad[:4]}; it is not saved. "
+                             "The model overflowed (e.g. float16): use memory_dtype='float32' or float32 weights.")
         meta = {"format": _FORMAT, "segments": str(self.segments), "num_layers": str(len(self.layers))}
         save_file({k: v.detach().contiguous() for k, v in self.tensors().items()}, os.fspath(path), metadata=meta)
 
@@ -121,7 +200,16 @@ class MemoryState:
         """Read a state written by :meth:`save`."""
         from safetensors import safe_open
 
-        with safe_open(os.fspath(path), framework="pt", device=str(device)) as f:
+        from safetensors import SafetensorError
+
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"memory state {os.fspath(path)!r} does not exist.")
+        try:
+            handle = safe_open(os.fspath(path), framework="pt", device=str(device))
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"{os.fspath(path)!r} is not a readable safetensors file ({err}); it may be truncated "
+                             "or not a memory state.") from err
+        with handle as f:
             meta = f.metadata() or {}
             if meta.get("format") != _FORMAT:
                 raise ValueError(
@@ -138,4 +226,8 @@ class MemoryState:
                             opt(f"layer{i}.window_values"))
                 for i in range(int(meta["num_layers"]))
             )
-            return cls(layers, int(meta["segments"]), opt("window_mask"))
+            state = cls(layers, int(meta["segments"]), opt("window_mask"), opt("tokens"), opt("segment_counts"))
+        bad = state.non_finite()
+        if bad:
+            raise ValueError(f"{os.fspath(path)!r} holds NaN or infinite values in {bad[:4]}; it is not a usable state.")
+        return state

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..config import ARMTConfig
 
-DATA_KINDS = ("associative_retrieval", "lm", "babilong")
+DATA_KINDS = ("associative_retrieval", "capacity", "lm", "babilong")
 METRICS = ("exact_match",)
 
 
@@ -72,10 +72,12 @@ class DataSpec:
     """Training and evaluation data.
 
     Args:
-        kind: ``associative_retrieval`` (built in, no files), ``lm`` (books cut into windows of
-            ``num_segments`` segments) or ``babilong``.
+        kind: ``associative_retrieval`` (built in, no files), ``capacity`` (the ARMT paper's
+            capacity task, :mod:`armt.data.capacity`: one pair per segment, so ``num_segments``
+            segments hold ``num_segments - 1`` pairs and the query; needs ``segment_size`` 4),
+            ``lm`` (books cut into windows of ``num_segments`` segments) or ``babilong``.
         num_segments: segments per sample when there is no curriculum.
-        num_train, num_eval: samples (``associative_retrieval`` and ``babilong``).
+        num_train, num_eval: samples (``associative_retrieval``, ``capacity`` and ``babilong``).
         seed: data seed (the training seed is ``training.seed``).
         options: kind-specific settings, e.g. ``key_len``/``value_len`` for retrieval,
             ``source``/``tokenizer``/``held_out_books`` for ``lm``, ``tasks``/``babi``/
@@ -166,6 +168,13 @@ class RunConfig:
                 f"unknown key training.{unknown[0]}: training takes transformers.TrainingArguments fields "
                 f"(e.g. learning_rate, per_device_train_batch_size, eval_steps)."
             )
+        fields = {f.name: f.type for f in dataclasses.fields(TrainingArguments)}
+        for key, value in self.training.items():
+            want = fields[key]
+            if want in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"training.{key} must be a number, got {value!r}.")
+            if want is bool and not isinstance(value, bool):
+                raise ValueError(f"training.{key} must be true or false, got {value!r}.")
         if "output_dir" not in self.training:
             raise ValueError("training.output_dir is required: where the run writes checkpoints and logs.")
         for key in ("max_steps", "num_train_epochs"):
@@ -278,7 +287,14 @@ def load_run_config(path: str | Path | None, overrides: list[str] = (), defaults
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist.")
-        values = _numbers(yaml.safe_load(path.read_text()) or {})
+        try:
+            values = _numbers(yaml.safe_load(path.read_text()) or {})
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+            raise ValueError(f"config file {path} is not valid YAML{at}: {getattr(err, 'problem', err)}.") from err
+        except UnicodeDecodeError as err:
+            raise ValueError(f"config file {path} is not UTF-8 text.") from err
     return RunConfig.from_dict(apply_overrides(values, list(overrides)))
 
 

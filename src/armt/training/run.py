@@ -36,12 +36,12 @@ def build_model(cfg: RunConfig) -> ARMTForCausalLM:
         tiny = dict(spec.tiny)
         base = tiny_base_model(tiny.pop("family", "gpt2"), **tiny, attn=spec.attn_implementation or "sdpa").to(dtype)
     elif spec.name_or_path is not None:
-        from transformers import AutoModelForCausalLM
+        from ..saving import load_base_model
 
         kwargs = {"dtype": dtype}
         if spec.attn_implementation:
             kwargs["attn_implementation"] = spec.attn_implementation
-        base = AutoModelForCausalLM.from_pretrained(spec.name_or_path, **kwargs)
+        base = load_base_model(spec.name_or_path, **kwargs)
     else:
         base = None
     if spec.init_from is not None:
@@ -69,6 +69,8 @@ def dataset_factory(cfg: RunConfig, model: ARMTForCausalLM, tokenizer=None) -> C
         from ..data.retrieval import RetrievalConfig, RetrievalDataset
 
         vocab = _vocab_size(model)
+        _check_options(data.options, "associative_retrieval", RetrievalConfig,
+                       set_by_run={"vocab_size", "segment_size", "num_segments", "num_samples", "seed"})
 
         def make(num_segments: int, split: str) -> Dataset:
             n = data.num_train if split == "train" else data.num_eval
@@ -78,6 +80,8 @@ def dataset_factory(cfg: RunConfig, model: ARMTForCausalLM, tokenizer=None) -> C
                                                     num_samples=n, seed=seed, **data.options))
 
         return make
+    if data.kind == "capacity":
+        return _capacity_factory(cfg, _vocab_size(model))
     if data.kind == "lm":
         from ..data.books import load_books
         from ..data.lm import LMWindowDataset, LMWindowsConfig, split_books
@@ -86,6 +90,8 @@ def dataset_factory(cfg: RunConfig, model: ARMTForCausalLM, tokenizer=None) -> C
         options.pop("tokenizer", None)
         options.pop("tokenizer_vocab", None)
         options.pop("tokenizer_train_chars", None)
+        _check_options(options, "lm", LMWindowsConfig, set_by_run={"segment_size", "num_segments"},
+                       extra={"source", "held_out_books"})
         source = load_books(options.pop("source", None), seed=data.seed)
         held_out = options.pop("held_out_books", 1)
         train_titles, eval_titles = split_books(source, held_out)
@@ -106,6 +112,40 @@ def dataset_factory(cfg: RunConfig, model: ARMTForCausalLM, tokenizer=None) -> C
     if data.kind == "babilong":
         return babilong_factory(cfg, tokenizer)
     raise ValueError(f"data.kind={data.kind!r} is unknown.")
+
+
+def _check_options(options: dict, kind: str, cls, *, set_by_run: set, extra: set = frozenset()) -> None:
+    known = ({f.name for f in dataclasses.fields(cls)} - set_by_run) | set(extra)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"unknown key data.options.{unknown[0]} for {kind} (known: {', '.join(sorted(known))}).")
+
+
+def _capacity_factory(cfg: RunConfig, vocab: int) -> Callable[[int, str], Dataset]:
+    from ..data.capacity import CapacityConfig, CapacityDataset
+
+    data = cfg.data
+    options = dict(data.options)
+    known = {"variant", "num_symbols", "key_len", "value_len"}
+    if set(options) - known:
+        raise ValueError(f"unknown key data.options.{sorted(set(options) - known)[0]} for capacity "
+                         f"(known: {', '.join(sorted(known))}).")
+    probe = CapacityConfig(num_pairs=1, **options)
+    if cfg.armt.segment_size != probe.segment_size:
+        raise ValueError(f"data.kind=capacity puts one pair of {probe.segment_size} tokens in each segment; "
+                         f"set armt.segment_size to {probe.segment_size} (it is {cfg.armt.segment_size}).")
+    if vocab < probe.vocab_size:
+        raise ValueError(f"data.kind=capacity needs a vocabulary of {probe.vocab_size} tokens; the model has "
+                         f"{vocab}. Set model.tiny.vocab to {probe.vocab_size}.")
+
+    def make(num_segments: int, split: str) -> Dataset:
+        if num_segments < 2:
+            raise ValueError("data.kind=capacity needs num_segments >= 2 (N pairs then the query: N + 1 segments).")
+        n = data.num_train if split == "train" else data.num_eval
+        seed = data.seed if split == "train" else data.seed + 7919
+        return CapacityDataset(CapacityConfig(num_pairs=num_segments - 1, num_samples=n, seed=seed, **options))
+
+    return make
 
 
 def babilong_factory(cfg, tokenizer) -> Callable[[int, str], Dataset]:
@@ -149,8 +189,8 @@ def resolve_tokenizer(cfg: RunConfig, save_dir: Path):
     or the base model's, loaded by name; offline, a byte-level BPE trained on the training
     books (``data.options.tokenizer_vocab`` entries) and saved in the run. Returns
     ``(tokenizer, description)``."""
-    if cfg.data.kind == "associative_retrieval":
-        return None, "none (associative retrieval uses token ids directly)"
+    if cfg.data.kind in ("associative_retrieval", "capacity"):
+        return None, f"none ({cfg.data.kind} uses token ids directly)"
     from ..data.books import load_books
     from ..data.tokenizer import get_tokenizer
 
@@ -174,10 +214,29 @@ def resolve_tokenizer(cfg: RunConfig, save_dir: Path):
                          save_dir=save_dir, max_train_chars=int(options.get("tokenizer_train_chars", 5_000_000)))
 
 
+_CHECKPOINT_FILES = ("trainer_state.json", "armt_config.json", "armt_model.safetensors")
+
+
 def _latest_checkpoint(directory: Path) -> str | None:
-    found = [(int(m.group(1)), p) for p in directory.glob("checkpoint-*")
-             if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
-    return str(max(found)[1]) if found else None
+    """The newest complete checkpoint of a stage (a kill while one was written leaves it
+    incomplete: it is skipped, with a warning)."""
+    found = sorted(((int(m.group(1)), p) for p in directory.glob("checkpoint-*")
+                    if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))), reverse=True)
+    for _, path in found:
+        missing = [f for f in _CHECKPOINT_FILES if not (path / f).is_file()]
+        if not missing:
+            return str(path)
+        logger.warning("skipping the incomplete checkpoint %s (no %s); resuming from an older one", path,
+                       ", ".join(missing))
+    return None
+
+
+def _finished_checkpoint(checkpoint: str | None, max_steps: int) -> dict | None:
+    """The trainer state of ``checkpoint`` if it already reached ``max_steps``."""
+    if checkpoint is None:
+        return None
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    return state if state.get("global_step", 0) >= max_steps else None
 
 
 @dataclass
@@ -213,21 +272,60 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, toke
         return _train_stages(cfg, out, resume=resume, tokenizer=tokenizer, metric_fns=metric_fns,
                              callbacks=callbacks, main_process=False)
     if out.exists() and any(out.iterdir()) and not (resume or overwrite):
+        what = "already holds a run" if _is_run_dir(out) else "is not empty and is not an armt run"
         raise FileExistsError(
-            f"{out} already holds a run; pass --resume to continue it or --overwrite to start again "
+            f"{out} {what}; pass --resume to continue a run or --overwrite to start it again "
             "(or choose another training.output_dir)."
         )
     if overwrite and not resume and out.exists():
         import shutil
 
+        _check_removable(out)
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     resolved = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     if resume and (out / CONFIG_NAME).exists() and (out / CONFIG_NAME).read_text() != resolved:
-        raise ValueError(f"--resume: {out / CONFIG_NAME} differs from this config; resume with the same config.")
+        differ = _differing_keys(yaml.safe_load((out / CONFIG_NAME).read_text()), cfg.to_dict())
+        raise ValueError(f"--resume: this config differs from the run's {out / CONFIG_NAME} at "
+                         f"{', '.join(differ[:6]) or 'its layout'}; resume with the same config (or start a new run).")
     (out / CONFIG_NAME).write_text(resolved)
     return _train_stages(cfg, out, resume=resume, tokenizer=tokenizer, metric_fns=metric_fns,
                          callbacks=callbacks, main_process=True)
+
+
+def _differing_keys(old, new, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += _differing_keys(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+_STAGE_DIR = re.compile(r"stage\d+-\d+seg")
+
+
+def _is_run_dir(out: Path) -> bool:
+    return (out / CONFIG_NAME).is_file() or (out / STATE_NAME).is_file()
+
+
+def _check_removable(out: Path) -> None:
+    """``--overwrite`` deletes a folder only if it is recognisably an armt run and holds nothing
+    else: never the working directory, one of its parents, the home directory or foreign files."""
+    resolved = out.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents or resolved == Path.home().resolve():
+        raise ValueError(f"--overwrite would delete {out} ({resolved}): the working directory, one of its parents "
+                         "or the home directory. Set training.output_dir to a folder of its own, e.g. runs/my-run.")
+    if not _is_run_dir(out):
+        raise ValueError(f"{out} is not an armt run (no {CONFIG_NAME}); --overwrite deletes only armt runs. "
+                         "Choose another training.output_dir, or empty the folder yourself.")
+    own = {CONFIG_NAME, STATE_NAME, "best", "tokenizer"}
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in own and not _STAGE_DIR.fullmatch(p.name))
+    if foreign:
+        raise ValueError(f"{out} holds files that armt did not write ({', '.join(foreign[:5])}); --overwrite "
+                         "refuses to delete them. Move them away or choose another training.output_dir.")
 
 
 def _generation_kwargs(tokenizer) -> dict:
@@ -306,7 +404,16 @@ def _train_stages(cfg: RunConfig, out: Path, *, resume: bool, tokenizer, metric_
             generation_kwargs=_generation_kwargs(tokenizer),
         )
         checkpoint = _latest_checkpoint(stage_dir) if resume else None
-        trainer.train(resume_from_checkpoint=checkpoint)
+        finished = _finished_checkpoint(checkpoint, stage.max_steps)
+        if finished is not None:
+            # the stage ran to its end before the run stopped: take its result, train no more
+            best = finished.get("best_model_checkpoint") if metric else None
+            load_model_dir(model, best if best and Path(best).is_dir() else checkpoint)
+            trainer.state.best_metric = finished.get("best_metric")
+            trainer.state.global_step = finished["global_step"]
+            logger.warning("stage %d had finished (%s); not training it again", i + 1, checkpoint)
+        else:
+            trainer.train(resume_from_checkpoint=checkpoint)
         best_dir = stage_dir / "best"
         if main_process:
             model.save_pretrained(best_dir, save_base=model.cell.runner is model.base_model, overwrite=True)

@@ -95,7 +95,16 @@ def load_model_dir(model, directory: str | os.PathLike) -> None:
         missing, unexpected = runner.load_state_dict(load_file(str(base_file)), strict=False)
         tied = set(getattr(runner, "_tied_weights_keys", None) or {})
         missing = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
-        if missing or unexpected:
+        if unexpected:
+            # transformers saves some weights under their checkpoint names (GPT-NeoX's head is
+            # "embed_out"): let its own loader map them, then copy every weight
+            try:
+                saved = type(runner).from_pretrained(directory, config=runner.config,
+                                                     dtype=next(runner.parameters()).dtype)
+            except Exception as err:
+                raise ValueError(f"{base_file} does not fit the base model ({err}).") from err
+            runner.load_state_dict(saved.state_dict())
+        elif missing:
             raise ValueError(f"{base_file} does not fit the base model: missing {missing[:5]}, unexpected {unexpected[:5]}.")
     adapter = directory / ADAPTER_DIR / "adapter_model.safetensors"
     if adapter.exists() and runner is not model.base_model:
@@ -160,6 +169,19 @@ class ARMTTrainer(Trainer):
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             count = self.accelerator.gather(count).sum()
         return count
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if not bool(torch.isfinite(loss.detach()).all()):
+            memory = outputs["memory"] if isinstance(outputs, dict) else getattr(outputs, "memory", None)
+            layers = [] if memory is None else [i for i, m in enumerate(memory.layers)
+                                                if m.A.numel() and not bool(torch.isfinite(m.A).all())]
+            raise FloatingPointError(
+                f"training loss is {float(loss)} at step {self.state.global_step}: the memory state of layers "
+                f"{layers or 'none'} is non-finite after the last segment. Lower the learning rate, train in "
+                "float32 or keep the memory in float32 (armt.memory_dtype: float32)."
+            )
+        return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self._tokens_since_log += int(inputs["input_ids"].numel())

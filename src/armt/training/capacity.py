@@ -1,0 +1,307 @@
+"""Training and evaluating on the associative-retrieval capacity task (:mod:`armt.data.capacity`):
+a curriculum over the number of pairs N that advances once exact match reaches a threshold,
+under a wall-clock budget, and exact match by N far beyond what was trained.
+
+This is a lean loop (plain AdamW, a fresh batch every step), not the Hugging Face Trainer: the
+task is a benchmark whose per-step time is part of the result, and the ``armt train`` route
+(``data.kind: capacity``) remains for runs that want checkpoints and TensorBoard.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..checks import check_positive_int
+from ..config import ARMTConfig
+from ..data.capacity import VARIANTS, CapacityConfig, CapacityDataset, capacity_batch
+from ..model import ARMTForCausalLM
+
+MODEL_KINDS = ("armt", "rmt", "none")
+
+
+@dataclass(frozen=True)
+class CapacityModelSpec:
+    """The benchmark's model: a tiny random GPT-NeoX (4 layers, width 128, 4 heads, MLP 512)
+    with 4 memory tokens and ``d_mem`` 32, segments of one pair (4 tokens).
+
+    Args:
+        kind: ``armt`` (associative memory), ``rmt`` (memory tokens only, the RMT baseline) or
+            ``none`` (no memory: each segment sees only itself; the control).
+    """
+
+    kind: str = "armt"
+    layers: int = 4
+    hidden: int = 128
+    heads: int = 4
+    intermediate: int = 512
+    num_mem_tokens: int = 4
+    d_mem: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"kind={self.kind!r} is unknown; use one of {MODEL_KINDS}.")
+
+    def build(self, task: CapacityConfig | None = None) -> ARMTForCausalLM:
+        """A fresh model for ``task``'s vocabulary and segment size.
+
+        Example:
+            >>> model = CapacityModelSpec(kind="rmt", layers=1, hidden=32, heads=2, intermediate=64).build()
+            >>> model.config.memory, model.config.segment_size
+            ('tokens', 4)
+        """
+        from ..tiny import tiny_base_model
+
+        task = task or CapacityConfig(num_pairs=1)
+        base = tiny_base_model("gpt_neox", layers=self.layers, hidden=self.hidden, heads=self.heads,
+                               intermediate=self.intermediate, vocab=task.vocab_size, max_positions=64,
+                               seed=self.seed)
+        # only the query segment is scored: the other segments skip the head and the loss
+        config = ARMTConfig(num_mem_tokens=self.num_mem_tokens, d_mem=self.d_mem, segment_size=task.segment_size,
+                            memory="tokens" if self.kind == "rmt" else "associative",
+                            use_memory=self.kind != "none", last_segment_loss_only=True)
+        torch.manual_seed(self.seed)
+        return ARMTForCausalLM(base, config)
+
+
+@dataclass(frozen=True)
+class CapacityRecipe:
+    """How to train on the capacity task.
+
+    Args:
+        curriculum: the numbers of pairs N, in order; a stage ends when exact match on fresh
+            evaluation samples reaches ``advance_at`` (or its step limit is spent).
+        advance_at: exact match that ends a stage.
+        time_budget_s: wall-clock limit of the whole training (evaluations included).
+        max_steps_per_stage: step limit of one stage (``None``: only the time budget).
+        batch_size, learning_rate, warmup_steps, weight_decay, max_grad_norm: the optimiser
+            (AdamW, linear warm-up then constant; the curriculum's length is not known ahead).
+        eval_every: steps between evaluations; eval_samples: samples per evaluation.
+        variant: ``remember`` or ``rewrite``.
+        seed: draws of the training batches (the model's seed is in the model spec).
+    """
+
+    curriculum: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    advance_at: float = 0.95
+    time_budget_s: float = 1800.0
+    max_steps_per_stage: int | None = None
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    eval_every: int = 50
+    eval_samples: int = 256
+    variant: str = "remember"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.curriculum or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
+                                      for n in self.curriculum):
+            raise ValueError(f"curriculum must be a non-empty list of pair counts >= 1, got {self.curriculum!r}.")
+        object.__setattr__(self, "curriculum", tuple(self.curriculum))
+        for name in ("batch_size", "eval_every", "eval_samples"):
+            check_positive_int(self, name, "Use a positive number.")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant={self.variant!r} is unknown; use one of {VARIANTS}.")
+        if not self.time_budget_s > 0:
+            raise ValueError(f"time_budget_s must be > 0 seconds, got {self.time_budget_s!r}.")
+
+
+@dataclass
+class CapacityRun:
+    """What :func:`train_capacity` did: one record per evaluation and one per stage."""
+
+    evaluations: list[dict] = field(default_factory=list)
+    stages: list[dict] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+    step_seconds: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def reached(self) -> int | None:
+        """The largest N whose stage ended at the threshold (``None`` if none did)."""
+        done = [s["num_pairs"] for s in self.stages if s["passed"]]
+        return max(done) if done else None
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"reached": self.reached}
+
+
+def answer_logits(logits: Tensor, answer_start: int, value_len: int) -> Tensor:
+    """The logits that predict the answer: positions ``answer_start - 1 ..`` (next-token)."""
+    return logits[:, answer_start - 1:answer_start - 1 + value_len]
+
+
+@torch.no_grad()
+def evaluate_capacity(model: ARMTForCausalLM, num_pairs: Sequence[int], *, num_samples: int = 256,
+                      variant: str = "remember", seed: int = 1, batch_size: int = 256,
+                      wipe_memory: bool = False) -> dict[int, float]:
+    """Exact match (every value symbol right) by N on fixed samples (seed ``seed``).
+
+    ``wipe_memory=True`` is the memory-off control of the same weights: the query segment runs
+    with an empty memory, so any answer above chance must have come through the memory.
+
+    Example:
+        >>> model = CapacityModelSpec(layers=1, hidden=32, heads=2, intermediate=64).build()
+        >>> scores = evaluate_capacity(model, [1, 2], num_samples=8)
+        >>> sorted(scores), all(0 <= v <= 1 for v in scores.values())
+        ([1, 2], True)
+    """
+    was_training = model.training
+    model.eval()
+    out: dict[int, float] = {}
+    try:
+        for n in num_pairs:
+            task = CapacityConfig(num_pairs=int(n), variant=variant, num_samples=num_samples, seed=seed)
+            data = CapacityDataset(task).batch()
+            start = int(data["answer_start"][0])
+            correct = 0
+            for i in range(0, num_samples, batch_size):
+                ids = data["input_ids"][i:i + batch_size].to(model.cell.memory_tokens.device)
+                if wipe_memory:
+                    ids = ids[:, -task.segment_size:]
+                logits = model(ids, output_only_last_segment=True).logits
+                # the answer's index within the returned (last-segment) logits
+                seg_start = start - (task.length - logits.shape[1])
+                pred = answer_logits(logits, seg_start, task.value_len).argmax(-1).cpu()
+                if pred.shape[1] != task.value_len:
+                    raise RuntimeError(f"answer logits have shape {tuple(pred.shape)}; the query segment "
+                                       "was not returned whole")
+                target = data["input_ids"][i:i + batch_size, start:start + task.value_len]
+                correct += int((pred == target).all(dim=1).sum())
+            out[int(n)] = correct / num_samples
+    finally:
+        model.train(was_training)
+    return out
+
+
+def train_capacity(model: ARMTForCausalLM, recipe: CapacityRecipe, *,
+                   log: Callable[[dict], None] | None = None, log_path: str | None = None) -> CapacityRun:
+    """Train ``model`` through ``recipe``'s curriculum; returns the :class:`CapacityRun`.
+
+    Every evaluation (``eval_every`` steps) is passed to ``log`` and, with ``log_path``,
+    appended to that JSON-lines file. The loss and exact match are on the answer only.
+
+    Example:
+        >>> model = CapacityModelSpec(layers=1, hidden=32, heads=2, intermediate=64).build()
+        >>> run = train_capacity(model, CapacityRecipe(curriculum=(1,), max_steps_per_stage=4,
+        ...                                            eval_every=2, eval_samples=8))
+        >>> run.steps, [e["step"] for e in run.evaluations]
+        (4, [2, 4])
+    """
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.dim() < 2 or "norm" in name or "memory_tokens" in name else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe.learning_rate)
+    warm = max(1, recipe.warmup_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+    gen = torch.Generator().manual_seed(recipe.seed)
+    device = model.cell.memory_tokens.device
+    run = CapacityRun()
+    start_time = time.perf_counter()
+    sink = open(log_path, "a") if log_path else None
+
+    def emit(record: dict) -> None:
+        if log is not None:
+            log(record)
+        if sink is not None:
+            sink.write(json.dumps(record) + "\n")
+            sink.flush()
+
+    try:
+        model.train()
+        for n in recipe.curriculum:
+            task = CapacityConfig(num_pairs=n, variant=recipe.variant)
+            stage_start, stage_steps, passed, best = time.perf_counter(), 0, False, 0.0
+            step_time, losses = [], []
+            while True:
+                if recipe.max_steps_per_stage is not None and stage_steps >= recipe.max_steps_per_stage:
+                    break
+                if time.perf_counter() - start_time >= recipe.time_budget_s:
+                    break
+                batch = capacity_batch(task, recipe.batch_size, gen)
+                t0 = time.perf_counter()
+                out = model(batch["input_ids"].to(device), labels=batch["labels"].to(device),
+                            output_only_last_segment=True)
+                out.loss.backward()
+                if recipe.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                step_time.append(time.perf_counter() - t0)
+                losses.append(out.loss.detach().item())
+                stage_steps += 1
+                run.steps += 1
+                if stage_steps % recipe.eval_every == 0:
+                    em = evaluate_capacity(model, [n], num_samples=recipe.eval_samples, variant=recipe.variant,
+                                           seed=recipe.seed + 1_000 + run.steps)[n]
+                    best = max(best, em)
+                    record = {"step": run.steps, "num_pairs": n, "stage_step": stage_steps,
+                              "loss": sum(losses) / len(losses), "exact_match": em,
+                              "step_s": sorted(step_time)[len(step_time) // 2],
+                              "elapsed_s": round(time.perf_counter() - start_time, 1)}
+                    losses = []
+                    run.evaluations.append(record)
+                    emit(record)
+                    if em >= recipe.advance_at:
+                        passed = True
+                        break
+            if step_time:
+                run.step_seconds[n] = sorted(step_time)[len(step_time) // 2]
+            stage = {"num_pairs": n, "steps": stage_steps, "passed": passed, "best_exact_match": best,
+                     "seconds": round(time.perf_counter() - stage_start, 1)}
+            run.stages.append(stage)
+            emit({"stage_done": stage})
+            if not passed:
+                break
+    finally:
+        run.seconds = time.perf_counter() - start_time
+        if sink is not None:
+            sink.close()
+    return run
+
+
+def time_training_step(model: ARMTForCausalLM, num_pairs: int = 16, *, batch_size: int = 32, repeats: int = 5,
+                       variant: str = "remember") -> float:
+    """Median seconds of one training step (forward, backward, AdamW) at ``num_pairs``, on a
+    copy of ``model`` (its weights are left alone).
+
+    Example:
+        >>> model = CapacityModelSpec(layers=1, hidden=32, heads=2, intermediate=64).build()
+        >>> time_training_step(model, 2, batch_size=4, repeats=2) > 0
+        True
+    """
+    import copy
+
+    net = copy.deepcopy(model).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    task = CapacityConfig(num_pairs=num_pairs, variant=variant)
+    device = net.cell.memory_tokens.device
+    times = []
+    for i in range(repeats + 1):  # the first step warms up
+        batch = capacity_batch(task, batch_size, gen)
+        t0 = time.perf_counter()
+        net(batch["input_ids"].to(device), labels=batch["labels"].to(device),
+            output_only_last_segment=True).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i:
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def chance_level(task: CapacityConfig) -> float:
+    """Exact match of a uniform guess of the value."""
+    return 1.0 / math.pow(task.num_symbols, task.value_len)

@@ -145,9 +145,10 @@ def capacity_markdown(results: dict[str, Any]) -> str:
     for kind, entry in models.items():
         steps = entry["step_seconds"]
         at = ", ".join(f"N={k}: {v:.3f}s" for k, v in steps.items())
+        timed = entry.get("step_s_n16_batch32")
         lines.append(f"- {entry['label']}: trained up to N={entry['reached']} (curriculum threshold passed) in "
-                     f"{entry['train_seconds']:.0f}s, {entry['steps']} steps; median step time {at or '-'}; "
-                     f"a step at N=16 with batch 32: {entry.get('step_s_n16_batch32', float('nan')):.3f}s.")
+                     f"{entry['train_seconds']:.0f}s, {entry['steps']} steps; median step time {at or '-'}"
+                     + (f"; a step at N=16 with batch 32: {timed:.3f}s." if timed is not None else "."))
     lines.append(f"- Chance: {results['chance']:.4f}.")
     return "\n".join(lines) + "\n"
 

@@ -123,3 +123,30 @@ def test_state_counts_survive_select_cat_and_save(tmp_path):
     assert loaded.segment_counts().tolist() == [1, 3, 2]
     assert MemoryState.cat([state.select([2]), state.select([0, 1])]).segment_counts().tolist() == [2, 1, 3]
     assert state.select([1]).counts is None and state.select([1]).segments == 3
+
+
+def test_reading_rows_that_end_at_different_times_equals_each_row_alone():
+    model = tiny_armt("llama", use_sink=True)
+    lengths = [9, 30, 17]
+    ids, mask, spans = _batch(lengths, "right", seed=5)
+    reader_kwargs = dict(compute_loss=True, keep_last_logits=True)
+    from armt.streaming import MemoryReader
+
+    reader = MemoryReader(model, **reader_kwargs)
+    for a in range(0, ids.shape[1], 7):  # chunks that do not line up with segments
+        reader.feed(ids[:, a:a + 7], attention_mask=mask[:, a:a + 7])
+    batched = reader.finish()
+    assert batched.memory.segment_counts().tolist() == [-(-n // S) for n in lengths]
+    total, count = 0.0, 0
+    for i, span in enumerate(spans):
+        alone = model.read([ids[i:i + 1, span]], **reader_kwargs)
+        _same_state(batched.memory.select([i]), alone.memory, 1e-10)
+        torch.testing.assert_close(batched.last_logits[i:i + 1], alone.last_logits, rtol=0, atol=1e-10)
+        total, count = total + alone.loss_sum, count + alone.loss_count
+    assert batched.loss_count == count and batched.loss_sum == pytest.approx(total, rel=1e-10)
+    with pytest.raises(ValueError, match="after padding"):
+        MemoryReader(model).feed(ids[:, :4], attention_mask=torch.tensor([[1, 0, 1, 1]] * 3))
+    ended = MemoryReader(model)
+    ended.feed(ids[:, :4], attention_mask=torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]]))
+    with pytest.raises(ValueError, match="after their stream ended"):
+        ended.feed(ids[:, 4:6])

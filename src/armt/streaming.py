@@ -85,12 +85,15 @@ class MemoryReader:
         self.compute_loss = compute_loss
         self.keep_last_logits = keep_last_logits
         self._buffer: list[Tensor] = []
+        self._masks: list[Tensor] = []  # padding of the buffered tokens (right padding: a row that ends)
+        self._ended: Tensor | None = None  # rows whose stream has ended (they got padding)
         self._buffered = 0
         self.tokens = 0
         self._loss_sum = 0.0
         self._loss_count = 0
         self._segment_losses: list[float] = []
         self._prev_logits: Tensor | None = None  # last row of the previous segment (boundary pair)
+        self._prev_valid: Tensor | None = None  # which rows' last token was real (None: all)
         self.last_logits: Tensor | None = None
         self._batch: int | None = None
         self._bar = None
@@ -115,27 +118,65 @@ class MemoryReader:
             raise ValueError(f"a chunk has batch size {ids.shape[0]} but the stream started with {self._batch}.")
         return ids.to(self.model.cell.memory_tokens.device)
 
-    def feed(self, chunk: TokenChunk) -> None:
-        """Add tokens; every segment they complete is written to memory now."""
+    def feed(self, chunk: TokenChunk, attention_mask: Tensor | None = None) -> None:
+        """Add tokens; every segment they complete is written to memory now.
+
+        ``attention_mask`` ``(B, n)`` (1 real, 0 padding) lets rows of a batch end at different
+        times: a row's padding ends its stream (later chunks must be padding for it too), and the
+        row's memory then stays as it would be had it been read alone (its last partial segment
+        is written when the batch's segment completes, or at ``finish``)."""
         ids = self._as_ids(chunk)
         if ids.shape[1] == 0:
             return
+        mask = self._check_mask(ids, attention_mask)
         self._buffer.append(ids)
+        self._masks.append(mask)
         self._buffered += ids.shape[1]
         S = self.model.config.segment_size
         if self._buffered < S:
             return
         data = torch.cat(self._buffer, dim=1)
+        masks = torch.cat(self._masks, dim=1)
         n_full = data.shape[1] // S
         for i in range(n_full):
-            self._write(data[:, i * S:(i + 1) * S])
+            self._write(data[:, i * S:(i + 1) * S], masks[:, i * S:(i + 1) * S])
         rest = data[:, n_full * S:]
         self._buffer = [rest] if rest.shape[1] else []
+        self._masks = [masks[:, n_full * S:]] if rest.shape[1] else []
         self._buffered = rest.shape[1]
 
+    def _check_mask(self, ids: Tensor, attention_mask: Tensor | None) -> Tensor:
+        B, n = ids.shape
+        ended = self._ended if self._ended is not None else torch.zeros(B, dtype=torch.bool, device=ids.device)
+        if attention_mask is None:
+            mask = torch.ones(B, n, dtype=torch.bool, device=ids.device)
+        else:
+            attention_mask = torch.as_tensor(attention_mask, device=ids.device)
+            if attention_mask.dim() == 1:
+                attention_mask = attention_mask.unsqueeze(0)
+            if tuple(attention_mask.shape) != (B, n):
+                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but the chunk is {(B, n)}.")
+            if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+                raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token) values.")
+            mask = attention_mask.bool()
+            # right padding only: once a row is padded, the rest of its stream is padding
+            if bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+                raise ValueError("attention_mask: a row has a real token after padding; pad rows on the right "
+                                 "only (a row's padding ends its stream).")
+        if bool((mask & ended.unsqueeze(1)).any()):
+            rows = (mask & ended.unsqueeze(1)).any(dim=1).nonzero().flatten().tolist()
+            raise ValueError(f"rows {rows} got real tokens after their stream ended (padding); start a new "
+                             "reader for new text.")
+        self._ended = ended | ~mask.all(dim=1)
+        return mask
+
     @torch.no_grad()
-    def _write(self, ids: Tensor) -> None:
+    def _write(self, ids: Tensor, mask: Tensor | None = None) -> None:
         cell = self.model.cell
+        if mask is not None and bool(mask.all()):
+            mask = None
+        if mask is not None:
+            return self._write_padded(ids, mask)
         want = self.compute_loss or self.keep_last_logits
         embeds = cell.runner.get_input_embeddings()(ids)
         logits, self.memory = cell(embeds, None, self.memory, compute_logits=want,
@@ -162,12 +203,62 @@ class MemoryReader:
         if self._bar is not None:
             self._bar.update(ids.shape[1])
 
+    def _write_padded(self, ids: Tensor, mask: Tensor) -> None:
+        """A segment in which some rows have ended: as :meth:`armt.ARMTForCausalLM.forward` does
+        for a right-padded batch, rows without tokens keep their memory."""
+        from .padding import keep_inactive
+
+        cell = self.model.cell
+        if self.model.config.sliding_window:
+            raise ValueError("rows that end at different times are not supported with sliding_window=True; "
+                             "read those rows separately.")
+        active = mask.any(dim=1)
+        before = self.memory
+        want = self.compute_loss or self.keep_last_logits
+        logits, new = cell(cell.runner.get_input_embeddings()(ids), mask.long(), before, compute_logits=want)
+        self.memory = keep_inactive(active, new, before)
+        if self.compute_loss:
+            logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+            total, count = 0.0, 0
+            if self._prev_logits is not None:
+                prev_valid = self._prev_valid if self._prev_valid is not None else torch.ones_like(mask[:, 0])
+                valid = mask[:, 0] & prev_valid
+                if bool(valid.any()):
+                    total += F.cross_entropy(self._prev_logits[valid], ids[valid, 0], reduction="sum").item()
+                    count += int(valid.sum())
+            self._loss_sum += total
+            self._loss_count += count
+            pairs = mask[:, 1:] & mask[:, :-1]
+            if bool(pairs.any()):
+                ce = F.cross_entropy(logits[:, :-1][pairs], ids[:, 1:][pairs], reduction="sum").item()
+                n = int(pairs.sum())
+                self._loss_sum += ce
+                self._loss_count += n
+                self._segment_losses.append(ce / n)
+            else:
+                self._segment_losses.append(float("nan"))
+        if want:
+            last = (mask.long().cumsum(1).argmax(dim=1)).clamp(min=0)  # each row's last real token
+            rows = torch.arange(ids.shape[0], device=ids.device)
+            keep = active
+            row_last = logits[rows, last]
+            if self.compute_loss:
+                prev = self._prev_logits if self._prev_logits is not None else row_last
+                self._prev_logits = torch.where(keep.unsqueeze(1), row_last, prev)
+                self._prev_valid = mask[:, -1].clone()
+            if self.keep_last_logits:
+                old = self.last_logits if self.last_logits is not None else row_last
+                self.last_logits = torch.where(keep.unsqueeze(1), row_last, old).clone()
+        self.tokens += ids.shape[1]
+        if self._bar is not None:
+            self._bar.update(ids.shape[1])
+
     def finish(self, flush: bool = True) -> ReadResult:
         """End the stream; ``flush`` writes the last partial segment (as a forward pass over
         the whole input would), otherwise it is returned as ``pending``."""
         pending = torch.cat(self._buffer, dim=1) if self._buffer else torch.zeros(self._batch or 1, 0, dtype=torch.long)
         if flush and pending.shape[1]:
-            self._write(pending)
+            self._write(pending, torch.cat(self._masks, dim=1))
             pending = pending[:, :0]
         if self._bar is not None:
             self._bar.close()

@@ -40,12 +40,21 @@ def _position_limit(runner: nn.Module) -> int | None:
     return getattr(config, "n_positions", None)
 
 
-def _positions(attention_mask: Tensor | None) -> dict:
-    """Position ids that skip padding, so that the memory tokens after a row's last real token
-    sit where they sit when the row runs alone (empty when nothing is padded)."""
-    if attention_mask is None or bool(attention_mask.all()):
-        return {}
-    return {"position_ids": (attention_mask.long().cumsum(1) - 1).clamp(min=0)}
+def _segment_inputs(embeds: Tensor, token_mask: Tensor | None, offset: int, T: int) -> dict:
+    """Keyword arguments of the base model for one segment ``embeds`` whose tokens sit at
+    ``offset .. offset + T``: the mask over the whole segment (``token_mask`` there, 1 for the
+    sink and memory tokens) and, when something is padded, position ids that skip the padding,
+    so that the memory tokens after a row's last real token sit where they sit when the row
+    runs alone."""
+    kwargs = dict(inputs_embeds=embeds, attention_mask=None, use_cache=False, return_dict=True)
+    if token_mask is None:
+        return kwargs
+    full = torch.ones(embeds.shape[:2], dtype=token_mask.dtype, device=token_mask.device)
+    full[:, offset:offset + T] = token_mask
+    kwargs["attention_mask"] = full
+    if not bool(full.all()):
+        kwargs["position_ids"] = (full.long().cumsum(1) - 1).clamp(min=0)
+    return kwargs
 
 
 class ARMTCell(nn.Module):
@@ -296,12 +305,8 @@ class ARMTCell(nn.Module):
             parts.insert(0, self.sink.unsqueeze(0).expand(B, -1, -1))
             offset = 1
         embeds = torch.cat(parts, dim=1)  # (B, offset + T + M, d_model)
-        if attention_mask is not None:
-            full = torch.ones(B, offset + T + M, dtype=attention_mask.dtype, device=attention_mask.device)
-            full[:, offset:offset + T] = attention_mask
-            attention_mask = full
-        kwargs = dict(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False, return_dict=True)
-        kwargs.update(_positions(attention_mask))
+        kwargs = _segment_inputs(embeds, attention_mask, offset, T)
+        attention_mask = kwargs["attention_mask"]
         backbone = self._backbone if not compute_logits else None
         if self.config.sliding_window:
             cache, rotary, W = self._window_inputs(kwargs, inputs_embeds, attention_mask, memory,
@@ -350,12 +355,7 @@ class ARMTCell(nn.Module):
         prefix = self.prefix_embeds(memory, B)
         offset = prefix.shape[1]
         embeds = torch.cat([prefix, inputs_embeds, read], dim=1)  # write tokens start as the read memory
-        if attention_mask is not None:
-            full = torch.ones(B, offset + T + M, dtype=attention_mask.dtype, device=attention_mask.device)
-            full[:, offset:offset + T] = attention_mask
-            attention_mask = full
-        kwargs = dict(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False, return_dict=True)
-        kwargs.update(_positions(attention_mask))
+        kwargs = _segment_inputs(embeds, attention_mask, offset, T)
         first = offset + T - 1 if last_logits_only else offset
         backbone = self._backbone
         head = self.runner.get_output_embeddings()

@@ -28,6 +28,17 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_base(args: argparse.Namespace) -> int:
+    from .bases import export_base
+
+    start = time.perf_counter()
+    out = export_base(args.source, args.output, gguf_file=args.gguf_file, overwrite=args.overwrite)
+    files = ", ".join(sorted(p.name for p in out.iterdir()))
+    print(f"exported {args.source}{' / ' + args.gguf_file if args.gguf_file else ''} -> {out} in "
+          f"{time.perf_counter() - start:.0f}s ({files}); load it with --base {out} or model.name_or_path: {out}")
+    return 0
+
+
 def _reading_demo(args: argparse.Namespace) -> int:
     import torch
 
@@ -101,6 +112,10 @@ def _load(args: argparse.Namespace):
 
     torch.set_num_threads(args.threads)
     kwargs = {} if args.dtype == "auto" else {"dtype": getattr(torch, args.dtype)}
+    if getattr(args, "gguf_file", None):
+        if args.base is None:
+            raise ValueError("--gguf-file needs --base: the folder that holds the GGUF file.")
+        kwargs["gguf_file"] = args.gguf_file
     model = ARMTForCausalLM.from_pretrained(args.model, base_model=args.base, **kwargs).eval()
     if args.dtype != "auto":
         model.to(getattr(torch, args.dtype))
@@ -188,6 +203,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", default=None,
                    help="base model name or path, when the directory holds only the ARMT weights "
                         "(default: the saved base, or the recorded name)")
+    p.add_argument("--gguf-file", default=None,
+                   help="a GGUF file inside --base (or its path): the base is de-quantised from it")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer name or path (default: the one saved in --model, else the base's)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
@@ -400,6 +417,8 @@ def _add_perplexity_parser(sub) -> None:
     pp.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     pp.add_argument("--base", default=None,
                     help="base model name or path, when the directories hold only the ARMT weights")
+    pp.add_argument("--gguf-file", default=None,
+                    help="a GGUF file inside --base (or its path): the base is de-quantised from it")
     pp.add_argument("--tokenizer", default=None,
                     help="tokenizer name or path (default: the one saved in --model)")
     pp.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
@@ -432,6 +451,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--d-mem", type=int, default=32, help="memory key width before DPFP")
     demo.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     demo.set_defaults(func=_reading_demo)
+
+    exp = sub.add_parser("export-base", help="write a base model (e.g. from a GGUF file) as an ordinary Hugging "
+                         "Face folder (config.json, model.safetensors, tokenizer) that loads in seconds")
+    exp.add_argument("source", help="folder (or Hub name) of the base; with --gguf-file the folder holding it")
+    exp.add_argument("output", help="folder to write")
+    exp.add_argument("--gguf-file", default=None, help="GGUF file name inside SOURCE (or its path)")
+    exp.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
+    exp.set_defaults(func=_export_base)
 
     conv = sub.add_parser("convert-official", help="convert a checkpoint of the official ARMT code")
     conv.add_argument("input", help="official state dict (.safetensors, or .bin/.pt opened weights-only)")
@@ -508,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv[1:]
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

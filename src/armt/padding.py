@@ -102,7 +102,8 @@ def keep_inactive(active: Tensor, new: MemoryState, old: MemoryState | None) -> 
     if bool(active.all()):
         return new
     if old is None:
-        raise RuntimeError("a row without real tokens in its first segment (rows with no token are refused)")
+        rows = (~active).nonzero().flatten().tolist()
+        raise ValueError(f"rows {rows} have no real token in their first segment; drop empty rows from the batch.")
 
     def pick(a: Tensor | None, b: Tensor | None) -> Tensor | None:
         if a is None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .bases import load_base_model
 from .cell import unwrap_adapters
 from .config import ARMTConfig
 
@@ -38,22 +39,6 @@ def _resolvable(name: str) -> str:
     """A local path made absolute (loading later must not depend on the working directory); a
     Hub name as it is."""
     return os.path.abspath(name) if name and os.path.isdir(name) else name
-
-
-def load_base_model(source: str, **kwargs) -> nn.Module:
-    """``AutoModelForCausalLM.from_pretrained`` with a message that says what to do when the
-    base is neither a local folder nor reachable on the Hub."""
-    from transformers import AutoModelForCausalLM
-
-    try:
-        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as err:  # ValueError: not even a valid Hub name
-        if os.path.isdir(source):
-            raise
-        raise FileNotFoundError(
-            f"base model {source!r} is not a local folder and could not be loaded from the Hub ({str(err)[:160]}). "
-            "Pass a local folder (base_model= / --base), a tiny model config, or set up the Hugging Face cache."
-        ) from err
 
 
 def _base_record(model) -> dict:

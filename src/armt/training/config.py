@@ -37,6 +37,8 @@ class ModelSpec:
 
     Args:
         name_or_path: Hugging Face Hub name or local directory of a causal LM.
+        gguf_file: a GGUF file inside ``name_or_path`` (or its path), de-quantised on loading
+            (``pip install "armt[gguf]"``); export it once with ``armt export-base`` to load faster.
         tiny: instead, a random tiny model: ``{family: gpt2|llama, layers, hidden, vocab,
             dropout}`` (see :func:`armt.tiny.tiny_base_model`).
         init_from: an ARMT directory (``save_pretrained`` output) to start from; its ARMT config
@@ -48,6 +50,7 @@ class ModelSpec:
     """
 
     name_or_path: str | None = None
+    gguf_file: str | None = None
     tiny: dict | None = None
     init_from: str | None = None
     dtype: str = "float32"
@@ -58,6 +61,8 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if (self.name_or_path is None) == (self.tiny is None) and self.init_from is None:
             raise ValueError("model: give exactly one of model.name_or_path and model.tiny (or model.init_from).")
+        if self.gguf_file is not None and self.name_or_path is None:
+            raise ValueError("model.gguf_file needs model.name_or_path: the folder that holds the file.")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"model.dtype={self.dtype!r} is unknown; use float32, bfloat16 or float16.")
         if self.tiny is not None:

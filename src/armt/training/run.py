@@ -36,12 +36,12 @@ def build_model(cfg: RunConfig) -> ARMTForCausalLM:
         tiny = dict(spec.tiny)
         base = tiny_base_model(tiny.pop("family", "gpt2"), **tiny, attn=spec.attn_implementation or "sdpa").to(dtype)
     elif spec.name_or_path is not None:
-        from ..saving import load_base_model
+        from ..bases import load_base_model
 
         kwargs = {"dtype": dtype}
         if spec.attn_implementation:
             kwargs["attn_implementation"] = spec.attn_implementation
-        base = load_base_model(spec.name_or_path, **kwargs)
+        base = load_base_model(spec.name_or_path, spec.gguf_file, **kwargs)
     else:
         base = None
     if spec.init_from is not None:

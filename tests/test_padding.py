@@ -102,6 +102,8 @@ def test_layouts_that_cannot_be_exact_are_refused():
         tiny_armt("gpt2", segment_alignment="right")(ids, attention_mask=mask)
     with pytest.raises(ValueError, match="sliding_window"):
         tiny_armt("llama", sliding_window=True)(ids, attention_mask=mask)
+    with pytest.raises(ValueError, match="last_segment_loss_only"):
+        tiny_armt("gpt2", last_segment_loss_only=True)(ids, attention_mask=mask)
     with pytest.raises(ValueError, match="only 0"):
         tiny_armt("gpt2")(ids, attention_mask=mask * 2)
     empty = mask.clone()

@@ -320,6 +320,12 @@ class ARMTForCausalLM(nn.Module):
                 "the segments it gets alone; use segment_alignment='left' (any left or right padding) or "
                 "unpadded rows of equal length."
             )
+        if self.config.last_segment_loss_only and bool((plan.lengths != plan.lengths[0]).any()):
+            raise ValueError(
+                "last_segment_loss_only=True with rows of different lengths: each row's last segment is another "
+                "segment of the batch. Batch rows of equal length, or score the last segment with labels=-100 "
+                "elsewhere instead."
+            )
         if self.config.sliding_window:
             raise ValueError(
                 "padded batches are not supported with sliding_window=True (a short row's window would hold "

@@ -11,8 +11,12 @@ import transformers
 
 import armt
 
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REFERENCE = Path(os.environ.get("ARMT_REFERENCE_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "reference"))
 DATA = REFERENCE.parent / "data"
+if not (DATA / "babi" / "en").is_dir():
+    # a fresh clone without ../shared: excerpts of the same bAbI files and books, kept in tests/
+    DATA = FIXTURES / "data"
 
 FAMILIES = ("gpt2", "gpt_neox", "llama", "qwen2", "mistral")
 
@@ -51,6 +55,19 @@ def tiny_armt(family: str = "gpt2", attn: str = "sdpa", dtype=torch.float64, see
 
 @pytest.fixture
 def reference_dir() -> Path:
-    if not (REFERENCE / "README.md").exists():
-        pytest.skip(f"official reference outputs not found at {REFERENCE} (set ARMT_REFERENCE_DIR)")
-    return REFERENCE
+    """The official code's dumps: ../shared/reference when present, else the small dumps of the
+    same official code copied into tests/fixtures/official_small (its README says how they were made)."""
+    if (REFERENCE / "README.md").exists():
+        return REFERENCE
+    return FIXTURES / "official_small"
+
+
+def official_base_config(reference_dir: Path, kind: str):
+    """The base model's config of a reference dump, from its ``*_meta.json``."""
+    import json
+
+    values = json.loads((reference_dir / f"{kind}_meta.json").read_text())["base_config"]
+    values = {k: v for k, v in values.items() if k not in ("transformers_version", "_name_or_path", "architectures")}
+    cfg = transformers.AutoConfig.for_model(values.pop("model_type"), **values)
+    cfg._attn_implementation = "sdpa"
+    return cfg

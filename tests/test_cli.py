@@ -17,13 +17,18 @@ def test_demo_runs_and_shows_identity(capsys):
 
 
 def test_convert_official_end_to_end(tmp_path, reference_dir, capsys):
+    import json
+
+    from conftest import official_base_config
+
+    meta = json.loads((reference_dir / "gpt2_meta.json").read_text())["armt"]
     base_dir = tmp_path / "base"
-    transformers.GPT2Config(n_layer=4, n_embd=128, n_head=4, vocab_size=1000, n_positions=1024).save_pretrained(base_dir)
+    official_base_config(reference_dir, "gpt2").save_pretrained(base_dir)
     out_dir = tmp_path / "converted"
     args = ["convert-official", str(reference_dir / "gpt2_state_dict.safetensors"), str(out_dir),
-            "--base", str(base_dir), "--segment-size", "128"]
+            "--base", str(base_dir), "--segment-size", str(meta["segment_size"])]
     assert main(args) == 0
-    assert "16 memory tokens, d_mem=32" in capsys.readouterr().out
+    assert f"{meta['num_mem_tokens']} memory tokens, d_mem={meta['d_mem']}" in capsys.readouterr().out
     model = armt.ARMTForCausalLM.from_pretrained(out_dir).eval()
     io = load_file(reference_dir / "gpt2_io.safetensors")
     with torch.no_grad():

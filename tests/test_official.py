@@ -9,18 +9,12 @@ from safetensors.torch import load_file
 
 import armt
 from armt.official import convert_official_state_dict, load_official_checkpoint
+from conftest import official_base_config
 
 
-def _base(kind):
+def _base(kind, reference_dir):
     torch.manual_seed(123)  # any seed: every weight comes from the checkpoint
-    if kind == "gpt2":
-        cfg = transformers.GPT2Config(n_layer=4, n_embd=128, n_head=4, vocab_size=1000, n_positions=1024)
-    else:
-        cfg = transformers.LlamaConfig(num_hidden_layers=4, hidden_size=128, num_attention_heads=4,
-                                       num_key_value_heads=2, intermediate_size=256, vocab_size=1000,
-                                       max_position_embeddings=1024)
-    cfg._attn_implementation = "sdpa"
-    return transformers.AutoModelForCausalLM.from_config(cfg)
+    return transformers.AutoModelForCausalLM.from_config(official_base_config(reference_dir, kind))
 
 
 def _trace(model):
@@ -51,11 +45,12 @@ def test_matches_official_outputs(kind, reference_dir):
     meta = json.loads((reference_dir / f"{kind}_meta.json").read_text())
     io = load_file(reference_dir / f"{kind}_io.safetensors")
     official = load_file(reference_dir / f"{kind}_state_dict.safetensors")
-    model = load_official_checkpoint(_base(kind), official, armt.ARMTConfig(segment_size=meta["armt"]["segment_size"]))
+    model = load_official_checkpoint(_base(kind, reference_dir), official,
+                                     armt.ARMTConfig(segment_size=meta["armt"]["segment_size"]))
     model.eval()
     cfg = model.config
     assert (cfg.num_mem_tokens, cfg.d_mem, cfg.n_heads, cfg.layers_path) == (
-        16, 32, 1, meta["armt"]["layers_attr"])
+        meta["armt"]["num_mem_tokens"], meta["armt"]["d_mem"], 1, meta["armt"]["layers_attr"])
 
     rec, handles = _trace(model)
     out = model(io["input_ids"], attention_mask=io["attention_mask"], labels=io["labels"],
@@ -94,16 +89,18 @@ def test_matches_official_outputs(kind, reference_dir):
 
 
 def test_converter_infers_config_and_rejects_contradictions(reference_dir):
+    meta = json.loads((reference_dir / "gpt2_meta.json").read_text())["armt"]
+    M, d_mem = meta["num_mem_tokens"], meta["d_mem"]
     official = load_file(reference_dir / "gpt2_state_dict.safetensors")
     base, armt_sd, info = convert_official_state_dict(official)
-    assert info == dict(num_mem_tokens=16, d_mem=32, gating=False, use_sink=False,
+    assert info == dict(num_mem_tokens=M, d_mem=d_mem, gating=False, use_sink=False,
                         layers_path="transformer.h", n_heads=1)
     assert "transformer.h.0.attn.c_attn.weight" in base and "memory_layers.3.W_mb.bias" in armt_sd
     assert not any(k.startswith("layers.") for k in armt_sd)
-    with pytest.raises(ValueError, match="d_mem=48 but the weights say 32"):
-        load_official_checkpoint(_base("gpt2"), official, armt.ARMTConfig(d_mem=48, segment_size=128))
+    with pytest.raises(ValueError, match=f"d_mem=48 but the weights say {d_mem}"):
+        load_official_checkpoint(_base("gpt2", reference_dir), official, armt.ARMTConfig(d_mem=48, segment_size=16))
     with pytest.raises(ValueError, match="layers_path='transformer.h' does not exist on LlamaForCausalLM"):
-        load_official_checkpoint(_base("llama"), official)
+        load_official_checkpoint(_base("llama", reference_dir), official)
     wide = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=4, n_embd=64, n_head=4, vocab_size=1000))
     with pytest.raises(ValueError, match="do not fit GPT2LMHeadModel"):
         load_official_checkpoint(wide, official)

@@ -69,20 +69,26 @@ def run_capacity_benchmark(kinds: Sequence[str] = ("armt", "rmt"), *, recipe: Ca
         run = train_capacity(net, recipe, log=progress, log_path=path)
         start = time.perf_counter()
         em = evaluate_capacity(net, eval_pairs, num_samples=eval_samples, variant=recipe.variant, seed=eval_seed)
-        entry = {"label": LABELS[kind], "train_seconds": round(run.seconds, 1), "steps": run.steps,
-                 "reached": run.reached, "stages": run.stages,
-                 "step_seconds": {str(k): round(v, 4) for k, v in run.step_seconds.items()},
-                 "exact_match": {str(k): v for k, v in em.items()}}
-        if kind != "none":
-            wiped = evaluate_capacity(net, eval_pairs, num_samples=eval_samples, variant=recipe.variant,
-                                      seed=eval_seed, wipe_memory=True)
-            entry["memory_wiped"] = {str(k): v for k, v in wiped.items()}
+        wiped = None if kind == "none" else evaluate_capacity(
+            net, eval_pairs, num_samples=eval_samples, variant=recipe.variant, seed=eval_seed, wipe_memory=True)
+        entry = _model_entry(LABELS[kind], run, em, wiped)
         entry["eval_seconds"] = round(time.perf_counter() - start, 1)
         # the official code's figure is for batch 32 at N=16: time exactly that, on a copy
         entry["step_s_n16_batch32"] = round(time_training_step(net, 16, batch_size=32, variant=recipe.variant), 4)
         results["models"][kind] = entry
         log(f"[{kind}] exact match by N: " + ", ".join(f"{k}: {v:.3f}" for k, v in entry["exact_match"].items()))
     return results
+
+
+def _model_entry(label: str, run, em: dict[int, float], wiped: dict[int, float] | None) -> dict[str, Any]:
+    """One model's results, JSON-ready (keys of N as strings)."""
+    entry = {"label": label, "train_seconds": round(run.seconds, 1), "steps": run.steps,
+             "reached": run.reached, "stages": run.stages,
+             "step_seconds": {str(k): round(v, 4) for k, v in run.step_seconds.items()},
+             "exact_match": {str(k): v for k, v in em.items()}}
+    if wiped is not None:
+        entry["memory_wiped"] = {str(k): v for k, v in wiped.items()}
+    return entry
 
 
 def seed_robustness(seeds: Sequence[int], *, recipe: CapacityRecipe, model: CapacityModelSpec | None = None,
@@ -284,11 +290,7 @@ def run_demo(*, minutes: float = 5.0, curriculum: Sequence[int] = (1, 2, 4, 8),
         "recipe": asdict(recipe), "model": asdict(spec), "eval_pairs": list(eval_pairs),
         "eval_samples": eval_samples, "eval_seed": 12345, "threads": torch.get_num_threads(),
         "chance": chance_level(task),
-        "models": {"armt": {"label": "ARMT", "train_seconds": round(run.seconds, 1), "steps": run.steps,
-                            "reached": run.reached, "stages": run.stages,
-                            "step_seconds": {str(k): round(v, 4) for k, v in run.step_seconds.items()},
-                            "exact_match": {str(k): v for k, v in em.items()},
-                            "memory_wiped": {str(k): v for k, v in wiped.items()}}},
+        "models": {"armt": _model_entry("ARMT", run, em, wiped)},
     }
     shown = run.reached or 1
     log(f"queries at N={shown} (value stored up to {shown} segments back):")

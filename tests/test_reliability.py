@@ -228,3 +228,13 @@ def test_saved_base_path_is_absolute_and_meta_models_are_refused(tmp_path, monke
         ARMTForCausalLM(meta, ARMTConfig(num_mem_tokens=2, segment_size=8))
     with pytest.raises(FileNotFoundError, match="not a local folder"):
         ARMTForCausalLM.from_pretrained("armt", base_model=str(tmp_path / "missing-base"))
+
+
+def test_data_parallel_replicas_are_refused_with_the_fix():
+    model = tiny_armt("gpt2")
+    # what torch.nn.parallel.replicate marks on each copy (it needs GPUs to run for real)
+    model._is_replica = True
+    with pytest.raises(RuntimeError, match="DistributedDataParallel"):
+        model(torch.randint(50, (1, 12)))
+    model._is_replica = False
+    assert model(torch.randint(50, (1, 12))).logits.shape[:2] == (1, 12)

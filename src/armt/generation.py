@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 
 from . import window as sliding
+from .padding import PaddingPlan
+from .segments import segment_bounds
 from .state import MemoryState
 
 
@@ -95,8 +97,6 @@ def generate(
                               write_segments=write_segments, return_memory=return_memory, **hf_kwargs)
     cell, cfg = model.cell, model.config
     S = cfg.segment_size
-    from .model import segment_bounds
-
     if attention_mask is not None and bool(attention_mask.all()):
         attention_mask = None
     embed = cell.runner.get_input_embeddings()
@@ -151,7 +151,6 @@ def _generate_rows(model, input_ids, attention_mask, memory, *, max_new_tokens, 
     """A padded batch, row by row: each row's real tokens (left or right padding) are read and
     continued exactly as if the row came alone; the new tokens are appended after the padded
     rows (as Hugging Face does), rows that stop early filled with the pad token."""
-    from .padding import PaddingPlan
 
     plan = PaddingPlan.from_mask(attention_mask)
     if hf_kwargs.get("streamer") is not None:

@@ -3,7 +3,6 @@ per-segment gradient checkpointing."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -12,9 +11,11 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from transformers.utils import ModelOutput
 
+from . import generation, saving, streaming
 from .cell import ARMTCell
 from .config import ARMTConfig
 from .padding import PaddingPlan, keep_inactive
+from .segments import segment_bounds
 from .state import MemoryState
 
 
@@ -37,23 +38,6 @@ class ARMTOutput(ModelOutput):
     memory: MemoryState | None = None
     segment_losses: Tensor | None = None
     num_loss_tokens: Tensor | None = None
-
-
-def segment_bounds(length: int, segment_size: int, alignment: str) -> list[tuple[int, int]]:
-    """``(start, end)`` of every segment, split as the official code splits.
-
-    Example:
-        >>> segment_bounds(10, 4, "left"), segment_bounds(10, 4, "right")
-        ([(0, 4), (4, 8), (8, 10)], [(0, 2), (2, 6), (6, 10)])
-    """
-    if alignment == "left":
-        starts = list(range(0, length, segment_size))
-    elif alignment == "right":
-        starts = sorted({max(0, e - segment_size) for e in range(length, 0, -segment_size)})
-    else:  # center: torch.chunk into ceil(length / segment_size) pieces
-        n = math.ceil(length / segment_size)
-        starts = list(range(0, length, math.ceil(length / n)))
-    return list(zip(starts, starts[1:] + [length]))
 
 
 def _base_checkpointing_on(base: nn.Module) -> bool:
@@ -112,9 +96,7 @@ class ARMTForCausalLM(nn.Module):
         Example:
             ``model.save_pretrained("runs/armt"); ARMTForCausalLM.from_pretrained("runs/armt", base_model=base)``
         """
-        from .saving import save_pretrained
-
-        save_pretrained(self, save_directory, save_base=save_base, overwrite=overwrite)
+        saving.save_pretrained(self, save_directory, save_base=save_base, overwrite=overwrite)
 
     @classmethod
     def from_pretrained(cls, directory, base_model=None, *, check_base: bool = True,
@@ -124,17 +106,13 @@ class ARMTForCausalLM(nn.Module):
         architecture is refused with a message naming the expected one; saved peft adapters
         are restored (trainable with ``is_trainable``). ``base_kwargs`` go to the base's
         ``from_pretrained`` (``torch_dtype``, ``attn_implementation``, ...)."""
-        from .saving import from_pretrained
-
-        return from_pretrained(cls, directory, base_model, check_base=check_base,
+        return saving.from_pretrained(cls, directory, base_model, check_base=check_base,
                                is_trainable=is_trainable, **base_kwargs)
 
     def push_to_hub(self, repo_id: str, *, save_base: bool = False, private: bool | None = None,
                     token: str | None = None, commit_message: str = "Upload ARMT model", api=None):
         """Upload what :meth:`save_pretrained` writes to a Hub repository (created if needed)."""
-        from .saving import push_to_hub
-
-        return push_to_hub(self, repo_id, save_base=save_base, private=private, token=token,
+        return saving.push_to_hub(self, repo_id, save_base=save_base, private=private, token=token,
                            commit_message=commit_message, api=api)
 
     def freeze_base(self) -> int:
@@ -206,9 +184,7 @@ class ARMTForCausalLM(nn.Module):
             >>> out.shape
             torch.Size([1, 50])
         """
-        from .generation import generate
-
-        return generate(self, input_ids, attention_mask, memory, max_new_tokens=max_new_tokens,
+        return generation.generate(self, input_ids, attention_mask, memory, max_new_tokens=max_new_tokens,
                         write_segments=write_segments, return_memory=return_memory, **generate_kwargs)
 
     # streaming ------------------------------------------------------------------------
@@ -229,9 +205,7 @@ class ARMTForCausalLM(nn.Module):
             >>> result.memory.segments, result.segment_losses.shape
             (63, torch.Size([63]))
         """
-        from .streaming import read
-
-        return read(self, chunks, memory, flush=flush, **reader_kwargs)
+        return streaming.read(self, chunks, memory, flush=flush, **reader_kwargs)
 
     def count_loss_pairs(self, labels: Tensor, labels_mask: Tensor | None = None) -> Tensor:
         """How many (logits t, label t+1) pairs :meth:`forward` scores for these labels: the
@@ -391,6 +365,14 @@ class ARMTForCausalLM(nn.Module):
                 is always an :class:`ARMTOutput`; segments keep no key/value cache, except the
                 previous segment's window that ``sliding_window=True`` keeps in ``memory``).
         """
+        if getattr(self, "_is_replica", False):
+            # DataParallel copies the module per device and splits only plain tensors: a
+            # MemoryState would reach every copy whole, and the rows' memories would mix
+            raise RuntimeError(
+                "ARMTForCausalLM does not run under torch.nn.DataParallel (the memory state is not split "
+                "across its replicas). Use DistributedDataParallel: launch with torchrun or accelerate, as "
+                "armt train does."
+            )
         B, L = self._check_inputs(input_ids, inputs_embeds, attention_mask, labels, labels_mask, memory)
         if self.training and _base_checkpointing_on(self.cell.runner):
             raise ValueError(

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .padding import keep_inactive
 from .state import MemoryState
 
 TokenChunk = Union[Tensor, "list[int]"]
@@ -206,7 +207,6 @@ class MemoryReader:
     def _write_padded(self, ids: Tensor, mask: Tensor) -> None:
         """A segment in which some rows have ended: as :meth:`armt.ARMTForCausalLM.forward` does
         for a right-padded batch, rows without tokens keep their memory."""
-        from .padding import keep_inactive
 
         cell = self.model.cell
         if self.model.config.sliding_window:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import time
 import warnings
 
 import pytest
@@ -206,7 +205,6 @@ def test_long_sample_streams_lazily(tokenizers, sentences, qa2):
             reads[-1] += 1
             yield sentence
 
-    t0 = time.perf_counter()
     s = build_sample(qa2[0], source, tok, "256k", seed=0)
     assert 0.99 * 262144 <= s.num_tokens <= 262144
     chunks = s.iter_token_chunks(4096)
@@ -214,8 +212,7 @@ def test_long_sample_streams_lazily(tokenizers, sentences, qa2):
     # the second read has only just begun: the sample is written while it is read
     assert len(first) == 4096 and reads[-1] < 2000
     total = len(first) + sum(len(c) for c in chunks)
-    assert total == s.num_tokens
-    assert time.perf_counter() - t0 < 20
+    assert total == s.num_tokens  # its speed: benchmarks/babilong_samples.py
 
 
 def test_source_that_changes_between_reads_is_caught(tokenizers, sentences, qa2):

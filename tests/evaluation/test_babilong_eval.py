@@ -100,6 +100,28 @@ def test_streaming_answer_equals_generate_over_the_whole_sample(tok, chunk_size)
     assert got.text == tok.decode(out, skip_special_tokens=True)
 
 
+def test_wiped_memory_answers_from_the_last_partial_segment_alone(tok, tmp_path):
+    need_data()
+    model = live_model(tok)
+    prompt = BabilongPrompt()
+    sample = next(iter_babilong("qa1", "1k", 1, tok, load_books(BOOKS), seed=2, babi_source=BABI))
+    got = answer_sample(model, tok, sample, prompt=prompt, max_new_tokens=6, wipe_memory=True)
+    whole = prompt.prefix_ids(tok) + sample.input_ids()
+    tail = whole[len(whole) // 64 * 64:] + prompt.query_ids(tok, sample.question)  # after the last full segment
+    out = model.generate(torch.tensor([tail]), max_new_tokens=6, do_sample=False, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)[0, len(tail):].tolist()
+    assert got.new_ids == out[:len(got.new_ids)]
+    kept = answer_sample(model, tok, sample, prompt=prompt, max_new_tokens=6)
+    assert kept.new_ids != got.new_ids  # the live memory changes the answer
+    options = dict(tasks="qa1", lengths="0k", n_samples=1, babi_source=BABI, max_new_tokens=2, progress=False,
+                   log=None, out_dir=tmp_path)
+    evaluate_babilong(model, tok, **options)
+    with pytest.raises(FileExistsError, match="wipe_memory"):
+        evaluate_babilong(model, tok, wipe_memory=True, **options)
+    with pytest.raises(ValueError, match="segment_alignment='left'"):
+        answer_sample(live_model(tok, segment_alignment="right"), tok, sample, prompt=prompt, wipe_memory=True)
+
+
 def test_right_aligned_model_reads_the_whole_sample(tok):
     # segments cut from the end cannot be streamed; the answer must still be the whole-input one
     need_data()

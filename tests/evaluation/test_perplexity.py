@@ -13,6 +13,8 @@ import yaml
 from conftest import tiny_armt
 
 from armt.evaluation.perplexity import (
+    BOUNDS,
+    evaluate_base_bounds,
     evaluate_perplexity,
     held_out_books,
     markdown_table,
@@ -45,6 +47,43 @@ def test_values_equal_a_hand_computation_from_logits(use_memory):
         mean = sum(values) / len(values)
         assert record["loss"] == pytest.approx(mean, abs=1e-9)
         assert record["perplexity"] == pytest.approx(math.exp(mean), rel=1e-9)
+
+
+def test_base_bounds_equal_a_hand_computation_and_a_fresh_wrapper_sits_on_the_floor():
+    model = tiny_armt("llama", segment_size=S, live=False)  # fresh: W_mv = 0, the memory adds nothing
+    base = model.base_model
+    windows = _windows(3, 3, seed=1)
+    with torch.no_grad():
+        full = torch.log_softmax(base(windows).logits, dim=-1)
+        alone = [torch.log_softmax(base(windows[:, i * S:(i + 1) * S]).logits, dim=-1) for i in range(3)]
+    ceiling, floor = {1: [], 2: [], 3: []}, {1: [], 2: [], 3: []}
+    for b in range(3):
+        for t in range(3 * S - 1):
+            target = windows[b, t + 1]
+            ceiling[(t + 1) // S + 1].append(-float(full[b, t, target]))
+            floor[(t + 1) // S + 1].append(-float(alone[t // S][b, t % S, target]))  # logits from t's own segment
+    got = evaluate_base_bounds(base, windows, S, batch_size=2)
+    assert list(got) == list(BOUNDS)
+    for name, hand in zip(BOUNDS, (ceiling, floor)):
+        assert [r["pairs"] for r in got[name]] == [3 * (S - 1), 3 * S, 3 * S, 3 * (3 * S - 1)]
+        for record, values in zip(got[name], [hand[1], hand[2], hand[3], hand[1] + hand[2] + hand[3]]):
+            assert record["loss"] == pytest.approx(sum(values) / len(values), abs=1e-9)
+    assert got[BOUNDS[0]][0]["loss"] == pytest.approx(got[BOUNDS[1]][0]["loss"], abs=1e-12)  # segment 1: same
+    assert got[BOUNDS[0]][2]["loss"] != pytest.approx(got[BOUNDS[1]][2]["loss"], abs=1e-6)
+    fresh = evaluate_perplexity(model, windows)
+    for mine, bottom in zip(fresh, got[BOUNDS[1]]):
+        assert mine["loss"] == pytest.approx(bottom["loss"], abs=1e-9)
+
+
+def test_table_reports_the_share_of_the_gap_each_model_closes():
+    recs = lambda p2: [{"segment": 1, "pairs": 7, "loss": 0.0, "perplexity": 30.0},  # noqa: E731
+                       {"segment": 2, "pairs": 8, "loss": 0.0, "perplexity": p2}]
+    table = markdown_table({"ARMT": recs(26.0), "no memory": recs(29.0), BOUNDS[0]: recs(20.0),
+                            BOUNDS[1]: recs(30.0)})
+    assert "| segment | pairs | ARMT | no memory | base, full context | base, segment only | ARMT: gap closed " \
+           "| no memory: gap closed |" in table
+    assert "| 1 | 7 | 30.00 | 30.00 | 30.00 | 30.00 | - | - |" in table
+    assert "| 2 | 8 | 26.00 | 29.00 | 20.00 | 30.00 | 40% | 10% |" in table
 
 
 def test_partial_windows_are_refused():
@@ -143,3 +182,8 @@ def test_cli_compares_a_model_with_its_no_memory_baseline(tmp_path, capsys):
     assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
     assert main(args + ["--overwrite", "--held-out-books", "a"]) == 2
     assert "training books" in capsys.readouterr().err
+    assert main(args + ["--overwrite", "--base-bounds"]) == 0
+    printed = capsys.readouterr().out
+    assert "| base, full context | base, segment only | ARMT: gap closed | no memory: gap closed |" in printed
+    data = json.loads((tmp_path / "ppl" / "perplexity.json").read_text())
+    assert data["models"] == ["ARMT", "no memory", *BOUNDS]

@@ -8,11 +8,14 @@ import json
 import pytest
 
 from armt.evaluation.reports import (
+    compare_runs,
+    comparison_table,
     load_results,
     markdown_table,
     merge_results,
     missing_pairs,
     result_record,
+    wilson_interval,
     write_results,
 )
 
@@ -97,3 +100,40 @@ def test_metadata_kept_in_json(results, tmp_path):
     write_results(results, tmp_path, metadata={"model": "tiny", "sources": {"babi": "builtin"}})
     assert load_metadata(tmp_path) == {"model": "tiny", "sources": {"babi": "builtin"}}
     assert len(load_results(tmp_path)) == len(results)
+
+
+def test_wilson_interval_matches_the_formula_and_stays_in_range():
+    lo, hi = wilson_interval(18, 20)
+    assert (round(lo, 4), round(hi, 4)) == (0.6990, 0.9721)
+    assert wilson_interval(0, 5)[0] == 0.0 and wilson_interval(5, 5)[1] == 1.0
+    assert wilson_interval(0, 5)[1] > 0.4  # five misses do not prove an accuracy of zero
+    with pytest.raises(ValueError, match="n must be"):
+        wilson_interval(0, 0)
+
+
+def test_runs_compared_across_folders_and_from_the_shell(tmp_path, capsys):
+    from armt.cli import main
+
+    write_results([result_record("qa1", "0k", 19, 20), result_record("qa1", "4k", 10, 20),
+                   result_record("qa2", "0k", 1, 20)], tmp_path / "short")
+    write_results([result_record("qa1", "32k", 2, 3)], tmp_path / "long")
+    write_results([result_record("qa1", "4k", 4, 20)], tmp_path / "wiped")
+    compared = compare_runs({"ARMT": [tmp_path / "long", tmp_path / "short"], "wiped": [tmp_path / "wiped"]}, "qa1")
+    assert [r["length"] for r in compared["ARMT"]] == ["0k", "4k", "32k"]
+    table = comparison_table(compared, "qa1")
+    assert table.splitlines()[0] == "| qa1 | ARMT | wiped |"
+    assert "| 4k | 50% (n=20, 30-70) | 20% (n=20, 8-42) |" in table and "| 0k | 95% (n=20, 76-99) | - |" in table
+    with pytest.raises(ValueError, match="two folders hold qa1 at 4k"):
+        compare_runs({"x": [tmp_path / "short", tmp_path / "wiped"]}, "qa1")
+    with pytest.raises(ValueError, match="holds no qa3 results"):
+        compare_runs({"x": [tmp_path / "short"]}, "qa3")
+    args = ["babilong", "compare", "--run", f"ARMT={tmp_path / 'short'},{tmp_path / 'long'}",
+            "--run", f"wiped={tmp_path / 'wiped'}", "--out", str(tmp_path / "cmp")]
+    assert main(args) == 0
+    assert "| 32k | 67% (n=3, 21-94) | - |" in capsys.readouterr().out
+    assert (tmp_path / "cmp" / "comparison.png").read_bytes()[:8] == PNG
+    data = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert data["results"]["wiped"][0]["correct"] == 4
+    assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
+    assert main(["babilong", "compare", "--run", "nofolders", "--out", str(tmp_path / "c2")]) == 2
+    assert "NAME=FOLDER" in capsys.readouterr().err

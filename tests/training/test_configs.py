@@ -38,3 +38,16 @@ def test_pg19_configs_hold_the_recipe(name):
         assert cfg.model.tiny["family"] == "llama" and (cfg.model.tiny["hidden"], cfg.model.tiny["layers"]) == (128, 4)
     baseline = load_run_config(Path(CONFIGS[0]).parent / name, ["--armt.use_memory", "false"])
     assert not baseline.armt.use_memory and baseline.armt.sliding_window and baseline.armt.use_sink
+
+
+def test_smollm2_configs_hold_the_cpu_recipes():
+    folder = Path(CONFIGS[0]).parent
+    books = load_run_config(folder / "pg19_smollm2.yaml")
+    assert books.model.name_or_path == "bases/smollm2-135m" and books.model.lora["r"] == 16
+    assert (books.armt.segment_size, books.armt.num_mem_tokens, books.armt.d_mem) == (256, 16, 64)
+    assert not books.armt.sliding_window and books.armt.use_sink and books.data.options["no_loss_segments"] == 1
+    assert books.data.options["held_out_books"] == ["austen-persuasion", "chesterton-ball"]
+    babilong = load_run_config(folder / "babilong_smollm2.yaml")
+    assert [s.num_segments for s in babilong.stages] == [1, 4, 8]
+    assert babilong.data.options["tasks"] == ["qa1"] and babilong.armt.last_segment_loss_only
+    assert babilong.metrics == ["exact_match"] and babilong.armt.segment_size == 256

@@ -29,9 +29,9 @@ from typing import Any
 
 import torch
 
-from armt.data.babi import BABI_DIR_ENV, HF_BABILONG, SPLITS, load_babilong_hf, normalize_task
+from armt.data.babi import SPLITS, load_babilong_hf, normalize_task
 from armt.data.babilong import BabilongPrompt, iter_babilong, length_name, parse_length, write_jsonl
-from armt.data.books import BookSource, load_books
+from armt.data.babilong_sources import BUILTIN, BabilongSources, open_sources  # noqa: F401  (part of this API)
 from armt.evaluation.babilong_scoring import compare_answers, exact_match
 from armt.evaluation.reports import (
     FILES,
@@ -44,79 +44,12 @@ from armt.evaluation.reports import (
 )
 from armt.streaming import MemoryReader
 
-BUILTIN = "builtin"
 PREDICTIONS_DIR = "predictions"
 MANIFEST = "manifest.json"
 DATA_FORMAT = "armt.babilong.v1"
 DEFAULT_TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5")
 DEFAULT_LENGTHS = ("0k", "1k", "2k", "4k", "8k", "16k")
 Log = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class BabilongSources:
-    """Where the questions and the background text come from, and what to call them.
-
-    Build one with :func:`open_sources`. ``babi`` is what :func:`armt.data.babilong.iter_babilong`
-    takes (a folder or ``"builtin"``), or ``"hf:<dataset>"`` for the published BABILong sets,
-    whose records already hold their contexts (``background`` is then ``None``).
-    """
-
-    babi: Any
-    babi_description: str
-    background: Any
-    background_description: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"babi": self.babi_description, "background": self.background_description}
-
-
-def open_sources(babi: Any = None, background: Any = None, *, seed: int = 0, split: str = "test") -> BabilongSources:
-    """Open the bAbI questions and the background text, and describe them.
-
-    Args:
-        babi: a folder holding ``en/`` of bAbI v1.2 (or the ``en`` folder itself);
-            ``"builtin"`` for :func:`armt.data.babi.generate_babi` (qa1-qa5 style, no files);
-            ``"hf"`` or ``"hf:<dataset>"`` for the published BABILong sets on the Hugging Face
-            Hub (``RMT-team/babilong``; needs the network or a cached copy); ``None`` reads
-            ``$ARMT_BABI_DIR`` and falls back to the built-in generator.
-        background: a folder of ``.txt`` books, one ``.txt`` file, a Hugging Face dataset name,
-            ``"builtin"`` or ``None`` (generated prose), a :class:`~armt.data.books.BookSource`
-            or a list of sentences.
-        seed: seed of the built-in generators.
-        split: the bAbI file split, ``"test"`` or ``"train"``.
-
-    Example:
-        >>> s = open_sources("builtin", None)
-        >>> s.babi_description.startswith("built-in"), s.background.kind
-        (True, 'builtin')
-    """
-    if split not in SPLITS:
-        raise ValueError(f"split={split!r} is unknown; use one of {SPLITS}.")
-    if babi is None:
-        babi = os.environ.get(BABI_DIR_ENV) or BUILTIN
-    if isinstance(babi, str) and (babi == "hf" or babi.startswith("hf:")):
-        name = babi[3:] or HF_BABILONG
-        return BabilongSources(f"hf:{name}", f"published BABILong sets from Hugging Face {name} (contexts included)",
-                               None, "none (the published samples hold their contexts)")
-    if isinstance(babi, str) and babi == BUILTIN:
-        babi_description = (f"built-in bAbI generator (qa1-qa5 style stories, seed {seed}; "
-                            "armt.data.babi.generate_babi; no bAbI folder given)")
-    elif isinstance(babi, (str, os.PathLike)):
-        folder = Path(babi).expanduser()
-        if not folder.is_dir():
-            raise FileNotFoundError(f"babi={str(babi)!r} is not a folder; pass the folder holding en/ of bAbI "
-                                    "v1.2, 'builtin' or 'hf'.")
-        babi, babi_description = folder, f"bAbI v1.2 files in {folder} ({split} split)"
-    else:
-        babi_description = "given bAbI samples"
-    if isinstance(background, BookSource):
-        books = background
-    elif background is None or isinstance(background, (str, os.PathLike)):
-        books = load_books(background, seed=seed)
-    else:
-        return BabilongSources(babi, babi_description, background, "given sentences")
-    return BabilongSources(babi, babi_description, books, books.description)
 
 
 @dataclass
@@ -235,7 +168,7 @@ def _eos_pad(tokenizer) -> tuple[int | None, int | None]:
 
 @torch.no_grad()
 def answer_sample(model, tokenizer, sample, *, prompt: BabilongPrompt | None = None, max_new_tokens: int = 16,
-                  memory=None, chunk_size: int | None = None) -> SampleAnswer:
+                  memory=None, chunk_size: int | None = None, wipe_memory: bool = False) -> SampleAnswer:
     """Read one sample into memory chunk by chunk and generate its answer greedily.
 
     Equal to ``model.generate([bos] + context + query)`` over the whole sample (the tests
@@ -252,6 +185,9 @@ def answer_sample(model, tokenizer, sample, *, prompt: BabilongPrompt | None = N
         max_new_tokens: tokens to generate at most (generation stops at EOS).
         memory: a state every sample starts from (``None``: empty memory).
         chunk_size: context tokens fed at a time; default 16 segments.
+        wipe_memory: replace the memory read from the context by an empty one before the
+            question (the same weights without what the memory carries: the control that
+            shows how much of an answer comes from the memory).
     """
     prompt = prompt or BabilongPrompt()
     device = model.cell.memory_tokens.device
@@ -266,8 +202,11 @@ def answer_sample(model, tokenizer, sample, *, prompt: BabilongPrompt | None = N
             reader.feed(chunk)
         read = reader.finish(flush=False)
         ids = torch.cat([read.pending.to(device), query], dim=1)
-        memory, done = read.memory, read.tokens
+        memory, done = (None if wipe_memory else read.memory), read.tokens
     else:
+        if wipe_memory:
+            raise ValueError("wipe_memory needs segment_alignment='left': the context must be read before the "
+                             "question for its memory to be wiped.")
         ids = torch.cat([torch.tensor([head + sample.input_ids()], dtype=torch.long, device=device), query], dim=1)
         done = 0
     eos, pad = _eos_pad(tokenizer)
@@ -369,7 +308,8 @@ def evaluate_babilong(model, tokenizer, *, tasks: Sequence[str] | str = DEFAULT_
                       babi_source: Any = None, background: Any = None, seed: int = 0, max_new_tokens: int = 16,
                       prompt: BabilongPrompt | None = None, split: str = "test",
                       out_dir: str | os.PathLike | None = None, overwrite: bool = False, progress: bool = True,
-                      memory=None, model_name: str | None = None, log: Log | None = print) -> BabilongEvalResult:
+                      memory=None, model_name: str | None = None, log: Log | None = print,
+                      wipe_memory: bool = False) -> BabilongEvalResult:
     """Accuracy of ``model`` on BABILong, per task and context length.
 
     Every sample is read in chunks at constant memory and answered greedily
@@ -390,6 +330,9 @@ def evaluate_babilong(model, tokenizer, *, tasks: Sequence[str] | str = DEFAULT_
         memory: a state every sample starts from.
         model_name: how the results name the model (e.g. its directory).
         log: where progress lines go (``None``: nowhere).
+        wipe_memory: answer every question from an empty memory after reading the context
+            (see :func:`answer_sample`); recorded in the results, so such a run never mixes
+            with a normal one.
 
     Example:
         >>> import torch
@@ -414,7 +357,8 @@ def evaluate_babilong(model, tokenizer, *, tasks: Sequence[str] | str = DEFAULT_
     say(f"background text: {sources.background_description}")
     start_memory = None if memory is None else _digest(memory.tensors())
     metadata = {"model": describe_model(model, model_name), "sources": sources.to_dict(),
-                "settings": {**settings.run_key(), "start_memory_sha256": start_memory}, "pairs": {}}
+                "settings": {**settings.run_key(), "start_memory_sha256": start_memory,
+                             **({"wipe_memory": True} if wipe_memory else {})}, "pairs": {}}
     out = Path(out_dir) if out_dir is not None else None
     results, pairs = _previous_results(out, metadata, overwrite, say) if out is not None else ([], {})
     metadata["pairs"] = pairs
@@ -434,7 +378,7 @@ def evaluate_babilong(model, tokenizer, *, tasks: Sequence[str] | str = DEFAULT_
         start = time.perf_counter()
         for index, sample in enumerate(iter_samples(task, length, tokenizer, settings, sources)):
             got = answer_sample(model, tokenizer, sample, prompt=settings.prompt,
-                                max_new_tokens=settings.max_new_tokens, memory=memory)
+                                max_new_tokens=settings.max_new_tokens, memory=memory, wipe_memory=wipe_memory)
             records.append({
                 "task": task, "length": length, "index": index, "question": sample.question,
                 "target": sample.target, "prediction": got.text, "answer": got.answer,

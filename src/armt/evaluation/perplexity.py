@@ -63,24 +63,40 @@ def segment_nll(model, input_ids: Tensor) -> tuple[Tensor, Tensor]:
         >>> counts.tolist()
         [30, 32, 32]
     """
-    S = model.config.segment_size
+    memory = None
+
+    def step(seg: Tensor) -> Tensor:
+        nonlocal memory
+        out = model(seg, memory=memory)
+        memory = out.memory
+        return out.logits
+
+    return _segmentwise(step, input_ids, model.config.segment_size)
+
+
+def _check_windows(input_ids: Tensor, S: int) -> int:
     if input_ids.dim() != 2 or input_ids.shape[1] == 0 or input_ids.shape[1] % S:
         raise ValueError(
             f"input_ids must be (batch, n * segment_size) with segment_size={S}, got shape "
             f"{tuple(input_ids.shape)}; cut windows with LMWindowsConfig(segment_size={S}, num_segments=n)."
         )
-    B, L = input_ids.shape
-    n = L // S
+    return input_ids.shape[1] // S
+
+
+def _upcast(logits: Tensor) -> Tensor:
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
+def _segmentwise(step, input_ids: Tensor, S: int) -> tuple[Tensor, Tensor]:
+    """Per-segment sums and counts when ``step(segment_ids) -> logits`` reads one segment a call."""
+    n = _check_windows(input_ids, S)
+    B = input_ids.shape[0]
     sums = torch.zeros(n, dtype=torch.float64)
     counts = torch.zeros(n, dtype=torch.long)
-    memory, last = None, None
+    last = None
     for i in range(n):
         seg = input_ids[:, i * S:(i + 1) * S]  # (B, S)
-        out = model(seg, memory=memory)
-        memory = out.memory
-        logits = out.logits  # (B, S, vocab)
-        if logits.dtype in (torch.float16, torch.bfloat16):
-            logits = logits.float()
+        logits = _upcast(step(seg))  # (B, S, vocab)
         ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), seg[:, 1:].reshape(-1), reduction="sum")
         pairs = B * (S - 1)
         if last is not None:  # the pair whose target is this segment's first token
@@ -89,6 +105,33 @@ def segment_nll(model, input_ids: Tensor) -> tuple[Tensor, Tensor]:
         last = logits[:, -1]
         sums[i] = ce.double().cpu()
         counts[i] = pairs
+    return sums, counts
+
+
+@torch.no_grad()
+def base_segment_nll(base, input_ids: Tensor, segment_size: int, *, full_context: bool) -> tuple[Tensor, Tensor]:
+    """:func:`segment_nll` of a plain causal LM, the two bounds a memory sits between.
+
+    ``full_context=True`` runs each window in one pass, every token seeing all the tokens
+    before it in the window (the ceiling a memory can approach); ``False`` runs every segment
+    on its own, seeing nothing of the segments before (the floor: what a memory that carries
+    nothing gives). The pairs are counted by segment exactly as for :func:`segment_nll`.
+
+    Example:
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> base = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=99)).eval()
+        >>> ids = torch.randint(99, (2, 48))
+        >>> [c.tolist() for c in base_segment_nll(base, ids, 16, full_context=True)[1:]]
+        [[30, 32, 32]]
+    """
+    if not full_context:
+        return _segmentwise(lambda seg: base(seg).logits, input_ids, segment_size)
+    n = _check_windows(input_ids, segment_size)
+    logits = _upcast(base(input_ids).logits)  # (B, L, vocab)
+    ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), input_ids[:, 1:], reduction="none")  # (B, L-1)
+    which = torch.arange(1, input_ids.shape[1], device=ce.device) // segment_size  # segment of each target
+    sums = torch.zeros(n, dtype=torch.float64).index_add_(0, which.cpu(), ce.sum(0).double().cpu())
+    counts = torch.bincount(which.cpu(), minlength=n) * input_ids.shape[0]
     return sums, counts
 
 
@@ -131,27 +174,80 @@ def evaluate_perplexity(model, windows: Tensor, *, batch_size: int = 8, progress
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    was_training = model.training
+    model.eval()
+    try:
+        return _pooled(lambda ids: segment_nll(model, ids), windows, batch_size, model.cell.memory_tokens.device,
+                       progress)
+    finally:
+        model.train(was_training)
+
+
+BOUNDS = ("base, full context", "base, segment only")
+
+
+def evaluate_base_bounds(base, windows: Tensor, segment_size: int, *, batch_size: int = 8,
+                         progress: bool = False) -> dict[str, list[dict]]:
+    """The ceiling and the floor of :func:`evaluate_perplexity`: the plain base model on the
+    same windows, with the whole window in context and with each segment alone.
+
+    Returns:
+        ``{"base, full context": records, "base, segment only": records}``.
+
+    Example:
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> base = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=99))
+        >>> bounds = evaluate_base_bounds(base, torch.randint(99, (3, 32)), 16)
+        >>> [r["pairs"] for r in bounds["base, segment only"]]
+        [45, 48, 93]
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    was_training = base.training
+    base.eval()
+    device = next(base.parameters()).device
+    try:
+        return {name: _pooled(lambda ids, full=full: base_segment_nll(base, ids, segment_size, full_context=full),
+                              windows, batch_size, device, progress)
+                for name, full in zip(BOUNDS, (True, False))}
+    finally:
+        base.train(was_training)
+
+
+def _pooled(nll, windows: Tensor, batch_size: int, device, progress: bool) -> list[dict]:
     if windows.dim() != 2 or windows.shape[0] == 0:
         raise ValueError(f"windows must be a non-empty (num_windows, length) tensor, got {tuple(windows.shape)}; "
                          "the held-out books may be shorter than one window (use fewer segments).")
-    was_training = model.training
-    model.eval()
-    device = model.cell.memory_tokens.device
     starts = range(0, windows.shape[0], batch_size)
     if progress:
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc="perplexity", unit="batch")
     sums = counts = None
-    try:
-        for start in starts:
-            s, c = segment_nll(model, windows[start:start + batch_size].to(device))
-            sums, counts = (s, c) if sums is None else (sums + s, counts + c)
-    finally:
-        model.train(was_training)
+    for start in starts:
+        s, c = nll(windows[start:start + batch_size].to(device))
+        sums, counts = (s, c) if sums is None else (sums + s, counts + c)
     records = [_record(i + 1, float(s), int(c)) for i, (s, c) in enumerate(zip(sums, counts))]
     records.append(_record("all", float(sums.sum()), int(counts.sum())))
     return records
+
+
+def gap_closed(results: Mapping[str, Sequence[dict]], model: str) -> list[float | None]:
+    """Per record of ``model``: the share of the floor-to-ceiling gap it closes,
+    ``(floor - ppl) / (floor - ceiling)`` (1: as good as the full context, 0: no better than
+    each segment alone); ``None`` where the bounds are within 0.1% of each other (segment 1,
+    where both see the same tokens and differ only by rounding).
+
+    Example:
+        >>> rec = lambda p: [{"segment": 2, "pairs": 1, "loss": 0.0, "perplexity": p}]
+        >>> gap_closed({"m": rec(25.0), BOUNDS[0]: rec(20.0), BOUNDS[1]: rec(30.0)}, "m")
+        [0.5]
+    """
+    out = []
+    for r, top, bottom in zip(results[model], results[BOUNDS[0]], results[BOUNDS[1]]):
+        gap = bottom["perplexity"] - top["perplexity"]
+        out.append(None if abs(gap) < 1e-3 * bottom["perplexity"] else (bottom["perplexity"] - r["perplexity"]) / gap)
+    return out
 
 
 def _record(segment: int | str, total: float, pairs: int) -> dict[str, Any]:
@@ -267,15 +363,23 @@ def markdown_table(results: Mapping[str, Sequence[dict]], title: str | None = No
     """
     results = _checked(results)
     names = list(results)
-    ratio = len(names) == 2
+    bounded = all(b in results for b in BOUNDS)
+    closing = [n for n in names if n not in BOUNDS] if bounded else []
+    ratio = len(names) == 2 and not bounded
     header = ["segment", "pairs", *names] + ([f"{names[0]} / {names[1]}"] if ratio else [])
+    header += [f"{n}: gap closed" for n in closing]
+    closed = [gap_closed(results, n) for n in closing]
     lines = [f"# {title}", ""] if title else []
     lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    for rows in zip(*results.values()):
+    for i, rows in enumerate(zip(*results.values())):
         cells = [str(rows[0]["segment"]), str(rows[0]["pairs"])] + [f"{r['perplexity']:.2f}" for r in rows]
         if ratio:
             cells.append(f"{rows[0]['perplexity'] / rows[1]['perplexity']:.3f}")
+        cells += ["-" if c[i] is None else f"{100 * c[i]:.0f}%" for c in closed]
         lines.append("| " + " | ".join(cells) + " |")
+    if bounded:
+        lines += ["", "gap closed = (segment only - model) / (segment only - full context): the share of what "
+                  "the full context gains over each segment alone that the model wins back."]
     return "\n".join(lines)
 
 
@@ -291,7 +395,8 @@ def plot_perplexity(results: Mapping[str, Sequence[dict]], path: str | os.PathLi
     ax = fig.subplots()
     for name, records in results.items():
         points = [(r["segment"], r["perplexity"]) for r in records if r["segment"] != "all"]
-        ax.plot([s for s, _ in points], [p for _, p in points], marker="o", label=name)
+        ax.plot([s for s, _ in points], [p for _, p in points], marker="o", label=name,
+                linestyle="--" if name in BOUNDS else "-")
     segments = [r["segment"] for r in next(iter(results.values())) if r["segment"] != "all"]
     ax.set_xticks(segments)
     ax.set_xlabel("segment index")

@@ -246,3 +246,102 @@ def missing_pairs(results: Iterable[dict[str, Any]], tasks: Sequence[str], lengt
     """
     done = {(r["task"], r["length"]) for r in results}
     return [(t, n) for t in tasks for n in lengths if (t, n) not in done]
+
+
+# several models side by side ------------------------------------------------------------------
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of an accuracy ``correct / n``: with the few samples that
+    long contexts afford on a CPU, the interval says how much a difference can mean.
+
+    Example:
+        >>> [round(x, 3) for x in wilson_interval(18, 20)]
+        [0.699, 0.972]
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}.")
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def compare_runs(runs: Mapping[str, Sequence[str | os.PathLike]], task: str) -> dict[str, list[dict[str, Any]]]:
+    """Results of one task from several evaluation folders per model, merged by length.
+
+    Args:
+        runs: ``{model name: [results folders]}``, e.g. one folder for the short lengths and
+            one for the long ones (evaluated with different sample counts).
+        task: the bAbI task to compare, e.g. ``"qa1"``.
+
+    Raises:
+        ValueError: a folder holds no results for ``task``, or two folders of one model hold
+            the same length.
+    """
+    out = {}
+    for name, folders in runs.items():
+        merged: dict[str, dict[str, Any]] = {}
+        for folder in folders:
+            found = [r for r in load_results(folder) if r["task"] == task]
+            if not found:
+                raise ValueError(f"{folder} holds no {task} results; evaluate it with armt babilong eval "
+                                 f"--tasks {task}.")
+            for r in found:
+                if r["length"] in merged:
+                    raise ValueError(f"{name}: two folders hold {task} at {r['length']}; keep one.")
+                merged[r["length"]] = r
+        out[name] = sorted(merged.values(), key=lambda r: _length_key(r["length"]))
+    return out
+
+
+def comparison_table(compared: Mapping[str, Sequence[dict[str, Any]]], task: str) -> str:
+    """Lengths as rows, one column per model: accuracy in %, samples and the 95% interval.
+
+    Example:
+        >>> print(comparison_table({"ARMT": [result_record("qa1", "1k", 9, 10)]}, "qa1"))
+        | qa1 | ARMT |
+        |---|---|
+        | 1k | 90% (n=10, 60-98) |
+    """
+    lengths = sorted({r["length"] for rs in compared.values() for r in rs}, key=_length_key)
+    lines = ["| " + " | ".join([task, *compared]) + " |", "|---" * (len(compared) + 1) + "|"]
+    for length in lengths:
+        cells = [length]
+        for records in compared.values():
+            r = next((r for r in records if r["length"] == length), None)
+            if r is None:
+                cells.append("-")
+            else:
+                lo, hi = wilson_interval(r["correct"], r["n"])
+                cells.append(f"{100 * r['accuracy']:.0f}% (n={r['n']}, {100 * lo:.0f}-{100 * hi:.0f})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_comparison(compared: Mapping[str, Sequence[dict[str, Any]]], path: str | os.PathLike, title: str) -> Path:
+    """Accuracy against context length (log axis), one line per model, with 95% intervals."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    lengths = sorted({r["length"] for rs in compared.values() for r in rs}, key=_length_key)
+    fig = Figure(figsize=(6.4, 4.0))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for name, records in compared.items():
+        xs = [lengths.index(r["length"]) for r in records]
+        ys = [100 * r["accuracy"] for r in records]
+        bounds = [wilson_interval(r["correct"], r["n"]) for r in records]
+        err = [[y - 100 * lo for y, (lo, _) in zip(ys, bounds)], [100 * hi - y for y, (_, hi) in zip(ys, bounds)]]
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=name)
+    ax.set_xticks(range(len(lengths)), lengths)
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("accuracy, % (95% interval)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    return path

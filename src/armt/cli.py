@@ -118,15 +118,22 @@ def _load(args: argparse.Namespace):
     from .saving import load_tokenizer
 
     torch.set_num_threads(args.threads)
-    kwargs = {} if args.dtype == "auto" else {"dtype": getattr(torch, args.dtype)}
-    if getattr(args, "gguf_file", None):
-        if args.base is None:
-            raise ValueError("--gguf-file needs --base: the folder that holds the GGUF file.")
-        kwargs["gguf_file"] = args.gguf_file
-    model = ARMTForCausalLM.from_pretrained(args.model, base_model=args.base, **kwargs).eval()
+    if getattr(args, "gguf_file", None) and args.base is None:
+        raise ValueError("--gguf-file needs --base: the folder that holds the GGUF file.")
+    model = ARMTForCausalLM.from_pretrained(args.model, base_model=args.base, **_base_kwargs(args)).eval()
     if args.dtype != "auto":
         model.to(getattr(torch, args.dtype))
     return model.to(args.device), load_tokenizer(args.model, args.tokenizer)
+
+
+def _base_kwargs(args: argparse.Namespace) -> dict:
+    """``from_pretrained`` keywords of the base from ``--dtype`` and ``--gguf-file``."""
+    import torch
+
+    kwargs = {} if args.dtype == "auto" else {"dtype": getattr(torch, args.dtype)}
+    if getattr(args, "gguf_file", None):
+        kwargs["gguf_file"] = args.gguf_file
+    return kwargs
 
 
 def _peak_rss_mib() -> float:
@@ -298,10 +305,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _babilong_compare(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
-    from .evaluation.reports import compare_runs, comparison_table, plot_comparison
+    from .evaluation.reports import compare_runs, write_comparison
 
     runs = {}
     for spec in args.run:
@@ -309,20 +313,10 @@ def _babilong_compare(args: argparse.Namespace) -> int:
         if not sep or not name.strip() or not folders.strip():
             raise ValueError(f"--run {spec!r}: write it as NAME=FOLDER[,FOLDER...], e.g. --run 'ARMT=out/short,out/long'.")
         runs[name.strip()] = [f.strip() for f in folders.split(",") if f.strip()]
-    out = Path(args.out)
-    paths = [out / "comparison.md", out / "comparison.json", out / "comparison.png"]
-    taken = [str(p) for p in paths if p.exists()]
-    if taken and not args.overwrite:
-        raise FileExistsError(f"{taken[0]} exists; pass --overwrite to replace it, or another --out.")
-    compared = compare_runs(runs, args.task)
-    table = comparison_table(compared, args.task)
-    out.mkdir(parents=True, exist_ok=True)
-    paths[0].write_text(f"# {args.title}\n\n{table}\n", encoding="utf-8")
-    paths[1].write_text(json.dumps({"title": args.title, "task": args.task, "runs": runs, "results": compared},
-                                   indent=2) + "\n", encoding="utf-8")
-    plot_comparison(compared, paths[2], args.title)
+    table = write_comparison(compare_runs(runs, args.task), args.out, task=args.task, title=args.title,
+                             runs=runs, overwrite=args.overwrite)
     print(table)
-    print(f"comparison.md, .json and .png in {out}")
+    print(f"comparison.md, .json and .png in {args.out}")
     return 0
 
 
@@ -448,24 +442,12 @@ def _perplexity(args: argparse.Namespace) -> int:
 
 
 def _load_plain_base(args: argparse.Namespace):
-    """The untouched base model of ``--model``: ``--base``, else the base its ARMT files name."""
-    import json
-    from pathlib import Path
-
-    import torch
-
+    """The untouched base model of ``--model``: ``--base``, else the one its ARMT files name."""
     from .bases import load_base_model
-    from .saving import CONFIG_NAME
+    from .saving import saved_base_source
 
-    name = args.base
-    if name is None:
-        record = json.loads((Path(args.model) / CONFIG_NAME).read_text())
-        name = "" if record.get("base_saved") else record["base"].get("name_or_path")
-        name = name or args.model
-    kwargs = {} if args.dtype == "auto" else {"dtype": getattr(torch, args.dtype)}
-    if getattr(args, "gguf_file", None):
-        kwargs["gguf_file"] = args.gguf_file
-    return load_base_model(str(name), **kwargs).to(args.device).eval()
+    name = args.base or saved_base_source(args.model)
+    return load_base_model(str(name), **_base_kwargs(args)).to(args.device).eval()
 
 
 def _add_perplexity_parser(sub) -> None:

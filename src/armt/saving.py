@@ -93,6 +93,18 @@ def save_pretrained(model, save_directory: str | os.PathLike, *, save_base: bool
     (out / CONFIG_NAME).write_text(json.dumps(record, indent=2, sort_keys=True))
 
 
+def saved_base_source(directory: str | os.PathLike, record: dict | None = None) -> str:
+    """Where the base model of a :func:`save_pretrained` directory loads from: the directory
+    itself when the base was saved in it, else the base name it records."""
+    directory = Path(directory)
+    if record is None:
+        record = json.loads((directory / CONFIG_NAME).read_text())
+    source = str(directory) if record.get("base_saved") else record["base"].get("name_or_path")
+    if not source:
+        raise ValueError(f"{directory} holds no base model and records no base name; pass base_model=.")
+    return source
+
+
 def from_pretrained(cls, directory: str | os.PathLike, base_model: nn.Module | str | None = None,
                     *, check_base: bool = True, is_trainable: bool = False, **base_kwargs):
     """Restore a model written by :func:`save_pretrained` onto ``base_model`` (a module, a
@@ -111,10 +123,7 @@ def from_pretrained(cls, directory: str | os.PathLike, base_model: nn.Module | s
         raise ValueError(f"{directory / CONFIG_NAME} has format {record.get('format')!r}, expected {_FORMAT!r}.")
     expected = record["base"]
     if base_model is None:
-        source = str(directory) if record.get("base_saved") else expected["name_or_path"]
-        if not source:
-            raise ValueError(f"{directory} holds no base model and records no base name; pass base_model=.")
-        base_model = source
+        base_model = saved_base_source(directory, record)
     if isinstance(base_model, (str, os.PathLike)):
         base_model = load_base_model(str(base_model), **base_kwargs)
     if record.get("adapter") and unwrap_adapters(base_model) is base_model:

@@ -345,3 +345,22 @@ def plot_comparison(compared: Mapping[str, Sequence[dict[str, Any]]], path: str 
     path = Path(path)
     fig.savefig(path, dpi=120)
     return path
+
+
+def write_comparison(compared: Mapping[str, Sequence[dict[str, Any]]], out_dir: str | os.PathLike, *, task: str,
+                     title: str, runs: Mapping[str, Sequence[str]] | None = None, overwrite: bool = False) -> str:
+    """Write ``comparison.md``, ``.json`` and ``.png`` of :func:`compare_runs` results into
+    ``out_dir`` (an existing file is an error unless ``overwrite``); returns the table."""
+    out = Path(out_dir)
+    paths = [out / "comparison.md", out / "comparison.json", out / "comparison.png"]
+    taken = [str(p) for p in paths if p.exists()]
+    if taken and not overwrite:
+        raise FileExistsError(f"{taken[0]} exists; pass overwrite=True (--overwrite) to replace it, or another folder.")
+    table = comparison_table(compared, task)
+    out.mkdir(parents=True, exist_ok=True)
+    paths[0].write_text(f"# {title}\n\n{table}\n", encoding="utf-8")
+    record = {"title": title, "task": task, "runs": {k: [str(f) for f in v] for k, v in (runs or {}).items()},
+              "results": compared}
+    paths[1].write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    plot_comparison(compared, paths[2], title)
+    return table

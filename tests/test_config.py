@@ -35,3 +35,19 @@ def test_width_not_divisible_by_heads_is_refused():
 
     with pytest.raises(ValueError, match="n_heads=3 does not divide the model width 32"):
         armt.ARMTForCausalLM(tiny_base("gpt2"), ARMTConfig(d_mem=6, n_heads=3))
+
+
+def test_the_config_is_a_frozen_value():
+    import dataclasses
+
+    from armt import ARMTForCausalLM
+    from armt.tiny import tiny_base_model
+
+    cfg = ARMTConfig(num_mem_tokens=2, d_mem=4, segment_size=8)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.segment_size = 4
+    model = ARMTForCausalLM(tiny_base_model("gpt2"), cfg)
+    model.gradient_checkpointing_enable()
+    assert model.is_gradient_checkpointing and not cfg.gradient_checkpointing  # a model flag
+    model.gradient_checkpointing_disable()
+    assert not model.is_gradient_checkpointing

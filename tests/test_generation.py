@@ -3,9 +3,13 @@ forward passes, across segment boundaries."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from conftest import tiny_armt
+
+from armt import ARMTForCausalLM
 
 
 def decode_by_hand(model, ids, steps):
@@ -39,7 +43,10 @@ def test_without_writing_the_last_segment_grows():
     assert torch.equal(grown[:, :17], written[:, :17])
     # the official behaviour: after the first segment, one ever-growing segment reading its memory
     memory = model(ids[:, :8]).memory
-    model.config.segment_size = 100
+    # the same weights under segment_size=100: a second wrapper around the same base
+    grown_model = ARMTForCausalLM(model.base_model, replace(model.config, segment_size=100))
+    grown_model.cell.load_armt_state_dict(model.cell.armt_state_dict(), "the first wrapper")
+    model = grown_model
     tail = ids[:, 8:]
     with torch.no_grad():
         for _ in range(12):
@@ -123,3 +130,20 @@ def test_bad_generate_arguments():
         model.generate(ids, max_new_tokens=3, max_length=10)
     with pytest.raises(ValueError, match="input_ids"):
         model.generate(ids[0], max_new_tokens=3)
+
+
+def test_generation_defaults_decide_eos_and_pad_in_one_place():
+    from transformers import GenerationConfig
+
+    from armt.generation import generation_defaults
+
+    class Tok:
+        eos_token_id, pad_token_id = 5, None
+
+    model = tiny_armt("gpt2")
+    model.cell.runner.generation_config = GenerationConfig(eos_token_id=[7, 3], pad_token_id=None)
+    assert generation_defaults(Tok()) == {"eos_token_id": 5, "pad_token_id": 5}
+    assert generation_defaults(model=model) == {"eos_token_id": [7, 3], "pad_token_id": 3}
+    assert generation_defaults(Tok(), model) == {"eos_token_id": 5, "pad_token_id": 5}  # the tokenizer wins
+    assert generation_defaults(Tok(), model, {"eos_token_id": 9}) == {"eos_token_id": 9, "pad_token_id": 9}
+    assert generation_defaults() == {}

@@ -1,5 +1,7 @@
 """ARMTForCausalLM: identity at init, streaming, batching, loss, BPTT, checkpointing, errors."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -96,11 +98,12 @@ def test_loss_is_cross_entropy_over_concatenated_segments():
 def test_last_segment_loss_only_and_output_only_last_segment():
     model = tiny_armt("gpt2", segment_size=6)
     ids = _ids(2, 20, seed=4)
+    # the same weights under a changed (frozen) config: a second wrapper around the same base
+    other = ARMTForCausalLM(model.base_model, replace(model.config, last_segment_loss_only=True))
+    other.cell.load_armt_state_dict(model.cell.armt_state_dict(), "the first wrapper")
     with torch.no_grad():
         full = model(ids, labels=ids)
-        model.config.last_segment_loss_only = True
-        last = model(ids, labels=ids, output_only_last_segment=True)
-        model.config.last_segment_loss_only = False
+        last = other(ids, labels=ids, output_only_last_segment=True)
     assert last.logits.shape == (2, 2, 99)  # segments 6, 6, 6, 2
     torch.testing.assert_close(last.logits, full.logits[:, 18:], rtol=0, atol=1e-12)
     expected = F.cross_entropy(full.logits[:, 18:19].reshape(-1, 99), ids[:, 19].reshape(-1))
@@ -208,6 +211,32 @@ def test_detach_hooks_restores_the_plain_base():
         ref = base(ids).logits  # not inside a segment: hooks do nothing
         model.cell.detach_hooks()
         torch.testing.assert_close(base(ids).logits, ref, rtol=0, atol=0)
+
+
+def test_hooks_exist_only_while_a_segment_runs():
+    model = tiny_armt("llama")
+    layers = model.cell._decoder_layers
+    seen = []
+    probe = layers[1].register_forward_pre_hook(lambda m, a: seen.append(len(m._forward_pre_hooks)))
+    model(_ids(1, 40))
+    probe.remove()
+    assert seen and all(n == 2 for n in seen)  # the probe and the segment's own read hook
+    assert all(not layer._forward_pre_hooks and not layer._forward_hooks for layer in layers)
+    # a segment that fails inside the base model removes its hooks too
+    def fail(module, args):
+        raise KeyError("boom")
+
+    probe = layers[1].register_forward_pre_hook(fail)
+    with pytest.raises(KeyError, match="boom"):
+        model(_ids(1, 40))
+    probe.remove()
+    assert all(not layer._forward_pre_hooks and not layer._forward_hooks for layer in layers)
+
+
+def test_a_nested_segment_on_the_same_layers_is_refused():
+    model = tiny_armt("gpt2")
+    with model.cell.reading(None), pytest.raises(RuntimeError, match="already running a segment"):
+        model(_ids(1, 8))
 
 
 @pytest.mark.parametrize("kwargs,match", [

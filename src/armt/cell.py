@@ -60,7 +60,7 @@ def _segment_inputs(embeds: Tensor, token_mask: Tensor | None, offset: int, T: i
 class ARMTCell(nn.Module):
     """The memory parameters of ARMT and one segment's forward pass.
 
-    Holds the base model (its decoder layers get hooks, nothing is replaced), the memory
+    Holds the base model (its decoder layers get hooks while a segment runs, nothing is replaced), the memory
     tokens (``randn * std(input embeddings)``, as the official code), the optional sink token
     and one :class:`AssociativeMemory` per decoder layer. With ``use_memory=False`` there are
     no memory tokens, memories or hooks: the segment runs through the plain base model (with
@@ -81,6 +81,8 @@ class ARMTCell(nn.Module):
         self.config = config
         self.base_model = base_model
         self.layers_path, layers = find_decoder_layers(unwrap_adapters(base_model), config.layers_path)
+        # a plain list: the layers belong to the base model, not to the cell's own parameters
+        self._decoder_layers = list(layers)
         embeddings = base_model.get_input_embeddings()
         if embeddings is None or not hasattr(embeddings, "weight"):
             raise TypeError(
@@ -111,7 +113,6 @@ class ARMTCell(nn.Module):
         associative = config.use_memory and not self.token_memory
         self.memory_layers = nn.ModuleList(AssociativeMemory(self.d_model, config, **kw)
                                            for _ in (layers if associative else ()))
-        self._handles = [h for mem, layer in zip(self.memory_layers, layers) for h in mem.attach(layer)]
         self._logits_to_keep = "logits_to_keep" in inspect.signature(self.runner.forward).parameters
         positions = int(config.use_sink) + config.read_tokens_per_segment + config.segment_size + self.num_mem_tokens
         limit = _position_limit(self.runner)
@@ -184,10 +185,8 @@ class ARMTCell(nn.Module):
                 tensor.copy_(weights[name])
 
     def detach_hooks(self) -> None:
-        """Remove the hooks from the base model's layers (the base model is then plain)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        """Kept for code written against earlier versions: the hooks now exist only while a
+        segment runs, so outside one the base model is always plain and there is nothing to do."""
 
     def check_memory(self, memory: MemoryState | None, batch_size: int) -> None:
         """Raise if ``memory`` was not made by a model of this config for this batch size."""
@@ -268,7 +267,7 @@ class ARMTCell(nn.Module):
         layers = [None] * self.num_layers if memory is None else memory.layers
         with ExitStack() as stack:
             for i, mem in enumerate(self.memory_layers):
-                stack.enter_context(mem.bind(layers[i], self.num_mem_tokens, write=False))
+                stack.enter_context(mem.bind(self._decoder_layers[i], layers[i], self.num_mem_tokens, write=False))
             yield
 
     def forward(
@@ -314,7 +313,8 @@ class ARMTCell(nn.Module):
 
         layers = [None] * self.num_layers if memory is None else memory.layers
         with ExitStack() as stack:
-            ios = [stack.enter_context(mem.bind(layers[i], M)) for i, mem in enumerate(self.memory_layers)]
+            ios = [stack.enter_context(mem.bind(self._decoder_layers[i], layers[i], M))
+                   for i, mem in enumerate(self.memory_layers)]
             if backbone is not None:
                 backbone(**kwargs)
                 logits = None

@@ -185,6 +185,7 @@ def _read(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     import torch
 
+    from .generation import generation_defaults
     from .state import MemoryState
 
     model, tokenizer = _load(args)
@@ -198,10 +199,7 @@ def _generate(args: argparse.Namespace) -> int:
         options.update(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
     if args.repetition_penalty != 1.0:
         options["repetition_penalty"] = args.repetition_penalty
-    if tokenizer.eos_token_id is not None:
-        options.setdefault("eos_token_id", tokenizer.eos_token_id)
-        options.setdefault("pad_token_id", tokenizer.pad_token_id if tokenizer.pad_token_id is not None
-                           else tokenizer.eos_token_id)
+    options.update(generation_defaults(tokenizer))
     if args.stream:
         from transformers import TextStreamer
 

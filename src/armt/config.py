@@ -40,7 +40,8 @@ class ARMTConfig:
         bptt_segments: detach the memory every this many segments (truncated
             backpropagation through time); ``None`` backpropagates through all segments.
         gradient_checkpointing: recompute each segment in the backward pass instead of
-            keeping its activations.
+            keeping its activations (the model's starting value; the config itself is frozen,
+            ``model.gradient_checkpointing_enable()`` switches the model's flag).
         last_segment_loss_only: compute the loss on the pairs inside the last segment only
             (what the official code does when asked for the last segment's output).
         memory_dtype: dtype of the memory state (``A``, ``z``) and of the read/write maths,
@@ -72,10 +73,16 @@ class ARMTConfig:
             ``correction``, ``use_denom``, ``gating`` and ``memory_dtype`` are ignored; the
             state carries only the window (its ``A`` are empty ``(batch, 0)`` tensors).
 
+    The options are frozen once built: derive a changed config with ``dataclasses.replace``.
+    (Attributes that are not options may still be set: the Hugging Face Trainer records
+    ``use_cache`` on every model's config; ARMT ignores them.)
+
     Example:
         >>> cfg = ARMTConfig(num_mem_tokens=16, d_mem=64, segment_size=512)
         >>> cfg.d_key
         384
+        >>> dataclasses.replace(cfg, segment_size=256).segment_size
+        256
     """
 
     num_mem_tokens: int = 16
@@ -137,6 +144,21 @@ class ARMTConfig:
                      "last_segment_loss_only", "sliding_window", "use_memory"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}.")
+        object.__setattr__(self, "_frozen", True)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self.__dict__.get("_frozen") and name in _OPTION_NAMES:
+            raise dataclasses.FrozenInstanceError(
+                f"cannot assign to ARMTConfig.{name}: the config is frozen once built; use "
+                f"dataclasses.replace(config, {name}=...) and build a new model (weights move with "
+                "model.cell.load_armt_state_dict)."
+            )
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name in _OPTION_NAMES:
+            raise dataclasses.FrozenInstanceError(f"cannot delete ARMTConfig.{name}: the config is frozen.")
+        object.__delattr__(self, name)
 
     @property
     def token_memory(self) -> bool:
@@ -182,3 +204,6 @@ class ARMTConfig:
         if unknown:
             raise ValueError(f"Unknown ARMTConfig keys {unknown}; known keys are {sorted(known)}.")
         return cls(**values)
+
+
+_OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(ARMTConfig))

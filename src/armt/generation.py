@@ -41,24 +41,48 @@ class _ChunkStreamer:
         pass
 
 
-def _eos_ids(model, hf_kwargs) -> set[int]:
-    eos = hf_kwargs.get("eos_token_id")
-    gen_cfg = hf_kwargs.get("generation_config") or getattr(model.cell.runner, "generation_config", None)
-    if eos is None and gen_cfg is not None:
-        eos = gen_cfg.eos_token_id
+def generation_defaults(tokenizer=None, model=None, hf_kwargs: dict | None = None) -> dict:
+    """The end-of-sequence and padding ids for ``generate``, decided in one place: values in
+    ``hf_kwargs`` first, then the tokenizer's, then the base model's ``generation_config``;
+    the padding id falls back to the (smallest) end-of-sequence id. Keys that nothing sets are
+    left out.
+
+    Example:
+        >>> class Tok: eos_token_id, pad_token_id = 2, None
+        >>> generation_defaults(Tok())
+        {'eos_token_id': 2, 'pad_token_id': 2}
+        >>> generation_defaults(Tok(), hf_kwargs={"pad_token_id": 0})
+        {'eos_token_id': 2, 'pad_token_id': 0}
+    """
+    hf_kwargs = hf_kwargs or {}
+    gen_cfg = hf_kwargs.get("generation_config")
+    if gen_cfg is None and model is not None:
+        gen_cfg = getattr(model.cell.runner, "generation_config", None)
+
+    def first(name):
+        for source in (hf_kwargs, tokenizer, gen_cfg):
+            value = source.get(name) if isinstance(source, dict) else getattr(source, name, None)
+            if value is not None:
+                return value
+        return None
+
+    out = {}
+    eos = first("eos_token_id")
+    pad = first("pad_token_id")
+    if eos is not None:
+        out["eos_token_id"] = eos
+        if pad is None:
+            pad = min(eos) if isinstance(eos, (list, tuple)) else eos
+    if pad is not None:
+        out["pad_token_id"] = int(pad)
+    return out
+
+
+def _eos_ids(defaults: dict) -> set[int]:
+    eos = defaults.get("eos_token_id")
     if eos is None:
         return set()
     return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
-
-
-def _pad_id(model, hf_kwargs, eos: set[int]) -> int:
-    pad = hf_kwargs.get("pad_token_id")
-    gen_cfg = hf_kwargs.get("generation_config") or getattr(model.cell.runner, "generation_config", None)
-    if pad is None and gen_cfg is not None:
-        pad = gen_cfg.pad_token_id
-    if pad is None:
-        pad = min(eos) if eos else 0
-    return int(pad)
 
 
 @torch.no_grad()
@@ -108,8 +132,9 @@ def generate(
     seg_ids = input_ids[:, start:]
     seg_mask = None if attention_mask is None else attention_mask[:, start:]
 
-    eos = _eos_ids(model, hf_kwargs)
-    pad = _pad_id(model, hf_kwargs, eos)
+    defaults = generation_defaults(model=model, hf_kwargs=hf_kwargs)
+    eos = _eos_ids(defaults)
+    pad = defaults.get("pad_token_id", 0)
     streamer = hf_kwargs.pop("streamer", None)
     chunk_streamer = _ChunkStreamer(streamer) if streamer is not None else None
     if streamer is not None:
@@ -163,7 +188,7 @@ def _generate_rows(model, input_ids, attention_mask, memory, *, max_new_tokens, 
                               write_segments=write_segments, return_memory=True, **hf_kwargs)
         rows.append(ids[0, n:])
         states.append(state)
-    pad = _pad_id(model, hf_kwargs, _eos_ids(model, hf_kwargs))
+    pad = generation_defaults(model=model, hf_kwargs=hf_kwargs).get("pad_token_id", 0)
     width = max(r.shape[0] for r in rows)
     new = torch.stack([torch.cat([r, r.new_full((width - r.shape[0],), pad)]) for r in rows])
     out = torch.cat([input_ids, new], dim=1)

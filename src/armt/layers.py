@@ -1,9 +1,9 @@
 """The associative memory of one decoder layer and how it attaches to that layer.
 
 The memory hooks onto the original layer instead of replacing it, so the base model keeps
-its module names, its ``state_dict`` and its ``save_pretrained``. The hooks act only while a
-segment is running (:meth:`AssociativeMemory.bind`); outside that the base model behaves as
-if ARMT were not there.
+its module names, its ``state_dict`` and its ``save_pretrained``. The hooks exist only while a
+segment is running (:meth:`AssociativeMemory.bind` registers them and removes them), closing
+over that segment's read/write record; outside a segment the base model is untouched.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .ops import fused
 from .state import LayerMemory
 
 
-class _SegmentIO:
+class SegmentRecord:
     """What one layer reads from and writes to during one segment."""
 
     __slots__ = ("memory", "num_mem_tokens", "write", "written")
@@ -63,7 +63,6 @@ class AssociativeMemory(nn.Module):
         nn.init.zeros_(self.W_mv.weight)
         # the state may be kept wider than the model (bf16 model, float32 memory over long streams)
         self.state_dtype = None if config.memory_dtype is None else getattr(torch, config.memory_dtype)
-        self._io: _SegmentIO | None = None
 
     def _heads(self, x: Tensor) -> Tensor:
         B, T, D = x.shape
@@ -92,53 +91,51 @@ class AssociativeMemory(nn.Module):
         d_key = 2 * self.nu * self.W_mq.out_features
         return (batch_size, self.n_heads, d_key // self.n_heads, d_model // self.n_heads)
 
-    # hooks on the decoder layer -------------------------------------------------------
-    def attach(self, layer: nn.Module) -> list:
-        """Hook this memory onto ``layer``; returns the removable handles."""
-        return [
-            layer.register_forward_pre_hook(self._before_layer, with_kwargs=True),
-            layer.register_forward_hook(self._after_layer, with_kwargs=True),
-        ]
-
+    # hooks on the decoder layer, for one segment --------------------------------------
     @contextmanager
-    def bind(self, memory: LayerMemory | None, num_mem_tokens: int, write: bool = True) -> Iterator[_SegmentIO]:
-        """Make the hooks read ``memory`` and, with ``write``, record the write of the last
-        ``num_mem_tokens`` outputs, for one segment. ``write=False`` only reads (decoding steps
-        of generation, which carry no memory tokens and may run the layer many times)."""
-        if self._io is not None:
+    def bind(self, layer: nn.Module, memory: LayerMemory | None, num_mem_tokens: int,
+             write: bool = True) -> Iterator[SegmentRecord]:
+        """Hook this memory onto ``layer`` for one segment: the layer's input reads ``memory``
+        and, with ``write``, the last ``num_mem_tokens`` outputs are written into the yielded
+        record's ``written``. The hooks close over that record and are removed when the
+        context ends, so outside a segment the base model is plain. ``write=False`` only reads
+        (decoding steps of generation, which carry no memory tokens and may run the layer many
+        times)."""
+        if any(getattr(hook, "armt_segment", False) for hook in layer._forward_pre_hooks.values()):
             raise RuntimeError("This ARMT layer is already running a segment (re-entrant call).")
-        io = _SegmentIO(memory, num_mem_tokens, write)
-        self._io = io
+        record = SegmentRecord(memory, num_mem_tokens, write)
+
+        def before(module, args, kwargs):
+            if record.memory is None:
+                return None
+            if args:
+                return (self.read(args[0], record.memory),) + tuple(args[1:]), kwargs
+            kwargs = dict(kwargs)
+            kwargs["hidden_states"] = self.read(kwargs["hidden_states"], record.memory)
+            return args, kwargs
+
+        def after(module, args, kwargs, output):
+            if not record.write:
+                return
+            if record.written is not None:
+                raise RuntimeError(
+                    f"{type(module).__name__} ran twice in one segment; ARMT cannot write its memory "
+                    "twice. Disable the base model's own gradient checkpointing and use "
+                    "ARMTConfig(gradient_checkpointing=True) instead."
+                )
+            hidden = output[0] if isinstance(output, (tuple, list)) else output
+            if not isinstance(hidden, Tensor):
+                raise TypeError(
+                    f"{type(module).__name__} returned {type(output).__name__}; ARMT expects a tensor "
+                    "or a tuple whose first item is the hidden states."
+                )
+            record.written = self.write(hidden[:, -record.num_mem_tokens:], record.memory)
+
+        before.armt_segment = True  # marks our hook, so a nested segment is caught
+        handles = [layer.register_forward_pre_hook(before, with_kwargs=True),
+                   layer.register_forward_hook(after, with_kwargs=True)]
         try:
-            yield io
+            yield record
         finally:
-            self._io = None
-
-    def _before_layer(self, module, args, kwargs):
-        io = self._io
-        if io is None or io.memory is None:
-            return None
-        if args:
-            return (self.read(args[0], io.memory),) + tuple(args[1:]), kwargs
-        kwargs = dict(kwargs)
-        kwargs["hidden_states"] = self.read(kwargs["hidden_states"], io.memory)
-        return args, kwargs
-
-    def _after_layer(self, module, args, kwargs, output):
-        io = self._io
-        if io is None or not io.write:
-            return
-        if io.written is not None:
-            raise RuntimeError(
-                f"{type(module).__name__} ran twice in one segment; ARMT cannot write its memory "
-                "twice. Disable the base model's own gradient checkpointing and use "
-                "ARMTConfig(gradient_checkpointing=True) instead."
-            )
-        hidden = output[0] if isinstance(output, (tuple, list)) else output
-        if not isinstance(hidden, Tensor):
-            raise TypeError(
-                f"{type(module).__name__} returned {type(output).__name__}; ARMT expects a tensor "
-                "or a tuple whose first item is the hidden states."
-            )
-        io.written = self.write(hidden[:, -io.num_mem_tokens:], io.memory)
-        return
+            for handle in handles:
+                handle.remove()

@@ -84,6 +84,8 @@ class ARMTForCausalLM(nn.Module):
             raise TypeError(f"config must be an ARMTConfig, got {type(config).__name__}.")
         self.config = config
         self.cell = ARMTCell(base_model, config)
+        # a flag of the model, not of its (frozen) config: the Trainer switches it on and off
+        self.gradient_checkpointing = config.gradient_checkpointing
 
     @property
     def base_model(self) -> nn.Module:
@@ -223,10 +225,10 @@ class ARMTForCausalLM(nn.Module):
         """Recompute every segment in the backward pass (the Trainer calls this). Options of
         layer-level checkpointing (``every_n_layers``, ...) do not apply: ARMT checkpoints
         whole segments, because re-running single layers would write the memory twice."""
-        self.config.gradient_checkpointing = True
+        self.gradient_checkpointing = True
 
     def gradient_checkpointing_disable(self) -> None:
-        self.config.gradient_checkpointing = False
+        self.gradient_checkpointing = False
 
     # transformers 5.2x names the same switch "activation checkpointing"
     activation_checkpointing_enable = gradient_checkpointing_enable
@@ -234,11 +236,11 @@ class ARMTForCausalLM(nn.Module):
 
     @property
     def is_gradient_checkpointing(self) -> bool:
-        return self.config.gradient_checkpointing
+        return self.gradient_checkpointing
 
     @property
     def is_activation_checkpointing(self) -> bool:
-        return self.config.gradient_checkpointing
+        return self.gradient_checkpointing
 
     # input checks ---------------------------------------------------------------------
     def _check_inputs(self, input_ids, inputs_embeds, attention_mask, labels, labels_mask, memory):
@@ -310,7 +312,7 @@ class ARMTForCausalLM(nn.Module):
 
     # the recurrent loop ---------------------------------------------------------------
     def _run_segment(self, embeds, mask, memory, compute_logits):
-        if not (self.config.gradient_checkpointing and torch.is_grad_enabled()):
+        if not (self.gradient_checkpointing and torch.is_grad_enabled()):
             return self.cell(embeds, mask, memory, compute_logits)
         # without memory the state holds only the (detached) window: nothing to pass through
         carried = memory is not None and self.config.use_memory

@@ -4,6 +4,7 @@ base model next to them (Hugging Face format)."""
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 import json
 import os
 import tempfile
@@ -88,7 +89,9 @@ def save_pretrained(model, save_directory: str | os.PathLike, *, save_base: bool
         model.base_model.save_pretrained(str(out / ADAPTER_DIR))
     if save_base:
         unwrap_adapters(model.base_model).save_pretrained(str(out))
-    record = {"format": _FORMAT, "armt": model.config.to_dict(), "base": _base_record(model),
+    # the config as the model runs now (the Trainer may have switched checkpointing on)
+    armt = replace(model.config, gradient_checkpointing=model.gradient_checkpointing)
+    record = {"format": _FORMAT, "armt": armt.to_dict(), "base": _base_record(model),
               "base_saved": save_base, "adapter": ADAPTER_DIR if adapters else None}
     (out / CONFIG_NAME).write_text(json.dumps(record, indent=2, sort_keys=True))
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback, TrainingArguments
@@ -163,6 +164,19 @@ def test_three_stage_curriculum_starts_each_stage_from_the_previous_best(tmp_pat
     assert {h.get("num_segments") for h in logs["log_history"]} == {3}
 
 
+def test_a_stage_may_set_its_own_learning_rate(tmp_path):
+    cfg = tiny_run(tmp_path / "lr", stages=((1, 5), (2, 5)), lr_scheduler_type="constant")
+    cfg.curriculum[1].learning_rate = 1e-4
+    train(cfg)
+    rates = []
+    for stage in ("stage1-1seg", "stage2-2seg"):
+        logs = json.loads((tmp_path / "lr" / stage / "checkpoint-5" / "trainer_state.json").read_text())
+        rates.append({h["learning_rate"] for h in logs["log_history"] if "learning_rate" in h})
+    assert rates == [{3e-3}, {1e-4}]
+    with pytest.raises(ValueError, match="learning_rate must be a positive number"):
+        RunConfig.from_dict({**cfg.to_dict(), "curriculum": [{"num_segments": 1, "max_steps": 2, "learning_rate": 0}]})
+
+
 def test_stage_stops_when_its_goal_is_reached(tmp_path):
     cfg = tiny_run(tmp_path / "g", stages=((1, 20),))
     cfg.curriculum[0].stop_metric, cfg.curriculum[0].stop_value = "eval_loss", 100.0
@@ -264,6 +278,11 @@ def test_babilong_recipe_trains_on_real_babi_and_books(tmp_path, capsys):
     evals = [h for h in state["log_history"] if "eval_exact_match" in h]
     assert evals and 0.0 <= evals[-1]["eval_exact_match"] <= 1.0
     assert (out / "tokenizer" / "tokenizer.json").exists() and (out / "best" / "tokenizer.json").exists()
+    # run_config.yaml is the config the run used, derived values included
+    from transformers import AutoTokenizer
+
+    written = yaml.safe_load((out / "run_config.yaml").read_text())
+    assert written["model"]["tiny"]["vocab"] == len(AutoTokenizer.from_pretrained(str(out / "tokenizer")))
 
 
 def test_scientific_notation_reads_as_numbers(tmp_path):

@@ -42,6 +42,7 @@ from armt.evaluation.reports import (
     result_record,
     write_results,
 )
+from armt.generation import generation_defaults
 from armt.streaming import MemoryReader
 
 PREDICTIONS_DIR = "predictions"
@@ -160,12 +161,6 @@ class SampleAnswer:
         return (self.prompt_tokens + len(self.new_ids)) / max(self.seconds, 1e-9)
 
 
-def _eos_pad(tokenizer) -> tuple[int | None, int | None]:
-    eos = getattr(tokenizer, "eos_token_id", None)
-    pad = getattr(tokenizer, "pad_token_id", None)
-    return eos, pad if pad is not None else eos
-
-
 @torch.no_grad()
 def answer_sample(model, tokenizer, sample, *, prompt: BabilongPrompt | None = None, max_new_tokens: int = 16,
                   memory=None, chunk_size: int | None = None, wipe_memory: bool = False) -> SampleAnswer:
@@ -209,10 +204,8 @@ def answer_sample(model, tokenizer, sample, *, prompt: BabilongPrompt | None = N
                              "question for its memory to be wiped.")
         ids = torch.cat([torch.tensor([head + sample.input_ids()], dtype=torch.long, device=device), query], dim=1)
         done = 0
-    eos, pad = _eos_pad(tokenizer)
-    options = {"do_sample": False}
-    if eos is not None:
-        options.update(eos_token_id=eos, pad_token_id=pad)
+    options = {"do_sample": False, **generation_defaults(tokenizer)}
+    eos = options.get("eos_token_id")
     out = model.generate(ids, memory=memory, max_new_tokens=max_new_tokens, **options)
     new = out[0, ids.shape[1]:].tolist()
     if eos is not None and eos in new:

@@ -118,6 +118,8 @@ class Stage:
         stop_metric, stop_value: end the stage once this evaluation metric (e.g.
             ``eval_exact_match``) reaches the value (at or below it for losses and
             perplexities, at or above it otherwise).
+        learning_rate: this stage's peak learning rate (default: ``training.learning_rate``),
+            e.g. lower once the memory starts to carry information across segments.
     """
 
     num_segments: int
@@ -127,8 +129,13 @@ class Stage:
     sample_segments: bool = False
     stop_metric: str | None = None
     stop_value: float | None = None
+    learning_rate: float | None = None
 
     def __post_init__(self) -> None:
+        if self.learning_rate is not None and (isinstance(self.learning_rate, bool)
+                                               or not isinstance(self.learning_rate, (int, float))
+                                               or not self.learning_rate > 0):
+            raise ValueError(f"curriculum stage: learning_rate must be a positive number, got {self.learning_rate!r}.")
         for name in ("num_segments", "max_steps", "eval_segments", "batch_size"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from ..generation import generation_defaults
 from ..model import ARMTForCausalLM
 from .config import RunConfig, Stage
 from .trainer import ARMTTrainer, SegmentCollator, StopAtMetric, import_object, load_model_dir
@@ -269,6 +270,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, toke
     # under torchrun/accelerate every process runs this; only the first touches the run directory
     main_process = int(os.environ.get("RANK", "0")) == 0
     if not main_process:
+        cfg, tokenizer = _resolve(cfg, tokenizer, None)
         return _train_stages(cfg, out, resume=resume, tokenizer=tokenizer, metric_fns=metric_fns,
                              callbacks=callbacks, main_process=False)
     if out.exists() and any(out.iterdir()) and not (resume or overwrite):
@@ -283,6 +285,9 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, toke
         _check_removable(out)
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    # everything the run derives is settled before run_config.yaml is written; cfg is not
+    # changed after that
+    cfg, tokenizer = _resolve(cfg, tokenizer, out / "tokenizer")
     resolved = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     if resume and (out / CONFIG_NAME).exists() and (out / CONFIG_NAME).read_text() != resolved:
         differ = _differing_keys(yaml.safe_load((out / CONFIG_NAME).read_text()), cfg.to_dict())
@@ -291,6 +296,23 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, toke
     (out / CONFIG_NAME).write_text(resolved)
     return _train_stages(cfg, out, resume=resume, tokenizer=tokenizer, metric_fns=metric_fns,
                          callbacks=callbacks, main_process=True)
+
+
+def _resolve(cfg: RunConfig, tokenizer, save_dir: Path | None) -> tuple[RunConfig, object]:
+    """The run's tokenizer (resolved if not given) and a config with what it implies filled in
+    (a tiny model's vocabulary from the tokenizer); ``cfg`` itself is left as it was."""
+    if tokenizer is None:
+        tokenizer, described = resolve_tokenizer(cfg, save_dir)
+        logger.warning("tokenizer: %s", described)
+    if tokenizer is not None and cfg.model.tiny is not None:
+        vocab = cfg.model.tiny.get("vocab")
+        if vocab is None:
+            tiny = dict(cfg.model.tiny, vocab=len(tokenizer))
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, tiny=tiny))
+        elif vocab < len(tokenizer):
+            raise ValueError(f"model.tiny.vocab={vocab} is smaller than the tokenizer ({len(tokenizer)} tokens); "
+                             "leave it out to use the tokenizer's size.")
+    return cfg, tokenizer
 
 
 def _differing_keys(old, new, prefix: str = "") -> list[str]:
@@ -328,13 +350,6 @@ def _check_removable(out: Path) -> None:
                          "refuses to delete them. Move them away or choose another training.output_dir.")
 
 
-def _generation_kwargs(tokenizer) -> dict:
-    if tokenizer is None or tokenizer.eos_token_id is None:
-        return {}
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": pad}
-
-
 def _barrier() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
@@ -347,16 +362,6 @@ def _train_stages(cfg: RunConfig, out: Path, *, resume: bool, tokenizer, metric_
     state_file = out / STATE_NAME
     state = json.loads(state_file.read_text()) if resume and state_file.exists() else {"finished": []}
 
-    if tokenizer is None:
-        tokenizer, described = resolve_tokenizer(cfg, out / "tokenizer" if main_process else None)
-        logger.warning("tokenizer: %s", described)
-    if tokenizer is not None and cfg.model.tiny is not None:
-        vocab = cfg.model.tiny.get("vocab")
-        if vocab is None:
-            cfg.model.tiny["vocab"] = len(tokenizer)
-        elif vocab < len(tokenizer):
-            raise ValueError(f"model.tiny.vocab={vocab} is smaller than the tokenizer ({len(tokenizer)} tokens); "
-                             "leave it out to use the tokenizer's size.")
     model = build_model(cfg)
     make = dataset_factory(cfg, model, tokenizer)
     transforms = [import_object(s) for s in cfg.batch_transforms]
@@ -386,6 +391,8 @@ def _train_stages(cfg: RunConfig, out: Path, *, resume: bool, tokenizer, metric_
         args.setdefault("dataloader_pin_memory", torch.cuda.is_available())
         if stage.batch_size is not None:
             args["per_device_train_batch_size"] = stage.batch_size
+        if stage.learning_rate is not None:
+            args["learning_rate"] = stage.learning_rate
         stage_callbacks = list(callbacks)
         goal = None
         if stage.stop_metric is not None:
@@ -401,7 +408,7 @@ def _train_stages(cfg: RunConfig, out: Path, *, resume: bool, tokenizer, metric_
             data_collator=SegmentCollator(pad_token_id=pad, transforms=transforms), tokenizer=tokenizer,
             callbacks=stage_callbacks, metrics=cfg.metrics, metric_fns=fns, num_segments=stage.num_segments,
             save_base=not cfg.model.freeze_base or cfg.model.tiny is not None,
-            generation_kwargs=_generation_kwargs(tokenizer),
+            generation_kwargs=generation_defaults(tokenizer),
         )
         checkpoint = _latest_checkpoint(stage_dir) if resume else None
         finished = _finished_checkpoint(checkpoint, stage.max_steps)

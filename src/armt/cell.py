@@ -13,23 +13,11 @@ import torch
 from torch import Tensor, nn
 
 from . import window as sliding
+from .adapters import unwrap_adapters
 from .config import ARMTConfig
 from .layers import AssociativeMemory
 from .state import LayerMemory, MemoryState
 from .targets import find_decoder_layers
-
-
-def unwrap_adapters(model: nn.Module) -> nn.Module:
-    """The model that actually runs: for a peft ``PeftModel`` the wrapped transformers model.
-
-    peft injects its adapters into the wrapped model's modules in place, so calling that model
-    keeps them active while exposing the plain Hugging Face signature (``logits_to_keep``,
-    ``base_model`` without the head).
-    """
-    get = getattr(model, "get_base_model", None)
-    if callable(get) and type(model).__module__.split(".")[0] == "peft":
-        return get()
-    return model
 
 
 def _position_limit(runner: nn.Module) -> int | None:

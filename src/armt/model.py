@@ -12,6 +12,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers.utils import ModelOutput
 
 from . import generation, saving, streaming
+from .adapters import has_adapters
 from .cell import ARMTCell
 from .config import ARMTConfig
 from .padding import PaddingPlan, keep_inactive
@@ -129,7 +130,7 @@ class ARMTForCausalLM(nn.Module):
             ...                            if not n.startswith("cell.base_model."))
             True
         """
-        adapters = self.cell.runner is not self.base_model
+        adapters = has_adapters(self.base_model)
         for name, param in self.base_model.named_parameters():
             # peft already froze the base and marked its adapters trainable
             if not (adapters and param.requires_grad):

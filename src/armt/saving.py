@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .bases import load_base_model
-from .cell import unwrap_adapters
+from .adapters import has_adapters, unwrap_adapters
 from .config import ARMTConfig
 
 CONFIG_NAME = "armt_config.json"
@@ -56,10 +56,6 @@ def _base_record(model) -> dict:
     }
 
 
-def _has_adapters(model) -> bool:
-    return unwrap_adapters(model.base_model) is not model.base_model
-
-
 def save_pretrained(model, save_directory: str | os.PathLike, *, save_base: bool = False,
                     overwrite: bool = False) -> None:
     """Write ``armt_config.json`` and ``armt_model.safetensors`` (ARMT weights only); with
@@ -78,7 +74,7 @@ def save_pretrained(model, save_directory: str | os.PathLike, *, save_base: bool
     out.mkdir(parents=True, exist_ok=True)
     weights = {k: v.contiguous() for k, v in model.cell.armt_state_dict().items()}
     save_file(weights, str(out / WEIGHTS_NAME), metadata={"format": _FORMAT})
-    adapters = _has_adapters(model)
+    adapters = has_adapters(model.base_model)
     if adapters and save_base:
         raise ValueError(
             "save_base=True with a peft-wrapped base would write adapter-injected weights that no "
@@ -115,9 +111,6 @@ def from_pretrained(cls, directory: str | os.PathLike, base_model: nn.Module | s
     adapters are put back onto the base (trainable with ``is_trainable``). ``check_base=False``
     skips the comparison of the base's architecture config with the recorded one (shapes are
     always checked)."""
-    from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM
-
     directory = Path(directory)
     if not (directory / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}; save the model with save_pretrained first.")
@@ -129,7 +122,7 @@ def from_pretrained(cls, directory: str | os.PathLike, base_model: nn.Module | s
         base_model = saved_base_source(directory, record)
     if isinstance(base_model, (str, os.PathLike)):
         base_model = load_base_model(str(base_model), **base_kwargs)
-    if record.get("adapter") and unwrap_adapters(base_model) is base_model:
+    if record.get("adapter") and not has_adapters(base_model):
         from peft import PeftModel
 
         base_model = PeftModel.from_pretrained(base_model, str(directory / record["adapter"]),
@@ -148,18 +141,61 @@ def from_pretrained(cls, directory: str | os.PathLike, base_model: nn.Module | s
             + ". Pass the base it was trained on" + (" (or check_base=False if only run-time settings "
                                                       "differ)." if list(clash) == ["config_hash"] else ".")
         )
-    from safetensors import SafetensorError
+    _load_armt_weights(model, directory)
+    return model
 
+
+def _load_armt_weights(model, directory: Path) -> None:
+    """Load the directory's ARMT weights into ``model``, refusing unreadable or non-finite files."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = directory / WEIGHTS_NAME
     try:
-        weights = load_file(str(directory / WEIGHTS_NAME))
+        weights = load_file(str(path))
     except (SafetensorError, OSError) as err:
-        raise ValueError(f"{directory / WEIGHTS_NAME} is not a readable safetensors file ({err}); it may be "
+        raise ValueError(f"{path} is not a readable safetensors file ({err}); it may be "
                          "truncated. Save the model again.") from err
     bad = sorted(k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
     if bad:
-        raise ValueError(f"{directory / WEIGHTS_NAME} holds NaN or infinite values in {bad[:4]}; it is not loaded.")
-    model.cell.load_armt_state_dict(weights, str(directory / WEIGHTS_NAME))
-    return model
+        raise ValueError(f"{path} holds NaN or infinite values in {bad[:4]}; it is not loaded.")
+    model.cell.load_armt_state_dict(weights, str(path))
+
+
+def load_into(model, directory: str | os.PathLike) -> None:
+    """Load the weights of a :func:`save_pretrained` directory into ``model`` in place (ARMT
+    weights, the saved base weights if any, peft adapters if any): how a training run moves
+    from checkpoint to checkpoint without building a new model.
+
+    Example:
+        ``model.save_pretrained("ckpt"); ...; load_into(model, "ckpt")``
+    """
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    _load_armt_weights(model, directory)
+    base_file = directory / "model.safetensors"
+    runner = unwrap_adapters(model.base_model)
+    if base_file.exists() and not has_adapters(model.base_model):
+        missing, unexpected = runner.load_state_dict(load_file(str(base_file)), strict=False)
+        tied = set(getattr(runner, "_tied_weights_keys", None) or {})
+        missing = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
+        if unexpected:
+            # transformers saves some weights under their checkpoint names (GPT-NeoX's head is
+            # "embed_out"): let its own loader map them, then copy every weight
+            try:
+                saved = type(runner).from_pretrained(directory, config=runner.config,
+                                                     dtype=next(runner.parameters()).dtype)
+            except Exception as err:
+                raise ValueError(f"{base_file} does not fit the base model ({err}).") from err
+            runner.load_state_dict(saved.state_dict())
+        elif missing:
+            raise ValueError(f"{base_file} does not fit the base model: missing {missing[:5]}, unexpected {unexpected[:5]}.")
+    adapter = directory / ADAPTER_DIR / "adapter_model.safetensors"
+    if adapter.exists() and has_adapters(model.base_model):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model.base_model, load_file(str(adapter)))
 
 
 def push_to_hub(model, repo_id: str, *, save_base: bool = False, private: bool | None = None,

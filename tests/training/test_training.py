@@ -185,7 +185,8 @@ def test_stage_stops_when_its_goal_is_reached(tmp_path):
 
 
 def test_sampled_segments_vary_per_item(tmp_path):
-    from armt.data.retrieval import MixedSegments, RetrievalConfig, RetrievalDataset
+    from armt.data.retrieval import RetrievalConfig, RetrievalDataset
+    from armt.training.curriculum import MixedSegments
 
     mixed = MixedSegments(lambda k: RetrievalDataset(RetrievalConfig(vocab_size=32, segment_size=12,
                                                                      num_segments=k, key_len=1)), 4)

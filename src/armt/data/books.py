@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import random
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -454,10 +454,3 @@ def builtin_books(seed: int = 0, num_books: int = 20, chars_per_book: int = 200_
                    f"~{chars_per_book:,} characters)")
     return BookSource("builtin", description, factory,
                       titles=[_builtin_title(seed, i) for i in range(num_books)])
-
-
-def iter_texts(source: BookSource | Iterable[Book]) -> Iterator[str]:
-    """The texts of a source's books (or of any iterable of books), in order."""
-    books = source.books() if isinstance(source, BookSource) else source
-    for book in books:
-        yield book.text

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from armt.adapters import unwrap_adapters
 from armt.data.babi import SPLITS, load_babilong_hf, normalize_task
 from armt.data.babilong import BabilongPrompt, iter_babilong, length_name, parse_length, write_jsonl
 from armt.data.babilong_sources import BUILTIN, BabilongSources, open_sources  # noqa: F401  (part of this API)
@@ -218,7 +219,6 @@ def answer_sample(model, tokenizer, sample, *, prompt: BabilongPrompt | None = N
 def describe_model(model, name: str | None = None) -> dict[str, Any]:
     """The model's name, class, base config hash and a hash of its ARMT weights, so that a
     resumed run can tell whether the same model wrote the results it continues."""
-    from armt.cell import unwrap_adapters
     from armt.saving import base_config_hash
 
     base = unwrap_adapters(model.base_model)

@@ -16,9 +16,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from ..adapters import has_adapters
 from ..generation import generation_defaults
 from ..model import ARMTForCausalLM
 from .config import RunConfig, Stage
+from .curriculum import MixedSegments
 from .trainer import ARMTTrainer, SegmentCollator, StopAtMetric, import_object, load_model_dir
 
 logger = logging.getLogger(__name__)
@@ -266,7 +268,6 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, toke
     import yaml
 
     out = Path(cfg.training["output_dir"])
-    state_file = out / STATE_NAME
     # under torchrun/accelerate every process runs this; only the first touches the run directory
     main_process = int(os.environ.get("RANK", "0")) == 0
     if not main_process:
@@ -423,7 +424,7 @@ def _train_stages(cfg: RunConfig, out: Path, *, resume: bool, tokenizer, metric_
             trainer.train(resume_from_checkpoint=checkpoint)
         best_dir = stage_dir / "best"
         if main_process:
-            model.save_pretrained(best_dir, save_base=model.cell.runner is model.base_model, overwrite=True)
+            model.save_pretrained(best_dir, save_base=not has_adapters(model.base_model), overwrite=True)
             if tokenizer is not None:
                 tokenizer.save_pretrained(best_dir)
         record = StageResult(stage=i + 1, num_segments=stage.num_segments, best_dir=str(best_dir),
@@ -438,7 +439,7 @@ def _train_stages(cfg: RunConfig, out: Path, *, resume: bool, tokenizer, metric_
     if main_process and previous_best is not None and results and Path(previous_best).exists():
         load_model_dir(model, previous_best)
         final = out / "best"
-        model.save_pretrained(final, save_base=model.cell.runner is model.base_model, overwrite=True)
+        model.save_pretrained(final, save_base=not has_adapters(model.base_model), overwrite=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(final)
     return results
@@ -447,6 +448,4 @@ def _train_stages(cfg: RunConfig, out: Path, *, resume: bool, tokenizer, metric_
 def _stage_dataset(make, stage: Stage, seed: int) -> Dataset:
     if not stage.sample_segments:
         return make(stage.num_segments, "train")
-    from ..data.retrieval import MixedSegments
-
     return MixedSegments(lambda k: make(k, "train"), stage.num_segments, seed=seed)

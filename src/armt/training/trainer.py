@@ -10,13 +10,13 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback
 
-from ..saving import ADAPTER_DIR, WEIGHTS_NAME
+from ..adapters import has_adapters
+from ..saving import load_into
 
 MODEL_KEYS = ("input_ids", "attention_mask", "labels", "labels_mask")
 
@@ -81,36 +81,8 @@ def import_object(spec: str):
 
 
 def load_model_dir(model, directory: str | os.PathLike) -> None:
-    """Load the weights of a ``save_pretrained`` directory into ``model`` in place (ARMT
-    weights, the saved base weights if any, peft adapters if any)."""
-    from safetensors.torch import load_file
-
-    from ..cell import unwrap_adapters
-
-    directory = Path(directory)
-    model.cell.load_armt_state_dict(load_file(str(directory / WEIGHTS_NAME)), str(directory / WEIGHTS_NAME))
-    base_file = directory / "model.safetensors"
-    runner = unwrap_adapters(model.base_model)
-    if base_file.exists() and runner is model.base_model:
-        missing, unexpected = runner.load_state_dict(load_file(str(base_file)), strict=False)
-        tied = set(getattr(runner, "_tied_weights_keys", None) or {})
-        missing = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
-        if unexpected:
-            # transformers saves some weights under their checkpoint names (GPT-NeoX's head is
-            # "embed_out"): let its own loader map them, then copy every weight
-            try:
-                saved = type(runner).from_pretrained(directory, config=runner.config,
-                                                     dtype=next(runner.parameters()).dtype)
-            except Exception as err:
-                raise ValueError(f"{base_file} does not fit the base model ({err}).") from err
-            runner.load_state_dict(saved.state_dict())
-        elif missing:
-            raise ValueError(f"{base_file} does not fit the base model: missing {missing[:5]}, unexpected {unexpected[:5]}.")
-    adapter = directory / ADAPTER_DIR / "adapter_model.safetensors"
-    if adapter.exists() and runner is not model.base_model:
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model.base_model, load_file(str(adapter)))
+    """Load a ``save_pretrained`` directory into ``model`` in place (see :func:`armt.saving.load_into`)."""
+    load_into(model, directory)
 
 
 class StopAtMetric(TrainerCallback):
@@ -203,7 +175,7 @@ class ARMTTrainer(Trainer):
         if not self.args.should_save:
             return
         model = self.armt_model
-        adapters = model.cell.runner is not model.base_model
+        adapters = has_adapters(model.base_model)
         model.save_pretrained(output_dir, save_base=self.save_base and not adapters, overwrite=True)
         if self.armt_tokenizer is not None:
             self.armt_tokenizer.save_pretrained(output_dir)

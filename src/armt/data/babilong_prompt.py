@@ -1,0 +1,106 @@
+"""How a BABILong sample is laid out in tokens: context, question and answer template."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from armt.data.background import clean_sentence
+
+Tokenizer = Callable[..., Any]
+
+
+def token_ids(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
+    """Each text's ids on its own, without special tokens."""
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+@dataclass(frozen=True)
+class BabilongPrompt:
+    """How a BABILong sample becomes tokens, in evaluation and in training alike.
+
+    Training sequences are ``[bos][context][query][answer]``; evaluation generates after
+    ``[bos][context][query]``. The context ids are the sample's own, the query is
+    ``question_prefix + question + answer_prefix``, the answer ``target_prefix + target`` and
+    EOS, each tokenized on its own: ``...<context>\\nWhere is Mary?\\nAnswer: kitchen<eos>``.
+
+    Args:
+        question_prefix: text between the context and the question.
+        answer_prefix: text after the question, where generation starts: plain text that any
+            tokenizer encodes and a pretrained model reads as a cue. The official ARMT recipe
+            puts the first token of ``"GEN"`` there (``answer_prefix="GEN", target_prefix=""``).
+        target_prefix: text before the target (a space: ``"Answer: kitchen"`` as in prose).
+        add_bos: start with the BOS token; ``None`` does as the tokenizer does with
+            ``add_special_tokens=True`` (Llama adds it, GPT-2 does not).
+        add_eos: end training sequences with EOS, so the model learns to stop.
+
+    Example:
+        >>> class Chars:  # one token per character, BOS 1 never added
+        ...     bos_token_id, eos_token_id = 1, 2
+        ...     def __call__(self, texts, add_special_tokens=False):
+        ...         return {"input_ids": [[ord(c) for c in t] for t in texts]}
+        >>> prompt = BabilongPrompt()
+        >>> prompt.query_text("Where is Mary?")
+        '\\nWhere is Mary?\\nAnswer:'
+        >>> ids, start = prompt.example_ids(Chars(), [ord(c) for c in "Mary went home."], "Where is Mary?", "home")
+        >>> "".join(map(chr, ids[start:-1])), ids[-1]
+        (' home', 2)
+        >>> prompt.cut_answer(" home\\nWhere is John?")
+        'home'
+    """
+
+    question_prefix: str = "\n"
+    answer_prefix: str = "\nAnswer:"
+    target_prefix: str = " "
+    add_bos: bool | None = None
+    add_eos: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("question_prefix", "answer_prefix", "target_prefix"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"{name} must be a string, got {getattr(self, name)!r}; use '' for none.")
+        if self.add_bos not in (None, True, False) or self.add_eos not in (True, False):
+            raise TypeError(f"add_bos must be None, True or False and add_eos True or False, "
+                            f"got add_bos={self.add_bos!r}, add_eos={self.add_eos!r}.")
+
+    def query_text(self, question: str) -> str:
+        """The text that follows the context: the question between its prefixes."""
+        return f"{self.question_prefix}{clean_sentence(question)}{self.answer_prefix}"
+
+    def prefix_ids(self, tokenizer: Tokenizer) -> list[int]:
+        """``[bos]`` or ``[]``: what comes before the context (see ``add_bos``)."""
+        bos = getattr(tokenizer, "bos_token_id", None)
+        if self.add_bos is False or (bos is None and self.add_bos is None):
+            return []
+        if bos is None:
+            raise ValueError("add_bos=True but the tokenizer has no BOS token; use add_bos=None or False.")
+        if self.add_bos is None:
+            plain = tokenizer(["x"], add_special_tokens=False)["input_ids"][0]
+            special = tokenizer(["x"], add_special_tokens=True)["input_ids"][0]
+            return [bos] if special[:1] == [bos] and plain[:1] != [bos] else []
+        return [bos]
+
+    def query_ids(self, tokenizer: Tokenizer, question: str) -> list[int]:
+        """Token ids of :meth:`query_text`; generation starts after them."""
+        return token_ids(tokenizer, [self.query_text(question)])[0]
+
+    def answer_ids(self, tokenizer: Tokenizer, target: str) -> list[int]:
+        """Token ids of the answer in a training sequence (EOS last with ``add_eos``)."""
+        ids = token_ids(tokenizer, [f"{self.target_prefix}{target.strip()}"])[0]
+        eos = getattr(tokenizer, "eos_token_id", None)
+        if self.add_eos and eos is None:
+            raise ValueError("add_eos=True but the tokenizer has no EOS token; set one or use add_eos=False.")
+        return ids + [eos] if self.add_eos else ids
+
+    def example_ids(self, tokenizer: Tokenizer, context_ids: Sequence[int], question: str,
+                    target: str) -> tuple[list[int], int]:
+        """A whole training sequence and the position of its first answer token (the loss
+        goes on the answer: ``labels_mask[start - 1:-1]`` in the official convention)."""
+        head = self.prefix_ids(tokenizer) + list(context_ids) + self.query_ids(tokenizer, question)
+        return head + self.answer_ids(tokenizer, target), len(head)
+
+    @staticmethod
+    def cut_answer(text: str) -> str:
+        """The generated answer up to its first line break (leading blanks dropped)."""
+        return text.lstrip().split("\n", 1)[0].strip()

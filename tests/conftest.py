@@ -1,4 +1,7 @@
-"""Tiny random models of every supported family (no downloads) and the reference folder."""
+"""Fixtures of the test suite: tiny random models of every supported family (no downloads), the
+data folder, the official code's dumps. Tests take them as arguments (``tiny_armt``,
+``tiny_base``, ``official_base_config``, ``data_dir``, ``reference_dir``); a test marked
+``@pytest.mark.all_families`` with a ``family`` argument runs once per supported family."""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ if not (DATA / "babi" / "en").is_dir():
 FAMILIES = ("gpt2", "gpt_neox", "llama", "qwen2", "mistral")
 
 
-def tiny_base(family: str, attn: str = "sdpa", dtype=torch.float32, seed: int = 0, vocab: int = 99):
+def _tiny_base(family: str, attn: str = "sdpa", dtype=torch.float32, seed: int = 0, vocab: int = 99):
     """A 2-layer, 32-wide random model of ``family``."""
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab, attn_implementation=attn)
@@ -39,10 +42,10 @@ def tiny_base(family: str, attn: str = "sdpa", dtype=torch.float32, seed: int = 
     return model.to(dtype).eval()
 
 
-def tiny_armt(family: str = "gpt2", attn: str = "sdpa", dtype=torch.float64, seed: int = 0,
-              live: bool = True, **config):
+def _tiny_armt(family: str = "gpt2", attn: str = "sdpa", dtype=torch.float64, seed: int = 0,
+               live: bool = True, **config):
     """A tiny ARMT model; ``live`` re-draws W_mv so that the memory read is not zero."""
-    base = tiny_base(family, attn, dtype, seed)
+    base = _tiny_base(family, attn, dtype, seed)
     options = dict(num_mem_tokens=4, d_mem=8, segment_size=8)
     options.update(config)
     model = armt.ARMTForCausalLM(base, armt.ARMTConfig(**options)).eval()
@@ -62,7 +65,7 @@ def reference_dir() -> Path:
     return FIXTURES / "official_small"
 
 
-def official_base_config(reference_dir: Path, kind: str):
+def _official_base_config(reference_dir: Path, kind: str):
     """The base model's config of a reference dump, from its ``*_meta.json``."""
     import json
 
@@ -71,3 +74,39 @@ def official_base_config(reference_dir: Path, kind: str):
     cfg = transformers.AutoConfig.for_model(values.pop("model_type"), **values)
     cfg._attn_implementation = "sdpa"
     return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_base():
+    """``tiny_base(family, attn="sdpa", dtype=float32, seed=0, vocab=99)``: a 2-layer, 32-wide
+    random model of ``family``."""
+    return _tiny_base
+
+
+@pytest.fixture(scope="session")
+def tiny_armt():
+    """``tiny_armt(family="gpt2", attn="sdpa", dtype=float64, seed=0, live=True, **config)``: a
+    tiny ARMT model; ``live`` re-draws W_mv so that the memory read is not zero."""
+    return _tiny_armt
+
+
+@pytest.fixture(scope="session")
+def official_base_config():
+    """``official_base_config(reference_dir, kind)``: the base config of a reference dump."""
+    return _official_base_config
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The data folder: ../shared/data when present, else the excerpts in tests/fixtures/data."""
+    return DATA
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "all_families: run once for every supported model family "
+                                       "(the test takes a `family` argument)")
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.definition.get_closest_marker("all_families") is not None:
+        metafunc.parametrize("family", FAMILIES)

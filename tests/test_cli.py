@@ -3,8 +3,6 @@
 import re
 
 import torch
-import transformers
-from conftest import tiny_base
 from safetensors.torch import load_file
 
 import armt
@@ -18,10 +16,9 @@ def test_demo_runs_and_shows_identity(capsys):
     assert "5 segments written" in out
 
 
-def test_convert_official_end_to_end(tmp_path, reference_dir, capsys):
+def test_convert_official_end_to_end(official_base_config, tmp_path, reference_dir, capsys):
     import json
 
-    from conftest import official_base_config
 
     meta = json.loads((reference_dir / "gpt2_meta.json").read_text())["armt"]
     base_dir = tmp_path / "base"
@@ -41,7 +38,7 @@ def test_convert_official_end_to_end(tmp_path, reference_dir, capsys):
     assert main(args + ["--overwrite"]) == 0
 
 
-def test_read_then_generate_from_the_shell(tmp_path, capsys):
+def test_read_then_generate_from_the_shell(tiny_base, tmp_path, capsys):
     from armt.data.tokenizer import train_bpe_tokenizer
 
     text = "".join(f"Mary went to the kitchen {i} times. John took the apple.\n" for i in range(400))

@@ -28,8 +28,7 @@ def test_round_trip_and_unknown_keys():
         ARMTConfig.from_dict({"mem_size": 3})
 
 
-def test_width_not_divisible_by_heads_is_refused():
-    from conftest import tiny_base
+def test_width_not_divisible_by_heads_is_refused(tiny_base):
 
     import armt
 

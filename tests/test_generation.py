@@ -7,7 +7,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import tiny_armt
 
 from armt import ARMTForCausalLM
 
@@ -25,7 +24,7 @@ def decode_by_hand(model, ids, steps):
 @pytest.mark.parametrize("use_sink", [False, True])
 @pytest.mark.parametrize("context", [13, 16])  # a partial last segment, and an exactly full one
 @pytest.mark.parametrize("sliding_window", [False, True])
-def test_greedy_equals_full_forward_decoding(family, use_sink, context, sliding_window):
+def test_greedy_equals_full_forward_decoding(tiny_armt, family, use_sink, context, sliding_window):
     # segment 8: 20 new tokens cross 2-3 boundaries (and decode with 1-2 different windows)
     model = tiny_armt(family, use_sink=use_sink, sliding_window=sliding_window)
     ids = torch.randint(99, (2, context), generator=torch.Generator().manual_seed(1))
@@ -33,7 +32,7 @@ def test_greedy_equals_full_forward_decoding(family, use_sink, context, sliding_
     assert torch.equal(out, decode_by_hand(model, ids, 20))
 
 
-def test_without_writing_the_last_segment_grows():
+def test_without_writing_the_last_segment_grows(tiny_armt):
     model = tiny_armt("llama")
     ids = torch.randint(99, (1, 13), generator=torch.Generator().manual_seed(2))
     written = model.generate(ids, max_new_tokens=12, do_sample=False)
@@ -54,7 +53,7 @@ def test_without_writing_the_last_segment_grows():
     assert torch.equal(grown[:, 8:], tail)
 
 
-def test_return_memory_counts_written_segments():
+def test_return_memory_counts_written_segments(tiny_armt):
     model = tiny_armt("gpt2")
     ids = torch.randint(99, (1, 13))
     _, memory = model.generate(ids, max_new_tokens=20, do_sample=False, return_memory=True)
@@ -64,7 +63,7 @@ def test_return_memory_counts_written_segments():
     assert all(torch.allclose(a.A, b.A) for a, b in zip(memory.layers, full.memory.layers))
 
 
-def test_sampling_is_reproducible_and_respects_kwargs():
+def test_sampling_is_reproducible_and_respects_kwargs(tiny_armt):
     model = tiny_armt("llama")
     ids = torch.randint(99, (2, 10))
     torch.manual_seed(5)
@@ -76,7 +75,7 @@ def test_sampling_is_reproducible_and_respects_kwargs():
     assert torch.equal(a, b) and a.shape == (2, 25)
 
 
-def test_streamer_sees_prompt_once_and_every_new_token_once():
+def test_streamer_sees_prompt_once_and_every_new_token_once(tiny_armt):
     class Collect:
         def __init__(self):
             self.puts, self.ends = [], 0
@@ -96,7 +95,7 @@ def test_streamer_sees_prompt_once_and_every_new_token_once():
     assert streamer.ends == 1
 
 
-def test_end_of_sequence_stops_and_pads_finished_rows():
+def test_end_of_sequence_stops_and_pads_finished_rows(tiny_armt):
     model = tiny_armt("llama")
     ids = torch.randint(99, (2, 13), generator=torch.Generator().manual_seed(3))
     free = model.generate(ids, max_new_tokens=20, do_sample=False)
@@ -111,7 +110,7 @@ def test_end_of_sequence_stops_and_pads_finished_rows():
 
 
 @pytest.mark.parametrize("sliding_window", [False, True])
-def test_generate_after_reading_equals_generate_over_the_whole_text(sliding_window):
+def test_generate_after_reading_equals_generate_over_the_whole_text(tiny_armt, sliding_window):
     model = tiny_armt("gpt2", sliding_window=sliding_window)
     book = torch.randint(99, (1, 24))  # three full segments
     question = torch.randint(99, (1, 5))
@@ -121,7 +120,7 @@ def test_generate_after_reading_equals_generate_over_the_whole_text(sliding_wind
     assert torch.equal(answer, whole[:, 24:])
 
 
-def test_bad_generate_arguments():
+def test_bad_generate_arguments(tiny_armt):
     model = tiny_armt("gpt2")
     ids = torch.randint(99, (1, 5))
     with pytest.raises(ValueError, match="max_new_tokens"):
@@ -132,7 +131,7 @@ def test_bad_generate_arguments():
         model.generate(ids[0], max_new_tokens=3)
 
 
-def test_generation_defaults_decide_eos_and_pad_in_one_place():
+def test_generation_defaults_decide_eos_and_pad_in_one_place(tiny_armt):
     from transformers import GenerationConfig
 
     from armt.generation import generation_defaults

@@ -5,7 +5,6 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FAMILIES, tiny_armt, tiny_base
 
 from armt import ARMTConfig, ARMTForCausalLM, segment_bounds
 
@@ -15,8 +14,8 @@ def _ids(B, L, seed=0, vocab=99):
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-@pytest.mark.parametrize("family", FAMILIES)
-def test_fresh_wrapper_reproduces_base_segment_by_segment(family, attn):
+@pytest.mark.all_families
+def test_fresh_wrapper_reproduces_base_segment_by_segment(tiny_base, family, attn):
     base = tiny_base(family, attn, torch.float64)
     model = ARMTForCausalLM(base, ARMTConfig(num_mem_tokens=4, d_mem=8, segment_size=8)).eval()
     ids = _ids(2, 21)
@@ -29,8 +28,8 @@ def test_fresh_wrapper_reproduces_base_segment_by_segment(family, attn):
     torch.testing.assert_close(out.logits, expected, rtol=0, atol=tol)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_memory_carries_information_across_segments(family):
+@pytest.mark.all_families
+def test_memory_carries_information_across_segments(tiny_armt, family):
     model = tiny_armt(family)
     ids = _ids(1, 16)
     other = ids.clone()
@@ -42,7 +41,7 @@ def test_memory_carries_information_across_segments(family):
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_streaming_in_two_calls_equals_one_call(family):
+def test_streaming_in_two_calls_equals_one_call(tiny_armt, family):
     model = tiny_armt(family)
     ids = _ids(2, 27, seed=1)
     labels = ids.clone()
@@ -63,7 +62,7 @@ def test_streaming_in_two_calls_equals_one_call(family):
         torch.testing.assert_close(x.z, y.z, rtol=0, atol=1e-10)
 
 
-def test_batch_items_never_share_memory():
+def test_batch_items_never_share_memory(tiny_armt):
     model = tiny_armt("llama", n_heads=2)
     ids = _ids(3, 30, seed=2)
     with torch.no_grad():
@@ -75,7 +74,7 @@ def test_batch_items_never_share_memory():
                                        rtol=0, atol=1e-10)
 
 
-def test_loss_is_cross_entropy_over_concatenated_segments():
+def test_loss_is_cross_entropy_over_concatenated_segments(tiny_armt):
     model = tiny_armt("gpt2", segment_size=5)
     ids = _ids(2, 17, seed=3)
     labels = ids.clone()
@@ -95,7 +94,7 @@ def test_loss_is_cross_entropy_over_concatenated_segments():
     assert out.segment_losses[0].item() == pytest.approx(seg0 / 7, abs=1e-10)
 
 
-def test_last_segment_loss_only_and_output_only_last_segment():
+def test_last_segment_loss_only_and_output_only_last_segment(tiny_armt):
     model = tiny_armt("gpt2", segment_size=6)
     ids = _ids(2, 20, seed=4)
     # the same weights under a changed (frozen) config: a second wrapper around the same base
@@ -114,7 +113,7 @@ def test_last_segment_loss_only_and_output_only_last_segment():
     torch.testing.assert_close(only_out.loss, full.loss, rtol=0, atol=1e-12)
 
 
-def test_truncated_bptt_stops_gradients_where_it_should():
+def test_truncated_bptt_stops_gradients_where_it_should(tiny_armt):
     def grads_per_segment(bptt):
         model = tiny_armt("gpt2", segment_size=4, bptt_segments=bptt)
         ids = _ids(1, 16, seed=6)
@@ -131,7 +130,7 @@ def test_truncated_bptt_stops_gradients_where_it_should():
     assert cut2[:2] == [0.0, 0.0] and cut2[2] > 0 and cut2[3] > 0
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_armt):
     ids = _ids(2, 20, seed=8)
     grads = []
     for ckpt in (False, True):
@@ -145,7 +144,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-9, atol=1e-12)
 
 
-def test_base_gradient_checkpointing_is_refused():
+def test_base_gradient_checkpointing_is_refused(tiny_armt):
     model = tiny_armt("llama").train()
     base = model.base_model
     (getattr(base, "activation_checkpointing_enable", None) or base.gradient_checkpointing_enable)()
@@ -158,7 +157,7 @@ def test_base_gradient_checkpointing_is_refused():
     ("right", [(0, 2), (2, 6), (6, 10)]),
     ("center", [(0, 4), (4, 8), (8, 10)]),
 ])
-def test_segment_alignment(alignment, expected):
+def test_segment_alignment(tiny_armt, alignment, expected):
     assert segment_bounds(10, 4, alignment) == expected
     assert segment_bounds(12, 4, alignment) == [(0, 4), (4, 8), (8, 12)]
     assert segment_bounds(9, 4, "center") == [(0, 3), (3, 6), (6, 9)]
@@ -167,7 +166,7 @@ def test_segment_alignment(alignment, expected):
         assert model(_ids(1, 10)).memory.segments == 3
 
 
-def test_sink_is_excluded_from_outputs_and_learned():
+def test_sink_is_excluded_from_outputs_and_learned(tiny_armt):
     model = tiny_armt("qwen2", use_sink=True)
     ids = _ids(1, 12)
     out = model(ids, labels=ids)
@@ -176,7 +175,7 @@ def test_sink_is_excluded_from_outputs_and_learned():
     assert model.cell.sink.grad is not None and model.cell.sink.grad.abs().sum() > 0
 
 
-def test_padding_mask_is_applied():
+def test_padding_mask_is_applied(tiny_armt):
     model = tiny_armt("llama")
     ids = _ids(1, 10)
     mask = torch.ones(1, 10, dtype=torch.long)
@@ -190,7 +189,7 @@ def test_padding_mask_is_applied():
     assert (a.memory.layers[0].A - b.memory.layers[0].A).abs().max() > 0
 
 
-def test_state_dict_names_and_memory_init():
+def test_state_dict_names_and_memory_init(tiny_armt):
     model = tiny_armt("gpt2", live=False, use_sink=True)
     names = [n for n in model.cell.state_dict() if not n.startswith("base_model.")]
     assert sorted(names) == sorted(["memory_tokens", "sink"] + [
@@ -203,7 +202,7 @@ def test_state_dict_names_and_memory_init():
     assert "transformer.h.0.attn.c_attn.weight" in model.base_model.state_dict()
 
 
-def test_detach_hooks_restores_the_plain_base():
+def test_detach_hooks_restores_the_plain_base(tiny_armt):
     model = tiny_armt("gpt2")
     ids = _ids(1, 8)
     base = model.base_model
@@ -213,7 +212,7 @@ def test_detach_hooks_restores_the_plain_base():
         torch.testing.assert_close(base(ids).logits, ref, rtol=0, atol=0)
 
 
-def test_hooks_exist_only_while_a_segment_runs():
+def test_hooks_exist_only_while_a_segment_runs(tiny_armt):
     model = tiny_armt("llama")
     layers = model.cell._decoder_layers
     seen = []
@@ -233,7 +232,7 @@ def test_hooks_exist_only_while_a_segment_runs():
     assert all(not layer._forward_pre_hooks and not layer._forward_hooks for layer in layers)
 
 
-def test_a_nested_segment_on_the_same_layers_is_refused():
+def test_a_nested_segment_on_the_same_layers_is_refused(tiny_armt):
     model = tiny_armt("gpt2")
     with model.cell.reading(None), pytest.raises(RuntimeError, match="already running a segment"):
         model(_ids(1, 8))
@@ -251,13 +250,13 @@ def test_a_nested_segment_on_the_same_layers_is_refused():
      "labels_mask has shape"),
     (dict(inputs_embeds=torch.zeros(2, 5, 7)), "inputs_embeds must have shape"),
 ])
-def test_bad_input_is_refused_with_a_clear_error(kwargs, match):
+def test_bad_input_is_refused_with_a_clear_error(tiny_armt, kwargs, match):
     model = tiny_armt("gpt2")
     with pytest.raises(ValueError, match=match):
         model(**kwargs)
 
 
-def test_memory_from_another_batch_or_config_is_refused():
+def test_memory_from_another_batch_or_config_is_refused(tiny_armt):
     model = tiny_armt("gpt2")
     with torch.no_grad():
         state = model(_ids(2, 10)).memory
@@ -273,14 +272,14 @@ def test_memory_from_another_batch_or_config_is_refused():
         model(_ids(2, 10), memory=[1, 2])
 
 
-def test_use_denom_false_keeps_no_normaliser():
+def test_use_denom_false_keeps_no_normaliser(tiny_armt):
     model = tiny_armt("gpt2", use_denom=False, correction=False)
     with torch.no_grad():
         out = model(_ids(1, 20))
     assert all(layer.z is None for layer in out.memory.layers)
 
 
-def test_float32_training_step_runs_and_changes_memory_params():
+def test_float32_training_step_runs_and_changes_memory_params(tiny_armt):
     model = tiny_armt("mistral", dtype=torch.float32).train()
     opt = torch.optim.AdamW([p for n, p in model.named_parameters() if "base_model" not in n], lr=1e-2)
     ids = _ids(2, 24)
@@ -291,7 +290,7 @@ def test_float32_training_step_runs_and_changes_memory_params():
     assert torch.isfinite(loss) and not torch.equal(before, model.cell.memory_layers[0].W_mq.weight)
 
 
-def test_deepcopy_gets_its_own_hooks():
+def test_deepcopy_gets_its_own_hooks(tiny_armt):
     import copy
 
     model = tiny_armt("gpt2")
@@ -306,7 +305,7 @@ def test_deepcopy_gets_its_own_hooks():
         torch.testing.assert_close(model(ids).logits, before, rtol=0, atol=0)
 
 
-def test_memory_dtype_keeps_the_state_wide_under_a_bf16_model():
+def test_memory_dtype_keeps_the_state_wide_under_a_bf16_model(tiny_armt):
     ids = _ids(1, 40)
     wide = tiny_armt("llama", dtype=torch.bfloat16, memory_dtype="float32")
     narrow = tiny_armt("llama", dtype=torch.bfloat16)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_armt, tiny_base
 
 import armt
 from armt import ARMTConfig, ARMTForCausalLM, segment_bounds
@@ -19,7 +18,7 @@ def _ids(L, seed=0, batch=2):
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_without_window_it_is_the_base_model_run_segment_by_segment(family):
+def test_without_window_it_is_the_base_model_run_segment_by_segment(tiny_armt, family):
     model = tiny_armt(family, use_memory=False, segment_size=S)
     base = model.base_model
     ids = _ids(3 * S + 3)
@@ -57,7 +56,7 @@ def test_with_window_nothing_older_than_the_window_is_seen(family, layers):
     assert all(moved(True)[p:])
 
 
-def test_no_memory_parameters_and_the_state_carries_only_the_window():
+def test_no_memory_parameters_and_the_state_carries_only_the_window(tiny_armt):
     model = tiny_armt("llama", use_memory=False, segment_size=S, sliding_window=True, use_sink=True)
     names = [n for n, _ in model.named_parameters() if not n.startswith("cell.base_model.")]
     assert names == ["cell.sink"]
@@ -79,7 +78,7 @@ def test_no_memory_parameters_and_the_state_carries_only_the_window():
         tiny_armt("llama", segment_size=S, sliding_window=True, use_sink=True)(ids, memory=first.memory)
 
 
-def test_gradient_checkpointing_and_generation_work_without_memory():
+def test_gradient_checkpointing_and_generation_work_without_memory(tiny_armt):
     model = tiny_armt("llama", use_memory=False, segment_size=S, sliding_window=True, use_sink=True)
     ids = _ids(3 * S)
     plain = model(ids, labels=ids).loss
@@ -89,7 +88,7 @@ def test_gradient_checkpointing_and_generation_work_without_memory():
     assert out.shape == (1, 3 * S + 2)
 
 
-def test_saves_and_loads_like_other_models(tmp_path):
+def test_saves_and_loads_like_other_models(tiny_base, tiny_armt, tmp_path):
     model = tiny_armt("llama", use_memory=False, segment_size=S, sliding_window=True, use_sink=True)
     with torch.no_grad():
         model.cell.sink.add_(1.0)

@@ -9,12 +9,17 @@ from safetensors.torch import load_file
 
 import armt
 from armt.official import convert_official_state_dict, load_official_checkpoint
-from conftest import official_base_config
 
 
-def _base(kind, reference_dir):
-    torch.manual_seed(123)  # any seed: every weight comes from the checkpoint
-    return transformers.AutoModelForCausalLM.from_config(official_base_config(reference_dir, kind))
+@pytest.fixture
+def official_base(official_base_config):
+    """``official_base(kind, reference_dir)``: a random base model of a reference dump's config."""
+
+    def make(kind, reference_dir):
+        torch.manual_seed(123)  # any seed: every weight comes from the checkpoint
+        return transformers.AutoModelForCausalLM.from_config(official_base_config(reference_dir, kind))
+
+    return make
 
 
 def _trace(model):
@@ -31,21 +36,24 @@ def _trace(model):
             rec.setdefault(("pre_read", i), []).append(hidden(args, kwargs).detach().clone())
         def post(mod, args, kwargs, i=i):
             rec.setdefault(("post_read", i), []).append(hidden(args, kwargs).detach().clone())
+        # ARMT's read hook exists only while a segment runs and comes after any hook registered
+        # now: the layer's first norm sees the hidden states after the read
+        first_norm = getattr(layer, "ln_1", None) or layer.input_layernorm
         def out(mod, args, kwargs, output, i=i):
             o = output[0] if isinstance(output, tuple) else output
             rec.setdefault(("block_out", i), []).append(o.detach().clone())
         handles += [layer.register_forward_pre_hook(pre, with_kwargs=True, prepend=True),
-                    layer.register_forward_pre_hook(post, with_kwargs=True),
+                    first_norm.register_forward_pre_hook(post, with_kwargs=True),
                     layer.register_forward_hook(out, with_kwargs=True)]
     return rec, handles
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
-def test_matches_official_outputs(kind, reference_dir):
+def test_matches_official_outputs(official_base, kind, reference_dir):
     meta = json.loads((reference_dir / f"{kind}_meta.json").read_text())
     io = load_file(reference_dir / f"{kind}_io.safetensors")
     official = load_file(reference_dir / f"{kind}_state_dict.safetensors")
-    model = load_official_checkpoint(_base(kind, reference_dir), official,
+    model = load_official_checkpoint(official_base(kind, reference_dir), official,
                                      armt.ARMTConfig(segment_size=meta["armt"]["segment_size"]))
     model.eval()
     cfg = model.config
@@ -88,7 +96,7 @@ def test_matches_official_outputs(kind, reference_dir):
     assert checked == len(list(model.parameters()))
 
 
-def test_converter_infers_config_and_rejects_contradictions(reference_dir):
+def test_converter_infers_config_and_rejects_contradictions(official_base, reference_dir):
     meta = json.loads((reference_dir / "gpt2_meta.json").read_text())["armt"]
     M, d_mem = meta["num_mem_tokens"], meta["d_mem"]
     official = load_file(reference_dir / "gpt2_state_dict.safetensors")
@@ -98,9 +106,9 @@ def test_converter_infers_config_and_rejects_contradictions(reference_dir):
     assert "transformer.h.0.attn.c_attn.weight" in base and "memory_layers.3.W_mb.bias" in armt_sd
     assert not any(k.startswith("layers.") for k in armt_sd)
     with pytest.raises(ValueError, match=f"d_mem=48 but the weights say {d_mem}"):
-        load_official_checkpoint(_base("gpt2", reference_dir), official, armt.ARMTConfig(d_mem=48, segment_size=16))
+        load_official_checkpoint(official_base("gpt2", reference_dir), official, armt.ARMTConfig(d_mem=48, segment_size=16))
     with pytest.raises(ValueError, match="layers_path='transformer.h' does not exist on LlamaForCausalLM"):
-        load_official_checkpoint(_base("llama", reference_dir), official)
+        load_official_checkpoint(official_base("llama", reference_dir), official)
     wide = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=4, n_embd=64, n_head=4, vocab_size=1000))
     with pytest.raises(ValueError, match="do not fit GPT2LMHeadModel"):
         load_official_checkpoint(wide, official)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_armt
 
 from armt import MemoryState
 from armt.padding import PaddingPlan
@@ -40,7 +39,7 @@ def _same_state(a: MemoryState, b: MemoryState, atol):
 @pytest.mark.parametrize("family, sink, memory", [("gpt2", False, "associative"), ("llama", True, "associative"),
                                                    ("gpt_neox", False, "tokens"), ("llama", True, "tokens")])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_every_row_equals_the_row_alone(side, family, sink, memory, seed):
+def test_every_row_equals_the_row_alone(tiny_armt, side, family, sink, memory, seed):
     model = tiny_armt(family, use_sink=sink, memory=memory, live=memory == "associative")
     g = torch.Generator().manual_seed(100 + seed)
     lengths = torch.randint(1, 6 * S, (4,), generator=g).tolist()
@@ -65,7 +64,7 @@ def test_every_row_equals_the_row_alone(side, family, sink, memory, seed):
                                        rtol=0, atol=1e-10)
 
 
-def test_float32_and_gradients_equal_rows_alone():
+def test_float32_and_gradients_equal_rows_alone(tiny_armt):
     model = tiny_armt("llama", dtype=torch.float32).float().train()
     ids, mask, spans = _batch([5, 21, 16], "right")
 
@@ -81,7 +80,7 @@ def test_float32_and_gradients_equal_rows_alone():
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_greedy_generation_of_a_padded_batch_equals_each_row_alone(side):
+def test_greedy_generation_of_a_padded_batch_equals_each_row_alone(tiny_armt, side):
     model = tiny_armt("llama", use_sink=True)
     ids, mask, spans = _batch([3, 13, 20], side, seed=3)
     out, state = model.generate(ids, attention_mask=mask, max_new_tokens=2 * S, do_sample=False, return_memory=True)
@@ -96,7 +95,7 @@ def test_greedy_generation_of_a_padded_batch_equals_each_row_alone(side):
         _same_state(state.select([i]), alone_state, 1e-10)
 
 
-def test_layouts_that_cannot_be_exact_are_refused():
+def test_layouts_that_cannot_be_exact_are_refused(tiny_armt):
     ids, mask, _ = _batch([5, 12], "right")
     with pytest.raises(ValueError, match="segment_alignment='left'"):
         tiny_armt("gpt2", segment_alignment="right")(ids, attention_mask=mask)
@@ -114,7 +113,7 @@ def test_layouts_that_cannot_be_exact_are_refused():
         PaddingPlan.from_mask(torch.tensor([[1, 0, 1]]))
 
 
-def test_state_counts_survive_select_cat_and_save(tmp_path):
+def test_state_counts_survive_select_cat_and_save(tiny_armt, tmp_path):
     model = tiny_armt("gpt2")
     ids, mask, _ = _batch([3, 20, 9], "right")
     with torch.no_grad():
@@ -127,7 +126,7 @@ def test_state_counts_survive_select_cat_and_save(tmp_path):
     assert state.select([1]).counts is None and state.select([1]).segments == 3
 
 
-def test_reading_rows_that_end_at_different_times_equals_each_row_alone():
+def test_reading_rows_that_end_at_different_times_equals_each_row_alone(tiny_armt):
     model = tiny_armt("llama", use_sink=True)
     lengths = [9, 30, 17]
     ids, mask, spans = _batch(lengths, "right", seed=5)

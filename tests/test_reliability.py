@@ -6,7 +6,6 @@ import os
 
 import pytest
 import torch
-from conftest import tiny_armt, tiny_base
 
 from armt import ARMTConfig, ARMTForCausalLM, MemoryState
 from armt.training.config import RunConfig
@@ -19,7 +18,7 @@ def _ids(L=20, batch=2):
     return torch.randint(99, (batch, L), generator=torch.Generator().manual_seed(0))
 
 
-def test_labels_that_are_all_ignored_give_zero_loss_not_nan():
+def test_labels_that_are_all_ignored_give_zero_loss_not_nan(tiny_armt):
     model = tiny_armt("gpt2").train()
     out = model(_ids(), labels=torch.full((2, 20), -100))
     assert float(out.loss.detach()) == 0.0 and int(out.num_loss_tokens) == 0
@@ -29,19 +28,19 @@ def test_labels_that_are_all_ignored_give_zero_loss_not_nan():
 @pytest.mark.parametrize("bad, match", [(torch.full((1, 5), 99), "vocabulary is 0..98"),
                                         (torch.full((1, 5), -1), "vocabulary"),
                                         (torch.ones(1, 5, dtype=torch.bool), "bool")])
-def test_token_ids_out_of_range_are_refused(bad, match):
+def test_token_ids_out_of_range_are_refused(tiny_armt, bad, match):
     with pytest.raises(ValueError, match=match):
         tiny_armt("gpt2")(bad)
 
 
-def test_segments_beyond_the_position_table_are_refused_at_construction():
+def test_segments_beyond_the_position_table_are_refused_at_construction(tiny_base):
     base = tiny_base("gpt2")  # n_positions=512
     with pytest.raises(ValueError, match="segment_size <= 508"):
         ARMTForCausalLM(base, ARMTConfig(num_mem_tokens=4, segment_size=600))
     ARMTForCausalLM(base, ARMTConfig(num_mem_tokens=4, segment_size=508))
 
 
-def test_a_state_of_another_dtype_is_refused_with_the_fix():
+def test_a_state_of_another_dtype_is_refused_with_the_fix(tiny_armt):
     model = tiny_armt("gpt2", dtype=torch.float32).float()
     with torch.no_grad():
         state = model(_ids()).memory
@@ -50,12 +49,12 @@ def test_a_state_of_another_dtype_is_refused_with_the_fix():
 
 
 @pytest.mark.parametrize("option", [{"num_beams": 2}, {"num_return_sequences": 2, "do_sample": True}])
-def test_generate_refuses_beams_and_several_sequences(option):
+def test_generate_refuses_beams_and_several_sequences(tiny_armt, option):
     with pytest.raises(ValueError, match=next(iter(option))):
         tiny_armt("gpt2").generate(_ids(10, 1), max_new_tokens=3, **option)
 
 
-def test_non_finite_states_are_never_saved_or_loaded(tmp_path):
+def test_non_finite_states_are_never_saved_or_loaded(tiny_armt, tmp_path):
     model = tiny_armt("gpt2")
     with torch.no_grad():
         state = model(_ids()).memory
@@ -75,7 +74,7 @@ def test_non_finite_states_are_never_saved_or_loaded(tmp_path):
         MemoryState.load(tmp_path / "cut.safetensors")
 
 
-def test_saving_into_a_hugging_face_model_folder_needs_overwrite(tmp_path):
+def test_saving_into_a_hugging_face_model_folder_needs_overwrite(tiny_armt, tmp_path):
     model = tiny_armt("gpt2")
     victim = tmp_path / "victim"
     model.base_model.save_pretrained(victim)
@@ -178,7 +177,7 @@ def test_config_files_and_options_errors_name_the_problem(tmp_path):
         train(cfg)
 
 
-def test_convert_official_refuses_pickles_and_non_empty_targets(tmp_path, capsys):
+def test_convert_official_refuses_pickles_and_non_empty_targets(tiny_base, tmp_path, capsys):
     import pickle
 
     from armt.cli import main
@@ -199,7 +198,7 @@ def test_convert_official_refuses_pickles_and_non_empty_targets(tmp_path, capsys
     assert "not empty" in capsys.readouterr().err
 
 
-def test_read_checks_the_output_folder_before_reading(tmp_path, capsys):
+def test_read_checks_the_output_folder_before_reading(tiny_armt, tmp_path, capsys):
     from armt.cli import main
 
     model = tiny_armt("gpt2")
@@ -211,7 +210,7 @@ def test_read_checks_the_output_folder_before_reading(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_saved_base_path_is_absolute_and_meta_models_are_refused(tmp_path, monkeypatch):
+def test_saved_base_path_is_absolute_and_meta_models_are_refused(tiny_base, tmp_path, monkeypatch):
     import json
 
     monkeypatch.chdir(tmp_path)
@@ -230,7 +229,7 @@ def test_saved_base_path_is_absolute_and_meta_models_are_refused(tmp_path, monke
         ARMTForCausalLM.from_pretrained("armt", base_model=str(tmp_path / "missing-base"))
 
 
-def test_data_parallel_replicas_are_refused_with_the_fix():
+def test_data_parallel_replicas_are_refused_with_the_fix(tiny_armt):
     model = tiny_armt("gpt2")
     # what torch.nn.parallel.replicate marks on each copy (it needs GPUs to run for real)
     model._is_replica = True

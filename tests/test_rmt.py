@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_base
 
 import armt
 from armt import ARMTConfig, ARMTForCausalLM, MemoryState
@@ -13,18 +12,24 @@ from armt import ARMTConfig, ARMTForCausalLM, MemoryState
 S, M = 8, 3
 
 
-def _rmt(family="gpt2", **options):
-    config = dict(num_mem_tokens=M, segment_size=S, memory="tokens")
-    config.update(options)
-    return ARMTForCausalLM(tiny_base(family, dtype=torch.float64), ARMTConfig(**config)).double().eval()
+@pytest.fixture
+def rmt(tiny_base):
+    """``rmt(family="gpt2", **options)``: a tiny float64 RMT-baseline model."""
+
+    def make(family="gpt2", **options):
+        config = dict(num_mem_tokens=M, segment_size=S, memory="tokens")
+        config.update(options)
+        return ARMTForCausalLM(tiny_base(family, dtype=torch.float64), ARMTConfig(**config)).double().eval()
+
+    return make
 
 
 def _ids(L, seed=0, batch=2):
     return torch.randint(99, (batch, L), generator=torch.Generator().manual_seed(seed))
 
 
-def test_a_segment_is_read_tokens_write_and_the_state_is_the_write_outputs():
-    model = _rmt()
+def test_a_segment_is_read_tokens_write_and_the_state_is_the_write_outputs(rmt):
+    model = rmt()
     base = model.base_model
     ids = _ids(2 * S)
     with torch.no_grad():
@@ -43,8 +48,8 @@ def test_a_segment_is_read_tokens_write_and_the_state_is_the_write_outputs():
 
 
 @pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "llama"])
-def test_the_state_carries_information_to_later_segments(family):
-    model = _rmt(family)
+def test_the_state_carries_information_to_later_segments(rmt, family):
+    model = rmt(family)
     ids = _ids(3 * S)
     changed = ids.clone()
     changed[:, 1] = (changed[:, 1] + 1) % 99
@@ -54,8 +59,8 @@ def test_the_state_carries_information_to_later_segments(family):
 
 
 @pytest.mark.parametrize("sink", [False, True])
-def test_two_calls_equal_one_call(sink):
-    model = _rmt("llama", use_sink=sink)
+def test_two_calls_equal_one_call(rmt, sink):
+    model = rmt("llama", use_sink=sink)
     ids = _ids(3 * S + 5)
     with torch.no_grad():
         whole = model(ids, labels=ids)
@@ -65,13 +70,13 @@ def test_two_calls_equal_one_call(sink):
     torch.testing.assert_close(second.memory.tokens, whole.memory.tokens, rtol=0, atol=1e-10)
 
 
-def test_gradients_flow_through_the_memory_and_stop_at_bptt_segments():
+def test_gradients_flow_through_the_memory_and_stop_at_bptt_segments(rmt):
     ids = _ids(3 * S)
     labels = torch.full_like(ids, -100)
     labels[:, -1] = ids[:, -1]  # only the last segment is scored
 
     def grad_of_first_tokens(bptt):
-        model = _rmt(bptt_segments=bptt).train()
+        model = rmt(bptt_segments=bptt).train()
         embeds = model.base_model.get_input_embeddings()(ids).detach().requires_grad_(True)
         model(inputs_embeds=embeds, labels=labels).loss.backward()
         return embeds.grad[:, :S].abs().max().item()
@@ -80,8 +85,8 @@ def test_gradients_flow_through_the_memory_and_stop_at_bptt_segments():
     assert grad_of_first_tokens(1) == 0
 
 
-def test_generation_equals_argmax_of_full_forwards():
-    model = _rmt("gpt_neox", use_sink=True)
+def test_generation_equals_argmax_of_full_forwards(rmt):
+    model = rmt("gpt_neox", use_sink=True)
     ids = _ids(S + 5, batch=1)
     got = model.generate(ids, max_new_tokens=2 * S, do_sample=False)
     cur = ids
@@ -91,8 +96,8 @@ def test_generation_equals_argmax_of_full_forwards():
     assert torch.equal(got, cur)
 
 
-def test_state_save_load_and_refusals(tmp_path):
-    model = _rmt()
+def test_state_save_load_and_refusals(rmt, tiny_base, tmp_path):
+    model = rmt()
     ids = _ids(2 * S)
     with torch.no_grad():
         out = model(ids)
@@ -112,8 +117,8 @@ def test_state_save_load_and_refusals(tmp_path):
         ARMTConfig(memory="bogus")
 
 
-def test_save_pretrained_round_trip(tmp_path):
-    model = _rmt()
+def test_save_pretrained_round_trip(rmt, tmp_path):
+    model = rmt()
     model.save_pretrained(tmp_path / "rmt")
     again = ARMTForCausalLM.from_pretrained(tmp_path / "rmt", base_model=model.base_model)
     assert again.config.memory == "tokens"
@@ -123,8 +128,8 @@ def test_save_pretrained_round_trip(tmp_path):
     assert armt.ARMTConfig.from_dict(model.config.to_dict()) == model.config
 
 
-def test_streaming_equals_one_forward_and_checkpointing_keeps_gradients():
-    model = _rmt("llama")
+def test_streaming_equals_one_forward_and_checkpointing_keeps_gradients(rmt):
+    model = rmt("llama")
     ids = _ids(5 * S + 3, batch=1)
     with torch.no_grad():
         whole = model(ids)
@@ -132,7 +137,7 @@ def test_streaming_equals_one_forward_and_checkpointing_keeps_gradients():
     torch.testing.assert_close(result.memory.tokens, whole.memory.tokens, rtol=0, atol=1e-10)
     grads = []
     for ckpt in (False, True):
-        net = _rmt("llama", gradient_checkpointing=ckpt).train()
+        net = rmt("llama", gradient_checkpointing=ckpt).train()
         net(ids, labels=ids).loss.backward()
         grads.append(net.cell.memory_tokens.grad.clone())
     torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-10)

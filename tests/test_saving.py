@@ -7,7 +7,6 @@ import shutil
 import pytest
 import torch
 import transformers
-from conftest import tiny_armt, tiny_base
 from safetensors import safe_open
 
 import armt
@@ -19,7 +18,7 @@ def same_logits(a, b, ids):
         torch.testing.assert_close(a(ids).logits, b(ids).logits, rtol=0, atol=0)
 
 
-def test_round_trip_holds_only_armt_weights(tmp_path):
+def test_round_trip_holds_only_armt_weights(tiny_base, tiny_armt, tmp_path):
     model = tiny_armt("llama", use_sink=True)
     ids = torch.randint(99, (1, 20))
     model.save_pretrained(tmp_path / "m")
@@ -36,7 +35,7 @@ def test_round_trip_holds_only_armt_weights(tmp_path):
     model.save_pretrained(tmp_path / "m", overwrite=True)
 
 
-def test_another_base_is_refused_naming_the_expected_one(tmp_path):
+def test_another_base_is_refused_naming_the_expected_one(tiny_base, tiny_armt, tmp_path):
     tiny_armt("llama").save_pretrained(tmp_path / "m")
     with pytest.raises(ValueError, match="saved for a different base model \\(LlamaForCausalLM"):
         armt.ARMTForCausalLM.from_pretrained(tmp_path / "m", base_model=tiny_base("gpt2"))
@@ -51,7 +50,7 @@ def test_another_base_is_refused_naming_the_expected_one(tmp_path):
     armt.ARMTForCausalLM.from_pretrained(tmp_path / "m", base_model=tiny_base("llama", attn="eager"))
 
 
-def test_full_model_in_one_directory(tmp_path):
+def test_full_model_in_one_directory(tiny_armt, tmp_path):
     model = tiny_armt("gpt2", dtype=torch.float32)
     with torch.no_grad():  # a fine-tuned base: it must come back too
         model.base_model.lm_head.weight.mul_(1.5)
@@ -61,7 +60,7 @@ def test_full_model_in_one_directory(tmp_path):
     same_logits(restored.eval(), model.eval(), torch.randint(99, (1, 20)))
 
 
-def test_push_to_hub_uploads_the_saved_directory(tmp_path):
+def test_push_to_hub_uploads_the_saved_directory(tiny_base, tiny_armt, tmp_path):
     class LocalHub:
         """Stands in for huggingface_hub.HfApi: a 'repository' is a local folder."""
 
@@ -80,7 +79,7 @@ def test_push_to_hub_uploads_the_saved_directory(tmp_path):
     same_logits(restored.eval(), model, torch.randint(99, (1, 20)))
 
 
-def test_lora_and_armt_train_and_round_trip(tmp_path):
+def test_lora_and_armt_train_and_round_trip(tiny_base, tmp_path):
     peft = pytest.importorskip("peft")
     base = tiny_base("llama")
     lora = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_alpha=8))
@@ -109,7 +108,7 @@ def test_lora_and_armt_train_and_round_trip(tmp_path):
         model.save_pretrained(tmp_path / "full", save_base=True)
 
 
-def test_freeze_base_leaves_only_memory_trainable():
+def test_freeze_base_leaves_only_memory_trainable(tiny_armt):
     model = tiny_armt("gpt2")
     n = model.freeze_base()
     names = {k for k, p in model.named_parameters() if p.requires_grad}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from conftest import FAMILIES, tiny_armt, tiny_base
 
 import armt
 from armt import ARMTConfig, ARMTForCausalLM, segment_bounds
@@ -119,9 +118,9 @@ TOLERANCE = {"sdpa": 1e-7, "eager": 1e-6}
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.all_families
 @pytest.mark.parametrize("use_sink", [False, True])
-def test_equals_one_hand_masked_forward_over_all_segments(family, attn, use_sink):
+def test_equals_one_hand_masked_forward_over_all_segments(tiny_armt, family, attn, use_sink):
     model = tiny_armt(family, attn, use_sink=use_sink, sliding_window=True)
     ids = _ids(2, 29)  # segments of 8, 8, 8, 5: the last window is full, the last segment short
     with torch.no_grad():
@@ -140,7 +139,7 @@ def test_equals_one_hand_masked_forward_over_all_segments(family, attn, use_sink
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 @pytest.mark.parametrize("use_sink", [False, True])
-def test_fresh_wrapper_equals_base_with_the_window_by_hand(family, use_sink):
+def test_fresh_wrapper_equals_base_with_the_window_by_hand(tiny_armt, family, use_sink):
     """No memory read (W_mv = 0): segment 2 is the base model over [sink?, segment 2] with
     segment 1's keys and values in a Hugging Face cache and the window mask made by hand."""
     model = tiny_armt(family, live=False, use_sink=use_sink, sliding_window=True)
@@ -230,7 +229,7 @@ def test_mask_semantics():
 
 
 @pytest.mark.parametrize("family", ["gpt_neox", "llama"])  # partial and full rotary
-def test_keys_move_to_other_positions_exactly(family):
+def test_keys_move_to_other_positions_exactly(tiny_base, family):
     base = tiny_base(family, dtype=torch.float64)
     rotary = base.base_model.rotary_emb
     from transformers.models.gpt_neox.modeling_gpt_neox import apply_rotary_pos_emb
@@ -245,7 +244,7 @@ def test_keys_move_to_other_positions_exactly(family):
     torch.testing.assert_close(move_keys(at(0), rotary, 0, 40), at(40), rtol=0, atol=1e-12)
 
 
-def test_padding_is_never_seen():
+def test_padding_is_never_seen(tiny_armt):
     model = tiny_armt("llama", use_sink=True, sliding_window=True)
     ids = _ids(2, 20)
     mask = torch.ones(2, 20, dtype=torch.long)
@@ -287,7 +286,7 @@ def assert_same_memory(a, b, tol=1e-10):
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_two_calls_chunked_reads_and_saved_states_equal_one_forward(family, tmp_path):
+def test_two_calls_chunked_reads_and_saved_states_equal_one_forward(tiny_armt, family, tmp_path):
     model = tiny_armt(family, use_sink=True, sliding_window=True)
     ids = _ids(2, 37, seed=1)
     with torch.no_grad():
@@ -307,7 +306,7 @@ def test_two_calls_chunked_reads_and_saved_states_equal_one_forward(family, tmp_
     assert_same_memory(rest.memory, full.memory)
 
 
-def test_state_operations_keep_the_window():
+def test_state_operations_keep_the_window(tiny_armt):
     model = tiny_armt("llama", sliding_window=True)
     state = model(_ids(3, 12), labels=_ids(3, 12)).memory
     assert state.layers[0].A.requires_grad and not state.layers[0].window_keys.requires_grad
@@ -318,7 +317,7 @@ def test_state_operations_keep_the_window():
     assert cast.window_mask.dtype == torch.bool and cast.layers[0].window_keys.dtype == torch.float32
 
 
-def test_first_segment_is_unchanged_and_off_keeps_no_window():
+def test_first_segment_is_unchanged_and_off_keeps_no_window(tiny_armt):
     ids = _ids(2, 20)
     on, off = tiny_armt("llama", sliding_window=True), tiny_armt("llama")
     with torch.no_grad():
@@ -328,7 +327,7 @@ def test_first_segment_is_unchanged_and_off_keeps_no_window():
     assert set(b.memory.tensors()) == {f"layer{i}.{n}" for i in range(2) for n in ("A", "z")}
 
 
-def test_no_gradient_reaches_the_previous_segment_through_the_window():
+def test_no_gradient_reaches_the_previous_segment_through_the_window(tiny_armt):
     def grads(window):
         model = tiny_armt("llama", segment_size=4, bptt_segments=1, sliding_window=window)
         embeds = model.base_model.get_input_embeddings()(_ids(1, 12)).detach().requires_grad_()
@@ -341,7 +340,7 @@ def test_no_gradient_reaches_the_previous_segment_through_the_window():
     assert on[:2] == [0.0, 0.0] and on[2] > 0
 
 
-def test_gradient_checkpointing_keeps_the_window():
+def test_gradient_checkpointing_keeps_the_window(tiny_armt):
     ids = _ids(2, 20, seed=8)
     grads = []
     for ckpt in (False, True):
@@ -354,7 +353,7 @@ def test_gradient_checkpointing_keeps_the_window():
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-9, atol=1e-12)
 
 
-def test_states_of_the_other_kind_are_refused():
+def test_states_of_the_other_kind_are_refused(tiny_armt):
     on, off = tiny_armt("gpt2", sliding_window=True), tiny_armt("gpt2")
     ids = _ids(1, 10)
     with torch.no_grad():
@@ -364,7 +363,7 @@ def test_states_of_the_other_kind_are_refused():
             off(ids, memory=on(ids).memory)
 
 
-def test_unsupported_bases_are_refused_at_construction():
+def test_unsupported_bases_are_refused_at_construction(tiny_base):
     torch.manual_seed(0)
     opt = transformers.OPTForCausalLM(transformers.OPTConfig(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=2, ffn_dim=64, vocab_size=99,

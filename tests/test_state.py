@@ -1,11 +1,10 @@
 import pytest
 import torch
-from conftest import tiny_armt
 
 from armt import MemoryState
 
 
-def test_save_load_round_trip_continues_identically(tmp_path):
+def test_save_load_round_trip_continues_identically(tiny_armt, tmp_path):
     model = tiny_armt("gpt2")
     ids = torch.randint(99, (2, 30), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -31,7 +30,7 @@ def test_load_refuses_other_files(tmp_path):
         MemoryState.load(path)
 
 
-def test_select_and_detach():
+def test_select_and_detach(tiny_armt):
     model = tiny_armt("gpt2")
     ids = torch.randint(99, (3, 10))
     out = model(ids, labels=ids)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_armt
 
 import armt
 from armt.streaming import MemoryReader, iter_text_tokens
@@ -17,7 +16,7 @@ def assert_same_state(a, b, tol=1e-12):
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_chunks_of_any_size_equal_one_forward(family):
+def test_chunks_of_any_size_equal_one_forward(tiny_armt, family):
     model = tiny_armt(family)
     ids = torch.randint(99, (2, 75), generator=torch.Generator().manual_seed(0))
     full = model(ids, labels=ids)
@@ -31,14 +30,14 @@ def test_chunks_of_any_size_equal_one_forward(family):
         torch.testing.assert_close(r.last_logits, full.logits[:, -1], atol=1e-12, rtol=0)
 
 
-def test_without_loss_no_logits_are_kept():
+def test_without_loss_no_logits_are_kept(tiny_armt):
     model = tiny_armt("gpt2")
     r = model.read([torch.randint(99, (40,))])
     assert r.loss is None and r.segment_losses is None and r.last_logits is None
     assert r.memory.segments == 5
 
 
-def test_open_segment_is_pending_and_continues_exactly(tmp_path):
+def test_open_segment_is_pending_and_continues_exactly(tiny_armt, tmp_path):
     model = tiny_armt("llama")
     ids = torch.randint(99, (1, 61))
     once = model.read([ids]).memory
@@ -50,7 +49,7 @@ def test_open_segment_is_pending_and_continues_exactly(tmp_path):
     assert_same_state(rest.memory, once)
 
 
-def test_reader_errors():
+def test_reader_errors(tiny_armt):
     model = tiny_armt("gpt2")
     reader = MemoryReader(model)
     reader.feed(torch.randint(99, (2, 3)))

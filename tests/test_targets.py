@@ -1,5 +1,4 @@
 import pytest
-from conftest import FAMILIES, tiny_base
 from torch import nn
 
 import armt
@@ -9,13 +8,13 @@ EXPECTED = {"gpt2": "transformer.h", "gpt_neox": "gpt_neox.layers", "llama": "mo
             "qwen2": "model.layers", "mistral": "model.layers"}
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_known_families_are_detected(family):
+@pytest.mark.all_families
+def test_known_families_are_detected(tiny_base, family):
     path, layers = find_decoder_layers(tiny_base(family))
     assert path == EXPECTED[family] and len(layers) == 2
 
 
-def test_explicit_path_and_clear_errors():
+def test_explicit_path_and_clear_errors(tiny_base):
     base = tiny_base("llama")
     assert find_decoder_layers(base, "model.layers")[0] == "model.layers"
     with pytest.raises(ValueError, match="layers_path='model.blocks' does not exist on LlamaForCausalLM.*model.layers"):
@@ -26,7 +25,7 @@ def test_explicit_path_and_clear_errors():
         armt.ARMTForCausalLM(base, armt.ARMTConfig(layers_path="model.blocks"))
 
 
-def test_unknown_model_is_found_by_search_or_named_in_the_error():
+def test_unknown_model_is_found_by_search_or_named_in_the_error(tiny_base):
     class Wrapped(nn.Module):
         def __init__(self, inner):
             super().__init__()

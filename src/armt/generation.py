@@ -14,7 +14,7 @@ from torch import Tensor
 
 from . import window as sliding
 from .padding import PaddingPlan
-from .segments import segment_bounds
+from .segments import iter_segments, run_segment, segment_bounds
 from .state import MemoryState
 
 
@@ -125,9 +125,10 @@ def generate(
         attention_mask = None
     embed = cell.runner.get_input_embeddings()
     bounds = segment_bounds(L, S, cfg.segment_alignment)
-    for a, b in bounds[:-1]:
-        mask = None if attention_mask is None else attention_mask[:, a:b]
-        _, memory = cell(embed(input_ids[:, a:b]), mask, memory, compute_logits=False)
+    # the context up to the open (last) segment is written to memory
+    for step in iter_segments(cell, lambda a, b: embed(input_ids[:, a:b]), bounds[:-1], attention_mask, memory,
+                              logits_for=lambda s, last: False):
+        memory = step.memory
     start = bounds[-1][0]
     seg_ids = input_ids[:, start:]
     seg_mask = None if attention_mask is None else attention_mask[:, start:]
@@ -162,7 +163,7 @@ def generate(
         full_mask = None
         if seg_mask is not None:
             full_mask = torch.cat([seg_mask, torch.ones_like(gen[:, :-1], dtype=seg_mask.dtype)], dim=1)
-        _, memory = cell(embed(full_ids), full_mask, memory, compute_logits=False)
+        _, memory = run_segment(cell, embed(full_ids), full_mask, memory, compute_logits=False)
         seg_ids, seg_mask = gen[:, -1:], None
 
     if streamer is not None:

@@ -3,20 +3,19 @@ per-segment gradient checkpointing."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 from transformers.utils import ModelOutput
 
 from . import generation, saving, streaming
 from .adapters import has_adapters
 from .cell import ARMTCell
 from .config import ARMTConfig
-from .padding import PaddingPlan, keep_inactive
-from .segments import segment_bounds
+from .padding import PaddingPlan
+from .segments import iter_segments, segment_bounds
 from .state import MemoryState
 
 
@@ -312,28 +311,6 @@ class ARMTForCausalLM(nn.Module):
         return plan
 
     # the recurrent loop ---------------------------------------------------------------
-    def _run_segment(self, embeds, mask, memory, compute_logits):
-        if not (self.gradient_checkpointing and torch.is_grad_enabled()):
-            return self.cell(embeds, mask, memory, compute_logits)
-        # without memory the state holds only the (detached) window: nothing to pass through
-        carried = memory is not None and self.config.use_memory
-        flat = [t for m in memory.layers for t in (m.A, m.z) if t is not None] if carried else []
-        use_denom = self.config.use_denom
-
-        def run(embeds, *flat):
-            mem = memory
-            if carried:
-                step = 2 if use_denom else 1
-                # the window (keys, values, mask) is detached: it rides along unchanged
-                mem = replace(memory, layers=tuple(
-                    replace(m, A=flat[i], z=flat[i + 1] if use_denom else None)
-                    for m, i in zip(memory.layers, range(0, len(flat), step))
-                ))
-            logits, new = self.cell(embeds, mask, mem, compute_logits)
-            return logits, new
-
-        return checkpoint(run, embeds, *flat, use_reentrant=False)
-
     def forward(
         self,
         input_ids: Tensor | None = None,
@@ -403,23 +380,25 @@ class ARMTForCausalLM(nn.Module):
                 labels_mask = rotate(labels_mask) & (attention_mask != 0)
             keep_all = output_only_last_segment and plan.shifted  # the rows' last tokens are rotated back
             output_only_last_segment = output_only_last_segment and not keep_all
-        embed = self.base_model.get_input_embeddings()
+        table = self.base_model.get_input_embeddings()
         bounds = segment_bounds(L, cfg.segment_size, cfg.segment_alignment)
-        n = len(bounds)
+
+        def embed(a: int, b: int) -> Tensor:
+            return table(input_ids[:, a:b]) if input_ids is not None else inputs_embeds[:, a:b]
+
+        def wants_loss(last: bool) -> bool:
+            return labels is not None and (last or not cfg.last_segment_loss_only)
+
+        def logits_for(s: int, last: bool) -> bool:
+            return wants_loss(last) or last or not output_only_last_segment
 
         logits_out, seg_losses = [], []
         loss_sum = loss_count = None
-        for s, (a, b) in enumerate(bounds):
-            last = s == n - 1
-            wants_loss = labels is not None and (last or not cfg.last_segment_loss_only)
-            keep_logits = last or not output_only_last_segment
-            embeds = embed(input_ids[:, a:b]) if input_ids is not None else inputs_embeds[:, a:b]
-            mask = None if attention_mask is None else attention_mask[:, a:b]
-            before = memory
-            logits, memory = self._run_segment(embeds, mask, memory, wants_loss or keep_logits)
-            if plan is not None:  # rows with no token left keep their memory
-                memory = keep_inactive(plan.active(a), memory, before)
-            if wants_loss:
+        for step in iter_segments(self.cell, embed, bounds, attention_mask, memory, logits_for=logits_for,
+                                  checkpointing=self.gradient_checkpointing,
+                                  active=None if plan is None else plan.active, detach_every=cfg.bptt_segments):
+            a, b, last, logits, memory = step.start, step.end, step.last, step.logits, step.memory
+            if wants_loss(last):
                 ce_sum, ce_count, within = self._segment_loss(logits, labels, labels_mask, a, b, L, last)
                 if cfg.last_segment_loss_only:
                     ce_sum, ce_count = within
@@ -428,10 +407,8 @@ class ARMTForCausalLM(nn.Module):
                 seg_losses.append((within[0] / within[1]).detach())
             else:
                 seg_losses.append(None)
-            if keep_logits:
+            if last or not output_only_last_segment:
                 logits_out.append(logits)
-            if cfg.bptt_segments is not None and (s + 1) % cfg.bptt_segments == 0 and not last:
-                memory = memory.detach()
 
         logits = logits_out[0] if len(logits_out) == 1 else torch.cat(logits_out, dim=1)
         if plan is not None and plan.shifted and logits.shape[1] == L:

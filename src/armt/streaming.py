@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .padding import keep_inactive
+from .segments import run_segment
 from .state import MemoryState
 
 TokenChunk = Union[Tensor, "list[int]"]
@@ -36,6 +36,9 @@ class ReadResult:
             pairs of the stream including those that cross segment boundaries (with
             ``compute_loss``); ``loss`` is their ratio.
         segment_losses: ``(n_segments,)`` mean cross-entropy within each written segment.
+        segment_sums, segment_counts: ``(n_segments,)`` summed cross-entropy (float64) and number
+            of the pairs whose *target* lies in each segment: the pair that crosses into a
+            segment counts there (the definition of :mod:`armt.evaluation.perplexity`).
         last_logits: ``(B, vocab)`` logits after the last written token (``keep_last_logits``).
     """
 
@@ -46,6 +49,8 @@ class ReadResult:
     loss_count: int = 0
     segment_losses: Tensor | None = None
     last_logits: Tensor | None = None
+    segment_sums: Tensor | None = None
+    segment_counts: Tensor | None = None
 
     @property
     def loss(self) -> float | None:
@@ -93,6 +98,8 @@ class MemoryReader:
         self._loss_sum = 0.0
         self._loss_count = 0
         self._segment_losses: list[float] = []
+        self._segment_sums: list[float] = []
+        self._segment_counts: list[int] = []
         self._prev_logits: Tensor | None = None  # last row of the previous segment (boundary pair)
         self._prev_valid: Tensor | None = None  # which rows' last token was real (None: all)
         self.last_logits: Tensor | None = None
@@ -180,23 +187,25 @@ class MemoryReader:
             return self._write_padded(ids, mask)
         want = self.compute_loss or self.keep_last_logits
         embeds = cell.runner.get_input_embeddings()(ids)
-        logits, self.memory = cell(embeds, None, self.memory, compute_logits=want,
-                                   last_logits_only=not self.compute_loss)
+        logits, self.memory = run_segment(cell, embeds, None, self.memory, compute_logits=want,
+                                          last_logits_only=not self.compute_loss)
         if self.compute_loss:
             if logits.dtype in (torch.float16, torch.bfloat16):
                 logits = logits.float()
+            seg_sum, seg_count = 0.0, 0
             if self._prev_logits is not None:  # the pair that crosses into this segment
-                self._loss_sum += F.cross_entropy(self._prev_logits, ids[:, 0], reduction="sum").item()
-                self._loss_count += ids.shape[0]
+                seg_sum += F.cross_entropy(self._prev_logits, ids[:, 0], reduction="sum").item()
+                seg_count += ids.shape[0]
             if ids.shape[1] > 1:
                 ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
                                      reduction="sum").item()
                 n = ids.shape[0] * (ids.shape[1] - 1)
-                self._loss_sum += ce
-                self._loss_count += n
+                seg_sum += ce
+                seg_count += n
                 self._segment_losses.append(ce / n)
             else:
                 self._segment_losses.append(float("nan"))
+            self._add_segment(seg_sum, seg_count)
             self._prev_logits = logits[:, -1]
         if self.keep_last_logits:
             self.last_logits = logits[:, -1].clone()
@@ -213,10 +222,9 @@ class MemoryReader:
             raise ValueError("rows that end at different times are not supported with sliding_window=True; "
                              "read those rows separately.")
         active = mask.any(dim=1)
-        before = self.memory
         want = self.compute_loss or self.keep_last_logits
-        logits, new = cell(cell.runner.get_input_embeddings()(ids), mask.long(), before, compute_logits=want)
-        self.memory = keep_inactive(active, new, before)
+        logits, self.memory = run_segment(cell, cell.runner.get_input_embeddings()(ids), mask.long(), self.memory,
+                                          compute_logits=want, active=active)
         if self.compute_loss:
             logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
             total, count = 0.0, 0
@@ -226,17 +234,16 @@ class MemoryReader:
                 if bool(valid.any()):
                     total += F.cross_entropy(self._prev_logits[valid], ids[valid, 0], reduction="sum").item()
                     count += int(valid.sum())
-            self._loss_sum += total
-            self._loss_count += count
             pairs = mask[:, 1:] & mask[:, :-1]
             if bool(pairs.any()):
                 ce = F.cross_entropy(logits[:, :-1][pairs], ids[:, 1:][pairs], reduction="sum").item()
                 n = int(pairs.sum())
-                self._loss_sum += ce
-                self._loss_count += n
+                total += ce
+                count += n
                 self._segment_losses.append(ce / n)
             else:
                 self._segment_losses.append(float("nan"))
+            self._add_segment(total, count)
         if want:
             last = (mask.long().cumsum(1).argmax(dim=1)).clamp(min=0)  # each row's last real token
             rows = torch.arange(ids.shape[0], device=ids.device)
@@ -252,6 +259,12 @@ class MemoryReader:
         self.tokens += ids.shape[1]
         if self._bar is not None:
             self._bar.update(ids.shape[1])
+
+    def _add_segment(self, total: float, count: int) -> None:
+        self._loss_sum += total
+        self._loss_count += count
+        self._segment_sums.append(total)
+        self._segment_counts.append(count)
 
     def finish(self, flush: bool = True) -> ReadResult:
         """End the stream; ``flush`` writes the last partial segment (as a forward pass over
@@ -270,6 +283,8 @@ class MemoryReader:
             loss_count=self._loss_count,
             segment_losses=torch.tensor(self._segment_losses, dtype=torch.float64) if self.compute_loss else None,
             last_logits=self.last_logits,
+            segment_sums=torch.tensor(self._segment_sums, dtype=torch.float64) if self.compute_loss else None,
+            segment_counts=torch.tensor(self._segment_counts, dtype=torch.long) if self.compute_loss else None,
         )
 
 

@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import DATA
 
 from armt.data.babi import (
     BabiSample,
@@ -19,11 +18,11 @@ from armt.data.babi import (
     parse_babi,
 )
 
-BABI = DATA / "babi"
 
 
 @pytest.fixture
-def babi_root() -> Path:
+def babi_root(data_dir) -> Path:
+    BABI = data_dir / "babi"
     if not (BABI / "en").is_dir():
         pytest.skip(f"bAbI files not found at {BABI} (the shared data folder is missing)")
     return BABI

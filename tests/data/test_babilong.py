@@ -7,7 +7,6 @@ import re
 import warnings
 
 import pytest
-from conftest import DATA
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -25,7 +24,6 @@ from armt.data.babilong import (
     write_jsonl,
 )
 
-BOOK = DATA / "gutenberg" / "austen-emma.txt"
 
 
 def split(text: str) -> list[str]:
@@ -33,7 +31,8 @@ def split(text: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def sentences() -> list[str]:
+def sentences(data_dir) -> list[str]:
+    BOOK = data_dir / "gutenberg" / "austen-emma.txt"
     if not BOOK.exists():
         pytest.skip(f"Gutenberg text not found at {BOOK}")
     text = BOOK.read_text(encoding="utf-8", errors="replace")
@@ -73,9 +72,9 @@ def tokenizers(sentences):
 
 
 @pytest.fixture(scope="module")
-def qa2() -> list[BabiSample]:
-    if (DATA / "babi" / "en").is_dir():
-        return load_babi_task("qa2", "test", root=DATA / "babi")[:40]
+def qa2(data_dir) -> list[BabiSample]:
+    if (data_dir / "babi" / "en").is_dir():
+        return load_babi_task("qa2", "test", root=data_dir / "babi")[:40]
     return generate_babi("qa2", 40)
 
 
@@ -245,15 +244,15 @@ def test_make_dataset_fields_and_jsonl(tokenizers, sentences, tmp_path):
     assert len(read_jsonl(path)) == 1
 
 
-def test_make_dataset_from_bAbI_folder_and_books(tokenizers):
-    if not (DATA / "babi" / "en").is_dir():
-        pytest.skip(f"bAbI files not found at {DATA / 'babi'}")
+def test_make_dataset_from_bAbI_folder_and_books(data_dir, tokenizers):
+    if not (data_dir / "babi" / "en").is_dir():
+        pytest.skip(f"bAbI files not found at {data_dir / 'babi'}")
     books = pytest.importorskip("armt.data.books")
-    source = books.load_books(DATA / "gutenberg")
-    records = make_dataset("qa1", "1k", 2, tokenizers["byte_bpe"], source, seed=1, babi_source=DATA / "babi")
+    source = books.load_books(data_dir / "gutenberg")
+    records = make_dataset("qa1", "1k", 2, tokenizers["byte_bpe"], source, seed=1, babi_source=data_dir / "babi")
     assert [r["target"] for r in records] == ["hallway", "bathroom"]
     assert all(1014 <= r["num_tokens"] <= 1024 for r in records)
-    facts = load_babi_task("qa1", root=DATA / "babi")[1].facts
+    facts = load_babi_task("qa1", root=data_dir / "babi")[1].facts
     assert all(f in records[1]["input"] for f in facts)
 
 

@@ -7,7 +7,6 @@ import os
 import time
 
 import pytest
-from conftest import DATA
 
 from armt.data.books import (
     Book,
@@ -17,11 +16,11 @@ from armt.data.books import (
     strip_gutenberg_boilerplate,
 )
 
-GUTENBERG = DATA / "gutenberg"
 
 
 @pytest.fixture
-def gutenberg():
+def gutenberg(data_dir):
+    GUTENBERG = data_dir / "gutenberg"
     if not (GUTENBERG / "austen-emma.txt").exists():
         pytest.skip(f"Gutenberg books not found at {GUTENBERG} (set ARMT_REFERENCE_DIR next to data/)")
     return GUTENBERG

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DATA
 
 from armt.data.books import Book, BookSource, builtin_books, load_books
 from armt.data.lm import (
@@ -16,7 +15,6 @@ from armt.data.lm import (
 )
 from armt.data.tokenizer import train_bpe_tokenizer
 
-GUTENBERG = DATA / "gutenberg"
 
 
 def tiny_source() -> BookSource:
@@ -92,7 +90,8 @@ def test_chunked_tokenization_equals_whole_text(tokenizer):
     assert ids == whole[:25]
 
 
-def test_chunked_tokenization_on_a_real_book(tokenizer):
+def test_chunked_tokenization_on_a_real_book(data_dir, tokenizer):
+    GUTENBERG = data_dir / "gutenberg"
     if not (GUTENBERG / "austen-persuasion.txt").exists():
         pytest.skip(f"Gutenberg books not found at {GUTENBERG}")
     text = next(load_books(GUTENBERG / "austen-persuasion.txt").books()).text[:100_000]
@@ -139,7 +138,8 @@ def test_dataset_book_selection(tokenizer):
     assert len(empty) == 0 and empty.windows.shape == (0, 16384)
 
 
-def test_split_books_is_disjoint_and_deterministic():
+def test_split_books_is_disjoint_and_deterministic(data_dir):
+    GUTENBERG = data_dir / "gutenberg"
     if not GUTENBERG.exists():
         pytest.skip(f"Gutenberg books not found at {GUTENBERG}")
     src = load_books(GUTENBERG)

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_armt
 
 from armt.data.books import builtin_books
 from armt.data.lm import LMWindowDataset, LMWindowsConfig, split_books
@@ -27,7 +26,7 @@ def test_no_loss_segments_masks_exactly_the_first_segments():
         LMWindowsConfig(S, 2, no_loss_segments=True)
 
 
-def test_the_loss_scores_the_pairs_whose_target_is_after_the_first_segment():
+def test_the_loss_scores_the_pairs_whose_target_is_after_the_first_segment(tiny_armt):
     model = tiny_armt("llama", segment_size=S, sliding_window=True, use_sink=True)
     ids = torch.randint(99, (2, 3 * S), generator=torch.Generator().manual_seed(0))
     labels = LMWindowDataset(ids, no_loss_tokens=S)[0]["labels"].expand(2, -1).clone()

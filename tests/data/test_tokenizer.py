@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import transformers
-from conftest import DATA
 
 from armt.data.books import builtin_books, load_books
 from armt.data.tokenizer import (
@@ -15,7 +14,6 @@ from armt.data.tokenizer import (
     train_bpe_tokenizer,
 )
 
-GUTENBERG = DATA / "gutenberg"
 
 SAMPLES = [
     "Emma Woodhouse, handsome, clever, and rich.",
@@ -27,7 +25,8 @@ SAMPLES = [
 
 
 @pytest.fixture(scope="module")
-def corpus() -> list[str]:
+def corpus(data_dir) -> list[str]:
+    GUTENBERG = data_dir / "gutenberg"
     emma = GUTENBERG / "austen-emma.txt"
     if not emma.exists():
         pytest.skip(f"Gutenberg books not found at {GUTENBERG}")

@@ -12,7 +12,6 @@ import textwrap
 
 import pytest
 import torch
-from conftest import DATA, tiny_base
 
 import armt
 from armt.cli import main
@@ -29,14 +28,12 @@ from armt.evaluation.babilong_eval import (
 )
 from armt.evaluation.babilong_scoring import compare_answers
 
-BABI = DATA / "babi"
-BOOKS = DATA / "gutenberg"
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def need_data():
-    if not (BABI / "en").is_dir() or not BOOKS.is_dir():
-        pytest.skip(f"bAbI files or books not found under {DATA}")
+def need_data(babi, books):
+    if not (babi / "en").is_dir() or not books.is_dir():
+        pytest.skip(f"bAbI files or books not found under {babi.parent}")
 
 
 @pytest.fixture(autouse=True)
@@ -49,40 +46,56 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def tok():
+def tok(data_dir):
+    BABI = data_dir / "babi"
+    BOOKS = data_dir / "gutenberg"
     facts = [f for s in load_babi_task("qa2", root=BABI)[:200] for f in s.facts] if (BABI / "en").is_dir() else []
     text = (BOOKS / "austen-emma.txt").read_text(encoding="utf-8")[20_000:120_000] if BOOKS.is_dir() else ""
     return train_bpe_tokenizer(facts + [text, "Where is Mary?\nAnswer: kitchen"], vocab_size=400)
 
 
-def live_model(tok, **config):
-    base = tiny_base("llama", vocab=len(tok))
-    options = dict(num_mem_tokens=4, d_mem=8, segment_size=64)
-    options.update(config)
-    model = armt.ARMTForCausalLM(base, armt.ARMTConfig(**options)).eval()
-    torch.manual_seed(1)
-    for mem in model.cell.memory_layers:  # W_mv starts at zero: make the memory change the answer
-        torch.nn.init.normal_(mem.W_mv.weight, std=0.2)
-    return model
+@pytest.fixture(scope="module")
+def live_model(tiny_base):
+    """``live_model(tok, **config)``: a tiny Llama ARMT whose memory changes the answer."""
+
+    def make(tok, **config):
+        base = tiny_base("llama", vocab=len(tok))
+        options = dict(num_mem_tokens=4, d_mem=8, segment_size=64)
+        options.update(config)
+        model = armt.ARMTForCausalLM(base, armt.ARMTConfig(**options)).eval()
+        torch.manual_seed(1)
+        for mem in model.cell.memory_layers:  # W_mv starts at zero: make the memory change the answer
+            torch.nn.init.normal_(mem.W_mv.weight, std=0.2)
+        return model
+
+    return make
 
 
 @pytest.fixture(scope="module")
-def model_dir(tok, tmp_path_factory):
+def model_dir(live_model, tok, tmp_path_factory):
     path = tmp_path_factory.mktemp("model")
     live_model(tok).save_pretrained(path, save_base=True)
     tok.save_pretrained(path)
     return path
 
 
-def eval_args(model_dir, out, *extra):
-    return ["babilong", "eval", "--model", str(model_dir), "--tasks", "qa1,qa2", "--lengths", "0k", "--n", "3",
-            "--babi", str(BABI), "--background", str(BOOKS), "--out", str(out), "--max-new-tokens", "4",
-            "--threads", "1", "--quiet", *extra]
+@pytest.fixture(scope="module")
+def eval_args(data_dir):
+    """``eval_args(model_dir, out, *extra)``: the arguments of ``armt babilong eval`` on the test data."""
+
+    def make(model_dir, out, *extra):
+        return ["babilong", "eval", "--model", str(model_dir), "--tasks", "qa1,qa2", "--lengths", "0k", "--n", "3",
+                "--babi", str(data_dir / "babi"), "--background", str(data_dir / "gutenberg"), "--out", str(out),
+                "--max-new-tokens", "4", "--threads", "1", "--quiet", *extra]
+
+    return make
 
 
 @pytest.mark.parametrize("chunk_size", [100, 64])
-def test_streaming_answer_equals_generate_over_the_whole_sample(tok, chunk_size):
-    need_data()
+def test_streaming_answer_equals_generate_over_the_whole_sample(live_model, data_dir, tok, chunk_size):
+    BABI = data_dir / "babi"
+    BOOKS = data_dir / "gutenberg"
+    need_data(BABI, BOOKS)
     model = live_model(tok)
     prompt = BabilongPrompt()
     sample = next(iter_babilong("qa2", "1k", 1, tok, load_books(BOOKS), seed=3, babi_source=BABI))
@@ -100,8 +113,10 @@ def test_streaming_answer_equals_generate_over_the_whole_sample(tok, chunk_size)
     assert got.text == tok.decode(out, skip_special_tokens=True)
 
 
-def test_wiped_memory_answers_from_the_last_partial_segment_alone(tok, tmp_path):
-    need_data()
+def test_wiped_memory_answers_from_the_last_partial_segment_alone(live_model, data_dir, tok, tmp_path):
+    BABI = data_dir / "babi"
+    BOOKS = data_dir / "gutenberg"
+    need_data(BABI, BOOKS)
     model = live_model(tok)
     prompt = BabilongPrompt()
     sample = next(iter_babilong("qa1", "1k", 1, tok, load_books(BOOKS), seed=2, babi_source=BABI))
@@ -122,9 +137,11 @@ def test_wiped_memory_answers_from_the_last_partial_segment_alone(tok, tmp_path)
         answer_sample(live_model(tok, segment_alignment="right"), tok, sample, prompt=prompt, wipe_memory=True)
 
 
-def test_right_aligned_model_reads_the_whole_sample(tok):
+def test_right_aligned_model_reads_the_whole_sample(live_model, data_dir, tok):
     # segments cut from the end cannot be streamed; the answer must still be the whole-input one
-    need_data()
+    BABI = data_dir / "babi"
+    BOOKS = data_dir / "gutenberg"
+    need_data(BABI, BOOKS)
     model = live_model(tok, segment_alignment="right")
     prompt = BabilongPrompt()
     sample = next(iter_babilong("qa1", "1k", 1, tok, load_books(BOOKS), seed=1, babi_source=BABI))
@@ -135,8 +152,10 @@ def test_right_aligned_model_reads_the_whole_sample(tok):
     assert got.new_ids == out[:len(got.new_ids)] and got.prompt_tokens == whole.shape[1]
 
 
-def test_eval_from_the_shell_writes_table_csv_json_heatmap(model_dir, tmp_path, capsys):
-    need_data()
+def test_eval_from_the_shell_writes_table_csv_json_heatmap(eval_args, data_dir, model_dir, tmp_path, capsys):
+    BABI = data_dir / "babi"
+    BOOKS = data_dir / "gutenberg"
+    need_data(BABI, BOOKS)
     out = tmp_path / "run"
     assert main(eval_args(model_dir, out, "--lengths", "0k,1k")) == 0
     printed = capsys.readouterr().out
@@ -168,8 +187,8 @@ def test_eval_from_the_shell_writes_table_csv_json_heatmap(model_dir, tmp_path, 
     assert targets == [s.answer for s in load_babi_task("qa1", root=BABI)[:3]]
 
 
-def test_resume_skips_finished_pairs(model_dir, tmp_path, capsys):
-    need_data()
+def test_resume_skips_finished_pairs(data_dir, eval_args, model_dir, tmp_path, capsys):
+    need_data(data_dir / "babi", data_dir / "gutenberg")
     out = tmp_path / "run"
     assert main(eval_args(model_dir, out)) == 0
     first = (out / "predictions" / "qa1_0k.jsonl").read_text()
@@ -187,8 +206,8 @@ def test_resume_skips_finished_pairs(model_dir, tmp_path, capsys):
     assert "| task | 0k | 1k |" in printed
 
 
-def test_results_of_another_run_refused_unless_overwrite(model_dir, tmp_path, capsys):
-    need_data()
+def test_results_of_another_run_refused_unless_overwrite(data_dir, eval_args, model_dir, tmp_path, capsys):
+    need_data(data_dir / "babi", data_dir / "gutenberg")
     out = tmp_path / "run"
     assert main(eval_args(model_dir, out)) == 0
     before = (out / "results.json").read_text()
@@ -202,8 +221,10 @@ def test_results_of_another_run_refused_unless_overwrite(model_dir, tmp_path, ca
     assert json.loads((out / "results.json").read_text())["metadata"]["settings"]["seed"] == 1
 
 
-def test_another_model_is_another_run(tok, tmp_path):
-    need_data()
+def test_another_model_is_another_run(live_model, data_dir, tok, tmp_path):
+    BABI = data_dir / "babi"
+    BOOKS = data_dir / "gutenberg"
+    need_data(BABI, BOOKS)
     options = dict(tasks="qa1", lengths="0k", n_samples=1, babi_source=BABI, background=BOOKS,
                    max_new_tokens=2, progress=False, log=None, out_dir=tmp_path)
     evaluate_babilong(live_model(tok), tok, **options)
@@ -213,8 +234,9 @@ def test_another_model_is_another_run(tok, tmp_path):
         evaluate_babilong(other, tok, **options)
 
 
-def test_start_memory_is_read_and_recorded(tok, tmp_path):
-    need_data()
+def test_start_memory_is_read_and_recorded(live_model, data_dir, tok, tmp_path):
+    BABI = data_dir / "babi"
+    need_data(BABI, data_dir / "gutenberg")
     model = live_model(tok)
     state = model.read([torch.randint(len(tok), (1, 200), generator=torch.Generator().manual_seed(0))]).memory
     prompt = BabilongPrompt()
@@ -231,8 +253,10 @@ def test_start_memory_is_read_and_recorded(tok, tmp_path):
         evaluate_babilong(model, tok, memory=state, **options)
 
 
-def test_make_data_from_the_shell(tok, model_dir, tmp_path, capsys):
-    need_data()
+def test_make_data_from_the_shell(data_dir, tok, model_dir, tmp_path, capsys):
+    BABI = data_dir / "babi"
+    BOOKS = data_dir / "gutenberg"
+    need_data(BABI, BOOKS)
     out = tmp_path / "data"
     args = ["babilong", "make-data", "--tasks", "qa1,qa2", "--lengths", "0k,1k", "--n", "3", "--babi", str(BABI),
             "--background", str(BOOKS), "--tokenizer", str(model_dir), "--out", str(out), "--seed", "2", "--quiet"]
@@ -260,7 +284,8 @@ def test_make_data_from_the_shell(tok, model_dir, tmp_path, capsys):
     assert main(args + ["--overwrite"]) == 0
 
 
-def test_sources_default_to_builtin_and_are_described(tok, tmp_path, monkeypatch):
+def test_sources_default_to_builtin_and_are_described(live_model, data_dir, tok, tmp_path, monkeypatch):
+    BABI = data_dir / "babi"
     monkeypatch.delenv("ARMT_BABI_DIR", raising=False)
     sources = open_sources()
     assert sources.babi == "builtin" and sources.babi_description.startswith("built-in bAbI generator")

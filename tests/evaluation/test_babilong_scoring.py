@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from conftest import DATA
 
 from armt.data.babi import load_babi_task
 from armt.evaluation.babilong_scoring import (
@@ -90,11 +89,11 @@ def test_accuracy_counts():
         accuracy(["yes"], [{"target": "yes", "question": "Q?"}])
 
 
-def test_labels_cover_real_answers_and_targets_score_right():
-    if not (DATA / "babi" / "en").is_dir():
-        pytest.skip(f"bAbI files not found at {DATA / 'babi'}")
+def test_labels_cover_real_answers_and_targets_score_right(data_dir):
+    if not (data_dir / "babi" / "en").is_dir():
+        pytest.skip(f"bAbI files not found at {data_dir / 'babi'}")
     for task, labels in TASK_LABELS.items():
-        samples = load_babi_task(task, "test", root=DATA / "babi")
+        samples = load_babi_task(task, "test", root=data_dir / "babi")
         parts = {p for s in samples for p in ([s.answer] if task == "qa19" else s.answer.split(","))}
         assert {p.lower() for p in parts} <= labels, task
         wrong = [s for s in samples if not compare_answers(s.answer, s.answer, s.question, task)]

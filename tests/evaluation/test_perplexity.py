@@ -10,7 +10,6 @@ import math
 import pytest
 import torch
 import yaml
-from conftest import tiny_armt
 
 from armt.evaluation.perplexity import (
     BOUNDS,
@@ -30,7 +29,7 @@ def _windows(n, segments, seed=0):
 
 
 @pytest.mark.parametrize("use_memory", [True, False])
-def test_values_equal_a_hand_computation_from_logits(use_memory):
+def test_values_equal_a_hand_computation_from_logits(tiny_armt, use_memory):
     model = tiny_armt("llama", segment_size=S, sliding_window=True, use_sink=True, use_memory=use_memory)
     windows = _windows(3, 3)
     with torch.no_grad():
@@ -49,7 +48,7 @@ def test_values_equal_a_hand_computation_from_logits(use_memory):
         assert record["perplexity"] == pytest.approx(math.exp(mean), rel=1e-9)
 
 
-def test_base_bounds_equal_a_hand_computation_and_a_fresh_wrapper_sits_on_the_floor():
+def test_base_bounds_equal_a_hand_computation_and_a_fresh_wrapper_sits_on_the_floor(tiny_armt):
     model = tiny_armt("llama", segment_size=S, live=False)  # fresh: W_mv = 0, the memory adds nothing
     base = model.base_model
     windows = _windows(3, 3, seed=1)
@@ -86,7 +85,7 @@ def test_table_reports_the_share_of_the_gap_each_model_closes():
     assert "| 2 | 8 | 26.00 | 29.00 | 20.00 | 30.00 | 40% | 10% |" in table
 
 
-def test_partial_windows_are_refused():
+def test_partial_windows_are_refused(tiny_armt):
     model = tiny_armt("gpt2", segment_size=S)
     with pytest.raises(ValueError, match="segment_size=8"):
         segment_nll(model, _windows(1, 2)[:, :-1])

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from armt.data.capacity import CapacityConfig
 from armt.evaluation.capacity import capacity_markdown, run_capacity_benchmark, write_capacity
 from armt.training.capacity import CapacityModelSpec, CapacityRecipe, evaluate_capacity, train_capacity
 from armt.training.config import RunConfig

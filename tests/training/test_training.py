@@ -261,15 +261,14 @@ def test_two_processes_with_gloo_equal_one_process(tmp_path):
     assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-4, (a, b)
 
 
-def test_babilong_recipe_trains_on_real_babi_and_books(tmp_path, capsys):
+def test_babilong_recipe_trains_on_real_babi_and_books(data_dir, tmp_path, capsys):
     from armt.cli import main
-    from conftest import DATA
 
-    if not (DATA / "babi" / "en").is_dir() or not (DATA / "gutenberg").is_dir():
-        pytest.skip(f"bAbI / Gutenberg data not found under {DATA}")
+    if not (data_dir / "babi" / "en").is_dir() or not (data_dir / "gutenberg").is_dir():
+        pytest.skip(f"bAbI / Gutenberg data not found under {data_dir}")
     out = tmp_path / "bl"
     code = main(["babilong", "train", "--threads", "1", f"--training.output_dir={out}",
-                 f"--data.options.babi={DATA / 'babi'}", f"--data.options.background={DATA / 'gutenberg'}",
+                 f"--data.options.babi={data_dir / 'babi'}", f"--data.options.background={data_dir / 'gutenberg'}",
                  "--data.options.tokenizer_vocab=300", "--data.options.tokenizer_train_chars=200000","--data.num_train=16", "--data.num_eval=4",
                  "--curriculum=[{num_segments: 1, max_steps: 3}, {num_segments: 2, max_steps: 3}]",
                  "--training.eval_steps=3", "--training.save_steps=3", "--training.report_to=[]",

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from ..data.books import BookSource, load_books
 from ..data.lm import split_books
+from ..streaming import MemoryReader
 
 FILES = ("perplexity.md", "perplexity.csv", "perplexity.json", "perplexity.png")
 FIELDS = ("model", "segment", "pairs", "loss", "perplexity")
@@ -43,8 +44,9 @@ DEFINITION = ("pair (logits t, token t+1) counted in the segment of its target t
 def segment_nll(model, input_ids: Tensor) -> tuple[Tensor, Tensor]:
     """Summed cross-entropy and number of pairs of every segment, for a batch of windows.
 
-    The windows are read one segment per call with the memory carried between calls, which
-    equals one forward pass over the whole window while keeping one segment's logits at a time.
+    The windows are read with :class:`armt.streaming.MemoryReader` (the segment engine every
+    reading path shares), keeping one segment's logits at a time; this equals one forward pass
+    over the whole window.
 
     Args:
         model: an :class:`armt.ARMTForCausalLM` (with or without memory).
@@ -63,15 +65,11 @@ def segment_nll(model, input_ids: Tensor) -> tuple[Tensor, Tensor]:
         >>> counts.tolist()
         [30, 32, 32]
     """
-    memory = None
-
-    def step(seg: Tensor) -> Tensor:
-        nonlocal memory
-        out = model(seg, memory=memory)
-        memory = out.memory
-        return out.logits
-
-    return _segmentwise(step, input_ids, model.config.segment_size)
+    _check_windows(input_ids, model.config.segment_size)
+    reader = MemoryReader(model, compute_loss=True)
+    reader.feed(input_ids)
+    result = reader.finish()
+    return result.segment_sums, result.segment_counts
 
 
 def _check_windows(input_ids: Tensor, S: int) -> int:

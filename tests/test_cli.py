@@ -65,6 +65,14 @@ def test_read_then_generate_from_the_shell(tiny_base, tmp_path, capsys):
     assert main(["read", "--model", str(model_dir), "--input", str(book), "--save-memory", str(mem),
                  "--quiet"]) == 2
     assert "--overwrite" in capsys.readouterr().err
+    # along the diagonals: the same memory
+    wave = tmp_path / "wave.safetensors"
+    assert main(["read", "--model", str(model_dir), "--input", str(book), "--save-memory", str(wave),
+                 "--quiet", "--chunk-chars", "1000", "--wavefront"]) == 0
+    capsys.readouterr()
+    wave_state = armt.MemoryState.load(wave)
+    assert wave_state.segments == state.segments
+    torch.testing.assert_close(wave_state.layers[-1].z, state.layers[-1].z, rtol=1e-5, atol=1e-6)
 
     assert main(["generate", "--model", str(model_dir), "--memory", str(mem), "--prompt", "Where is Mary?",
                  "--max-new-tokens", "8"]) == 0

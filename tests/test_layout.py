@@ -17,7 +17,7 @@ RANKS = [
     ["ops", "state"],
     ["padding", "layers", "targets", "window", "bases", "tiny"],
     ["cell"],
-    ["segments"],
+    ["segments", "wavefront"],
     ["generation", "streaming", "saving"],
     ["model"],
     ["armt"],  # the package itself: `import armt` / `from armt import ...`

@@ -163,7 +163,8 @@ def _read(args: argparse.Namespace) -> int:
     try:
         result = model.read(iter_text_tokens(args.input, tokenizer, chunk_chars=args.chunk_chars,
                                              encoding=args.encoding), memory,
-                            compute_loss=args.loss, progress=not args.quiet, total=total)
+                            compute_loss=args.loss, progress=not args.quiet, total=total,
+                            wavefront=args.wavefront)
     except UnicodeDecodeError as err:
         raise ValueError(f"--input {args.input} is not {args.encoding} text ({err.reason} at byte {err.start}); "
                          "pass its encoding with --encoding, e.g. --encoding latin-1.") from err
@@ -543,6 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--encoding", default="utf-8", help="text encoding of --input")
     rd.add_argument("--loss", action="store_true", help="also report the language-model loss of the text")
     rd.add_argument("--chunk-chars", type=int, default=1 << 20, help="characters tokenized at a time")
+    rd.add_argument("--wavefront", action="store_true",
+                    help="write all layers at once along the diagonals (same memory, fewer operations; "
+                         "not with --loss, peft adapters or the sliding window)")
     rd.add_argument("--quiet", action="store_true", help="no progress bar")
     rd.set_defaults(func=_read)
 

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from .segments import run_segment
 from .state import MemoryState
+from .wavefront import Wavefront
 
 TokenChunk = Union[Tensor, "list[int]"]
 
@@ -69,6 +70,12 @@ class MemoryReader:
         compute_loss: track next-token cross-entropy (computes the language-model head).
         keep_last_logits: keep the logits after the last written token.
         progress: show a tqdm bar in tokens (``total`` sets its length when known).
+        wavefront: write the full segments of each chunk along the diagonals (all layers at
+            once, one segment apart; see :mod:`armt.wavefront`): the same memory in fewer, larger
+            operations. Needs a model in eval mode of a family in
+            ``armt.wavefront.WAVEFRONT_FAMILIES``, no ``compute_loss`` and no sliding window;
+            pays when chunks hold many segments. Padded segments and the last partial one still
+            run one by one.
 
     Example:
         >>> import torch
@@ -85,8 +92,12 @@ class MemoryReader:
     """
 
     def __init__(self, model, memory: MemoryState | None = None, *, compute_loss: bool = False,
-                 keep_last_logits: bool = False, progress: bool = False, total: int | None = None):
+                 keep_last_logits: bool = False, progress: bool = False, total: int | None = None,
+                 wavefront: bool = False):
         self.model = model
+        if wavefront and compute_loss:
+            raise ValueError("wavefront=True computes no per-token logits; use compute_loss with wavefront=False.")
+        self._wavefront = Wavefront(model) if wavefront else None
         self.memory = memory
         self.compute_loss = compute_loss
         self.keep_last_logits = keep_last_logits
@@ -146,7 +157,15 @@ class MemoryReader:
         data = torch.cat(self._buffer, dim=1)
         masks = torch.cat(self._masks, dim=1)
         n_full = data.shape[1] // S
-        for i in range(n_full):
+        done = 0
+        if self._wavefront is not None and bool(masks[:, :n_full * S].all()):
+            # the segment whose last logits are kept runs alone: the wavefront makes no logits
+            done = n_full - 1 if self.keep_last_logits else n_full
+            if done > 1:
+                self._write_wavefront(data[:, :done * S])
+            else:
+                done = 0
+        for i in range(done, n_full):
             self._write(data[:, i * S:(i + 1) * S], masks[:, i * S:(i + 1) * S])
         rest = data[:, n_full * S:]
         self._buffer = [rest] if rest.shape[1] else []
@@ -209,6 +228,12 @@ class MemoryReader:
             self._prev_logits = logits[:, -1]
         if self.keep_last_logits:
             self.last_logits = logits[:, -1].clone()
+        self.tokens += ids.shape[1]
+        if self._bar is not None:
+            self._bar.update(ids.shape[1])
+
+    def _write_wavefront(self, ids: Tensor) -> None:
+        self.memory = self._wavefront.read(ids, self.memory)
         self.tokens += ids.shape[1]
         if self._bar is not None:
             self._bar.update(ids.shape[1])

@@ -1,0 +1,369 @@
+"""Diagonal (wavefront) reading: all layers of ARMT at once, one segment apart.
+
+Cell (segment s, layer l) needs only the output of (s, l-1) and the memory that (s-1, l)
+wrote, so every cell with the same ``s + l`` can run together: ``N + L - 1`` steps instead
+of ``N x L`` (diagonal batching, arXiv 2506.05229). In step t, layer l works on segment
+``t - l``; the L layers' weights are stacked so that each operation of a step is one batched
+matrix product over the active layers. On a CPU or GPU that spends its time launching small
+operations this divides their number by up to L; the arithmetic is unchanged.
+
+The layers are rewritten here as functions of stacked weights, so only families whose layer
+maths is written down in :data:`WAVEFRONT_FAMILIES` run this way; anything else (other
+families, peft adapters, the sliding window, the RMT baseline, dropout in training mode) is
+refused with the reason. Results equal the sequential segment loop (tested to 1e-10 in
+float64).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .adapters import has_adapters
+from .ops import fused
+from .state import LayerMemory, MemoryState
+
+
+def _stack(tensors, transpose: bool = False) -> Tensor:
+    return torch.stack([t.detach().t() if transpose else t.detach() for t in tensors]).contiguous()
+
+
+def _bias(linear: nn.Module, out_features: int, like: Tensor) -> Tensor:
+    b = getattr(linear, "bias", None)
+    return b.detach() if b is not None else like.new_zeros(out_features)
+
+
+def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``x @ weight + bias`` for each active layer: x ``(L', n, in)``, weight ``(L', in, out)``."""
+    if bias is None:
+        return torch.bmm(x, weight)
+    return torch.baddbmm(bias.unsqueeze(1), x, weight)
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+
+
+class _GPT2:
+    """GPT-2 blocks: ``h + attn(ln_1 h)``, then ``h + mlp(ln_2 h)``, learned positions."""
+
+    layer_classes = ("GPT2Block",)
+
+    def __init__(self, runner: nn.Module, layers):
+        cfg = runner.config
+        if getattr(cfg, "scale_attn_by_inverse_layer_idx", False) or getattr(cfg, "reorder_and_upcast_attn", False):
+            raise ValueError("wavefront reading does not implement GPT-2's scale_attn_by_inverse_layer_idx or "
+                             "reorder_and_upcast_attn; read with wavefront=False.")
+        from transformers.activations import ACT2FN
+
+        self.act = ACT2FN[cfg.activation_function]
+        self.heads = cfg.n_head
+        self.eps = cfg.layer_norm_epsilon
+        D = cfg.n_embd
+        self.scale = (D // self.heads) ** -0.5 if cfg.scale_attn_weights else 1.0
+        self.wpe = runner.transformer.wpe
+        self.ln1 = (_stack(l.ln_1.weight for l in layers), _stack(l.ln_1.bias for l in layers))
+        self.ln2 = (_stack(l.ln_2.weight for l in layers), _stack(l.ln_2.bias for l in layers))
+        # Conv1D keeps its weight as (in, out): already the layout of x @ W
+        self.qkv = (_stack(l.attn.c_attn.weight for l in layers), _stack(l.attn.c_attn.bias for l in layers))
+        self.proj = (_stack(l.attn.c_proj.weight for l in layers), _stack(l.attn.c_proj.bias for l in layers))
+        self.fc = (_stack(l.mlp.c_fc.weight for l in layers), _stack(l.mlp.c_fc.bias for l in layers))
+        self.fc_out = (_stack(l.mlp.c_proj.weight for l in layers), _stack(l.mlp.c_proj.bias for l in layers))
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Model-level input of the first layer: the token (and memory) embeddings plus positions."""
+        P = x.shape[-2]
+        return x + self.wpe(torch.arange(P, device=x.device))
+
+    def _norm(self, h, params, sl):
+        w, b = params
+        return torch.addcmul(b[sl, None, None, :], F.layer_norm(h, h.shape[-1:], eps=self.eps), w[sl, None, None, :])
+
+    def __call__(self, h: Tensor, sl: slice) -> Tensor:
+        Lp, B, P, D = h.shape
+        H = self.heads
+        flat = self._norm(h, self.ln1, sl).view(Lp, B * P, D)
+        qkv = _linear(flat, self.qkv[0][sl], self.qkv[1][sl]).view(Lp * B, P, 3, H, D // H)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (L'B, H, P, D/H)
+        o = _attend(q, k, v, self.scale).transpose(1, 2).reshape(Lp, B * P, D)
+        h = h + _linear(o, self.proj[0][sl], self.proj[1][sl]).view(h.shape)
+        flat = self._norm(h, self.ln2, sl).view(Lp, B * P, D)
+        m = self.act(_linear(flat, self.fc[0][sl], self.fc[1][sl]))
+        return h + _linear(m, self.fc_out[0][sl], self.fc_out[1][sl]).view(h.shape)
+
+
+class _Llama:
+    """Llama-style blocks (Llama, Mistral, Qwen2): RMSNorm, rotary attention with grouped
+    key/value heads, gated MLP."""
+
+    layer_classes = ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer")
+
+    def __init__(self, runner: nn.Module, layers):
+        cfg = runner.config
+        from transformers.activations import ACT2FN
+
+        self.act = ACT2FN[cfg.hidden_act]
+        self.heads = cfg.num_attention_heads
+        self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
+        self.eps = cfg.rms_norm_eps
+        self.window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
+        self.rotary = runner.model.rotary_emb
+        attn = [l.self_attn for l in layers]
+        mlp = [l.mlp for l in layers]
+        w = attn[0].q_proj.weight
+        self.ln1 = _stack(l.input_layernorm.weight for l in layers)
+        self.ln2 = _stack(l.post_attention_layernorm.weight for l in layers)
+        # q, k, v read the same input: one product; so do the MLP's gate and up
+        self.qkv = (_stack((torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]) for a in attn), True),
+                    _stack(torch.cat([_bias(a.q_proj, a.q_proj.out_features, w), _bias(a.k_proj, a.k_proj.out_features, w),
+                                      _bias(a.v_proj, a.v_proj.out_features, w)]) for a in attn))
+        self.o = (_stack((a.o_proj.weight for a in attn), True), _stack(_bias(a.o_proj, a.o_proj.out_features, w) for a in attn))
+        I = mlp[0].gate_proj.out_features
+        self.gate_up = (_stack((torch.cat([m.gate_proj.weight, m.up_proj.weight]) for m in mlp), True),
+                        _stack(torch.cat([_bias(m.gate_proj, I, w), _bias(m.up_proj, I, w)]) for m in mlp))
+        self.down = (_stack((m.down_proj.weight for m in mlp), True), _stack(_bias(m.down_proj, cfg.hidden_size, w) for m in mlp))
+        self._rope = None
+
+    def embed(self, x: Tensor) -> Tensor:
+        P = x.shape[-2]
+        if self.window is not None and P > self.window:
+            raise ValueError(f"a segment of {P} positions is longer than the base model's own sliding window "
+                             f"({self.window}); read with wavefront=False.")
+        positions = torch.arange(P, device=x.device).unsqueeze(0)
+        cos, sin = self.rotary(x.reshape(-1, P, x.shape[-1])[:1], positions)
+        self._rope = (cos.unsqueeze(1), sin.unsqueeze(1))  # (1, 1, P, head_dim)
+        return x
+
+    def _norm(self, h, w, sl):
+        x = h.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return w[sl, None, None, :] * x.to(h.dtype)
+
+    def _rotate(self, x):
+        cos, sin = self._rope
+        half = x.shape[-1] // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rotated * sin
+
+    def __call__(self, h: Tensor, sl: slice) -> Tensor:
+        Lp, B, P, D = h.shape
+        Hq, Hk, hd = self.heads, self.kv_heads, self.head_dim
+        flat = self._norm(h, self.ln1, sl).view(Lp, B * P, D)
+        qkv = _linear(flat, self.qkv[0][sl], self.qkv[1][sl]).view(Lp * B, P, Hq + 2 * Hk, hd).transpose(1, 2)
+        q, k, v = qkv.split([Hq, Hk, Hk], dim=1)
+        q, k = self._rotate(q), self._rotate(k)
+        if Hk != Hq:
+            k, v = k.repeat_interleave(Hq // Hk, dim=1), v.repeat_interleave(Hq // Hk, dim=1)
+        o = _attend(q, k, v, hd ** -0.5).transpose(1, 2).reshape(Lp, B * P, Hq * hd)
+        h = h + _linear(o, self.o[0][sl], self.o[1][sl]).view(h.shape)
+        flat = self._norm(h, self.ln2, sl).view(Lp, B * P, D)
+        gate, up = _linear(flat, self.gate_up[0][sl], self.gate_up[1][sl]).chunk(2, dim=-1)
+        return h + _linear(self.act(gate) * up, self.down[0][sl], self.down[1][sl]).view(h.shape)
+
+
+class _GPTNeoX:
+    """GPT-NeoX (Pythia) layers: LayerNorm, fused query/key/value laid out per head, partial
+    rotary, and the parallel residual ``h + attn(ln_1 h) + mlp(ln_2 h)`` (or the sequential one)."""
+
+    layer_classes = ("GPTNeoXLayer",)
+
+    def __init__(self, runner: nn.Module, layers):
+        cfg = runner.config
+        from transformers.activations import ACT2FN
+
+        self.act = ACT2FN[cfg.hidden_act]
+        self.heads = cfg.num_attention_heads
+        self.eps = cfg.layer_norm_eps
+        self.parallel = cfg.use_parallel_residual
+        self.rotary = runner.gpt_neox.rotary_emb
+        w = layers[0].attention.query_key_value.weight
+        D = cfg.hidden_size
+        self.ln1 = (_stack(l.input_layernorm.weight for l in layers), _stack(l.input_layernorm.bias for l in layers))
+        self.ln2 = (_stack(l.post_attention_layernorm.weight for l in layers),
+                    _stack(l.post_attention_layernorm.bias for l in layers))
+        att = [l.attention for l in layers]
+        self.qkv = (_stack((a.query_key_value.weight for a in att), True),
+                    _stack(_bias(a.query_key_value, 3 * D, w) for a in att))
+        self.dense = (_stack((a.dense.weight for a in att), True), _stack(_bias(a.dense, D, w) for a in att))
+        mlp = [l.mlp for l in layers]
+        self.up = (_stack((m.dense_h_to_4h.weight for m in mlp), True), _stack(m.dense_h_to_4h.bias for m in mlp))
+        self.down = (_stack((m.dense_4h_to_h.weight for m in mlp), True), _stack(m.dense_4h_to_h.bias for m in mlp))
+        self._rope = None
+
+    def embed(self, x: Tensor) -> Tensor:
+        P = x.shape[-2]
+        cos, sin = self.rotary(x.reshape(-1, P, x.shape[-1])[:1], torch.arange(P, device=x.device).unsqueeze(0))
+        self._rope = (cos.unsqueeze(1), sin.unsqueeze(1))
+        return x
+
+    def _norm(self, h, params, sl):
+        w, b = params
+        return torch.addcmul(b[sl, None, None, :], F.layer_norm(h, h.shape[-1:], eps=self.eps), w[sl, None, None, :])
+
+    def _rotate(self, x):
+        cos, sin = self._rope
+        r = cos.shape[-1]
+        x_rot, x_pass = x[..., :r], x[..., r:]
+        half = r // 2
+        rotated = torch.cat([-x_rot[..., half:], x_rot[..., :half]], dim=-1)
+        return torch.cat([x_rot * cos + rotated * sin, x_pass], dim=-1)
+
+    def __call__(self, h: Tensor, sl: slice) -> Tensor:
+        Lp, B, P, D = h.shape
+        H = self.heads
+        flat = self._norm(h, self.ln1, sl).view(Lp, B * P, D)
+        qkv = _linear(flat, self.qkv[0][sl], self.qkv[1][sl]).view(Lp * B, P, H, 3 * (D // H)).transpose(1, 2)
+        q, k, v = qkv.chunk(3, dim=-1)
+        o = _attend(self._rotate(q), self._rotate(k), v, (D // H) ** -0.5).transpose(1, 2).reshape(Lp, B * P, D)
+        attn = _linear(o, self.dense[0][sl], self.dense[1][sl]).view(h.shape)
+        base = h if self.parallel else h + attn
+        flat = self._norm(base, self.ln2, sl).view(Lp, B * P, D)
+        mlp = _linear(self.act(_linear(flat, self.up[0][sl], self.up[1][sl])), self.down[0][sl], self.down[1][sl])
+        return h + attn + mlp.view(h.shape)
+
+
+# model_type -> the layer maths written with stacked weights
+WAVEFRONT_FAMILIES = {"gpt2": _GPT2, "gpt_neox": _GPTNeoX, "llama": _Llama, "mistral": _Llama, "qwen2": _Llama}
+
+
+class Wavefront:
+    """Reads full segments of an :class:`armt.ARMTForCausalLM` along the diagonals.
+
+    Built once per stream (it stacks a copy of the decoder layers' weights, so it sees the
+    weights as they were when it was built). Used by :class:`armt.streaming.MemoryReader`
+    with ``wavefront=True`` (and so ``model.read(..., wavefront=True)``).
+
+    Example:
+        >>> import torch
+        >>> from armt import ARMTConfig, ARMTForCausalLM
+        >>> from armt.tiny import tiny_base_model
+        >>> model = ARMTForCausalLM(tiny_base_model("llama"), ARMTConfig(num_mem_tokens=4, d_mem=8, segment_size=16))
+        >>> ids = torch.randint(1000, (1, 64))
+        >>> state = Wavefront(model).read(ids, None)
+        >>> torch.allclose(state.layers[3].A, model.read([ids]).memory.layers[3].A, atol=1e-5)
+        True
+    """
+
+    def __init__(self, model):
+        cell = model.cell
+        config = cell.config
+        if not config.use_memory or cell.token_memory:
+            raise ValueError("wavefront reading needs the associative memory (use_memory=True, memory='associative'); "
+                             "other configs carry nothing between layers of one step to batch.")
+        if config.sliding_window:
+            raise ValueError("wavefront reading does not support sliding_window=True (each segment would need "
+                             "the previous segment's keys at every layer); read with wavefront=False.")
+        if has_adapters(cell.base_model):
+            raise ValueError("wavefront reading runs the base layers from their weights and does not apply peft "
+                             "adapters; merge them first (model.cell.base_model.merge_and_unload()) or read with "
+                             "wavefront=False.")
+        if model.training:
+            raise ValueError("wavefront reading has no dropout; call model.eval() first.")
+        runner = cell.runner
+        model_type = getattr(runner.config, "model_type", None)
+        family = WAVEFRONT_FAMILIES.get(model_type)
+        if family is None:
+            raise ValueError(f"wavefront reading supports model types {sorted(WAVEFRONT_FAMILIES)}, not "
+                             f"{model_type!r}; read with wavefront=False.")
+        layers = cell._decoder_layers
+        kinds = {type(l).__name__ for l in layers}
+        if not kinds <= set(family.layer_classes):
+            raise ValueError(f"wavefront reading knows the layers {family.layer_classes} for {model_type!r}, but "
+                             f"this model has {sorted(kinds)}; read with wavefront=False.")
+        self.cell = cell
+        self.layers = family(runner, layers)
+        mem = cell.memory_layers
+        first = mem[0]
+        self.n_heads, self.nu = first.n_heads, first.nu
+        self.use_denom, self.correction = first.use_denom, first.correction
+        self.state_dtype = first.state_dtype
+        self.W_q = _stack((m.W_mq.weight for m in mem), True)  # (L, D, d_mem)
+        # the write's key, value and strength read the same outputs: one product
+        d_mem, D, n_b = first.W_mk.out_features, first.W_mv.out_features, first.W_mb.out_features
+        self.split = (d_mem, D, n_b)
+        self.W_kvb = _stack((torch.cat([m.W_mk.weight, m.W_mv.weight, m.W_mb.weight]) for m in mem), True)
+        self.b_kvb = _stack(torch.cat([m.W_mb.bias.new_zeros(d_mem + D), m.W_mb.bias]) for m in mem)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        *lead, T, D = x.shape
+        return x.reshape(-1, T, self.n_heads, D // self.n_heads).transpose(1, 2)  # (L'B, H, T, D/H)
+
+    def _read(self, h: Tensor, A: Tensor, z: Tensor | None, sl: slice) -> Tensor:
+        Lp, B, P, D = h.shape
+        q = torch.bmm(h.reshape(Lp, B * P, D), self.W_q[sl]).view(Lp, B, P, -1)
+        q = fused.dpfp(self._heads(q), self.nu)
+        out = fused.read(q.to(A.dtype), A.flatten(0, 1), None if z is None else z.flatten(0, 1))
+        return h + out.to(h.dtype).transpose(1, 2).reshape(h.shape)
+
+    def _write(self, out: Tensor, A: Tensor, z: Tensor | None, sl: slice, fresh: bool):
+        """Write the memory-token outputs of the active layers; with ``fresh`` the last active
+        layer is on the stream's first segment and writes into the empty memory."""
+        Lp, B, M, D = out.shape
+        kvb = _linear(out.reshape(Lp, B * M, D), self.W_kvb[sl], self.b_kvb[sl]).view(Lp, B, M, -1)
+        k, v, b = kvb.split(self.split, dim=-1)
+        k = fused.dpfp(self._heads(k), self.nu)
+        v, beta = self._heads(v), self._heads(torch.sigmoid(b))
+        if self.state_dtype is not None:
+            k, v, beta = k.to(self.state_dtype), v.to(self.state_dtype), beta.to(self.state_dtype)
+        n = (Lp - 1 if fresh else Lp) * B
+        kw = dict(use_denom=self.use_denom, correction=self.correction)
+        parts = []
+        if n:
+            old = (A[:Lp].flatten(0, 1)[:n], None if z is None else z[:Lp].flatten(0, 1)[:n])
+            parts.append(fused.write(k[:n], v[:n], beta[:n], old, **kw))
+        if fresh:
+            parts.append(fused.write(k[n:], v[n:], beta[n:], None, **kw))
+        newA = torch.cat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+        A.copy_(newA.view(A.shape))
+        if z is not None:
+            newz = torch.cat([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+            z.copy_(newz.view(z.shape))
+
+    @torch.no_grad()
+    def read(self, ids: Tensor, memory: MemoryState | None) -> MemoryState:
+        """Write ``ids`` ``(B, N * segment_size)``, N full segments, into ``memory``; returns the
+        state after the last, equal to running the segments one after another."""
+        cell = self.cell
+        S, M, L = cell.config.segment_size, cell.num_mem_tokens, cell.num_layers
+        B, total = ids.shape
+        if total == 0 or total % S:
+            raise ValueError(f"wavefront reading takes whole segments: {total} tokens is not a positive multiple "
+                             f"of segment_size={S}.")
+        N = total // S
+        embeds = cell.runner.get_input_embeddings()(ids).view(B, N, S, -1).transpose(0, 1)  # (N, B, S, D)
+        D = embeds.shape[-1]
+        parts = [embeds, cell.memory_tokens.view(1, 1, M, D).expand(N, B, M, D)]
+        if cell.sink is not None:
+            parts.insert(0, cell.sink.view(1, 1, 1, D).expand(N, B, 1, D))
+        x0 = self.layers.embed(torch.cat(parts, dim=2))  # (N, B, P, D)
+
+        shape = cell.memory_layers[0].empty_shape(B, D)
+        dtype = self.state_dtype or embeds.dtype
+        if memory is None:
+            A = embeds.new_zeros((L, *shape), dtype=dtype)
+            z = embeds.new_zeros((L, *shape[:-1]), dtype=dtype) if self.use_denom else None
+        else:
+            A = torch.stack([m.A for m in memory.layers])
+            z = torch.stack([m.z for m in memory.layers]) if self.use_denom else None
+        prev, prev_lo = None, 0
+        for t in range(N + L - 1):
+            lo, hi = max(0, t - N + 1), min(L - 1, t)  # layer l works on segment t - l
+            inputs = []
+            if lo == 0:
+                inputs.append(x0[t].unsqueeze(0))
+            if hi >= 1:
+                inputs.append(prev[max(lo, 1) - 1 - prev_lo:hi - prev_lo])
+            h = torch.cat(inputs) if len(inputs) > 1 else inputs[0]
+            sl = slice(lo, hi + 1)
+            # the empty memory reads exactly zero (A = 0, z = 0), as skipping the read does
+            h = self._read(h, A[sl], None if z is None else z[sl], sl)
+            h = self.layers(h, sl)
+            self._write(h[:, :, -M:], A[sl], None if z is None else z[sl], sl, fresh=memory is None and hi == t)
+            prev, prev_lo = h, lo
+        layers = tuple(LayerMemory(A[l].clone(), None if z is None else z[l].clone()) for l in range(L))
+        if memory is None:
+            return MemoryState(layers, N)
+        return MemoryState(layers, memory.segments + N,
+                           counts=None if memory.counts is None else memory.counts + N)

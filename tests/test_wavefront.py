@@ -1,0 +1,125 @@
+"""Wavefront (diagonal) reading equals the sequential segment loop, or is refused with a reason."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import armt
+from armt.wavefront import Wavefront
+
+
+def _relative_gap(a: armt.MemoryState, b: armt.MemoryState) -> float:
+    gaps = []
+    for x, y in zip(a.layers, b.layers):
+        for s, t in ((x.A, y.A), (x.z, y.z)):
+            if s is not None:
+                gaps.append(((s - t).abs().max() / s.abs().max().clamp_min(1e-30)).item())
+    return max(gaps)
+
+
+@pytest.mark.all_families  # every family the project supports runs along the diagonals
+@pytest.mark.parametrize("options", [{}, {"use_sink": True}, {"correction": False}, {"use_denom": False},
+                                     {"gating": True, "n_heads": 2}, {"num_mem_tokens": 1}])
+def test_wavefront_state_equals_the_sequential_loop_float64(tiny_armt, family, options):
+    model = tiny_armt(family, **options)
+    ids = torch.randint(99, (2, 8 * 7), generator=torch.Generator().manual_seed(3))
+    sequential = model.read([ids]).memory
+    wave = Wavefront(model).read(ids, None)
+    assert wave.segments == sequential.segments == 7
+    assert _relative_gap(sequential, wave) < 1e-10
+    # continuing a state (the first segment reads), with fewer segments than layers too
+    more = ids[:, :8]
+    assert _relative_gap(model.read([more], sequential).memory, Wavefront(model).read(more, wave)) < 1e-10
+
+
+def test_wavefront_memory_drives_the_same_answer(tiny_armt):
+    """The state from the wavefront gives the sequential model's next-token logits."""
+    model = tiny_armt("llama")
+    ids = torch.randint(99, (1, 8 * 5), generator=torch.Generator().manual_seed(4))
+    query = torch.randint(99, (1, 6), generator=torch.Generator().manual_seed(5))
+    sequential = model(query, memory=model.read([ids]).memory).logits
+    wave = model(query, memory=model.read([ids], wavefront=True).memory).logits
+    assert (sequential - wave).abs().max() < 1e-10
+
+
+@pytest.mark.all_families
+def test_wavefront_float32_within_1e5(tiny_armt, family):
+    model = tiny_armt(family, dtype=torch.float32)
+    ids = torch.randint(99, (1, 8 * 9), generator=torch.Generator().manual_seed(6))
+    sequential, wave = model.read([ids]).memory, model.read([ids], wavefront=True).memory
+    for x, y in zip(sequential.layers, wave.layers):
+        assert (x.A - y.A).abs().max() <= 1e-5 * max(1.0, x.A.abs().max().item())
+        assert (x.z - y.z).abs().max() <= 1e-5 * max(1.0, x.z.abs().max().item())
+
+
+@pytest.mark.parametrize("keep_last_logits", [False, True])
+def test_reader_with_wavefront_over_chunks_of_any_size(tiny_armt, keep_last_logits):
+    model = tiny_armt("gpt2")
+    ids = torch.randint(99, (2, 101), generator=torch.Generator().manual_seed(7))
+    chunks = list(ids.split(37, dim=1))
+    sequential = model.read(chunks, keep_last_logits=keep_last_logits)
+    wave = model.read(chunks, keep_last_logits=keep_last_logits, wavefront=True)
+    assert wave.tokens == sequential.tokens == 101
+    assert wave.memory.segments == sequential.memory.segments
+    assert _relative_gap(sequential.memory, wave.memory) < 1e-10
+    if keep_last_logits:
+        assert (sequential.last_logits - wave.last_logits).abs().max() < 1e-10
+    # a stream left open continues the same way
+    open_seq = model.read(chunks, flush=False)
+    open_wave = model.read(chunks, flush=False, wavefront=True)
+    assert torch.equal(open_seq.pending, open_wave.pending)
+    assert _relative_gap(open_seq.memory, open_wave.memory) < 1e-10
+
+
+def test_reader_with_wavefront_keeps_padded_rows_exact(tiny_armt):
+    """Segments where a row has ended run one by one, as without the wavefront."""
+    model = tiny_armt("llama")
+    ids = torch.randint(99, (2, 40), generator=torch.Generator().manual_seed(8))
+    mask = torch.ones(2, 40, dtype=torch.long)
+    mask[1, 21:] = 0
+    results = []
+    for wavefront in (False, True):
+        reader = armt.MemoryReader(model, wavefront=wavefront)
+        reader.feed(ids[:, :16])
+        reader.feed(ids[:, 16:], attention_mask=mask[:, 16:])
+        results.append(reader.finish())
+    assert torch.equal(results[0].memory.segment_counts(), results[1].memory.segment_counts())
+    assert _relative_gap(results[0].memory, results[1].memory) < 1e-10
+
+
+def test_wavefront_refuses_an_unknown_family():
+    import transformers
+
+    torch.manual_seed(0)
+    base = transformers.OPTForCausalLM(transformers.OPTConfig(hidden_size=32, num_hidden_layers=2, ffn_dim=64,
+                                                              num_attention_heads=2, vocab_size=99,
+                                                              word_embed_proj_dim=32)).eval()
+    model = armt.ARMTForCausalLM(base, armt.ARMTConfig(num_mem_tokens=2, d_mem=8, segment_size=8)).eval()
+    with pytest.raises(ValueError, match="'opt'.*wavefront=False"):
+        Wavefront(model)
+
+
+def test_wavefront_refuses_what_it_cannot_run(tiny_armt):
+    with pytest.raises(ValueError, match="sliding_window"):
+        Wavefront(tiny_armt("llama", sliding_window=True))
+    with pytest.raises(ValueError, match="associative"):
+        Wavefront(tiny_armt("llama", memory="tokens"))
+    with pytest.raises(ValueError, match="associative"):
+        Wavefront(tiny_armt("llama", use_memory=False))
+    model = tiny_armt("llama")
+    with pytest.raises(ValueError, match="eval"):
+        Wavefront(model.train())
+    model.eval()
+    with pytest.raises(ValueError, match="compute_loss"):
+        armt.MemoryReader(model, compute_loss=True, wavefront=True)
+    with pytest.raises(ValueError, match="multiple of segment_size"):
+        Wavefront(model).read(torch.zeros(1, 12, dtype=torch.long), None)
+
+
+def test_wavefront_refuses_peft_adapters(tiny_base):
+    peft = pytest.importorskip("peft")
+    base = peft.get_peft_model(tiny_base("llama"), peft.LoraConfig(r=2, target_modules=["q_proj"], lora_alpha=4))
+    model = armt.ARMTForCausalLM(base, armt.ARMTConfig(num_mem_tokens=2, d_mem=8, segment_size=8)).eval()
+    with pytest.raises(ValueError, match="merge"):
+        Wavefront(model)

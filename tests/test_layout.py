@@ -17,7 +17,8 @@ RANKS = [
     ["ops", "state"],
     ["padding", "layers", "targets", "window", "bases", "tiny"],
     ["cell"],
-    ["segments", "wavefront"],
+    ["segments"],
+    ["wavefront"],
     ["generation", "streaming", "saving"],
     ["model"],
     ["armt"],  # the package itself: `import armt` / `from armt import ...`

@@ -98,6 +98,8 @@ def test_wavefront_refuses_an_unknown_family():
     model = armt.ARMTForCausalLM(base, armt.ARMTConfig(num_mem_tokens=2, d_mem=8, segment_size=8)).eval()
     with pytest.raises(ValueError, match="'opt'.*wavefront=False"):
         Wavefront(model)
+    with pytest.raises(ValueError, match="ARMTConfig.wavefront=True. cannot run on this model.*'opt'"):
+        armt.ARMTForCausalLM(base, armt.ARMTConfig(num_mem_tokens=2, d_mem=8, segment_size=8, wavefront=True))
 
 
 def test_wavefront_refuses_what_it_cannot_run(tiny_armt):
@@ -123,3 +125,62 @@ def test_wavefront_refuses_peft_adapters(tiny_base):
     model = armt.ARMTForCausalLM(base, armt.ARMTConfig(num_mem_tokens=2, d_mem=8, segment_size=8)).eval()
     with pytest.raises(ValueError, match="merge"):
         Wavefront(model)
+
+
+@pytest.mark.all_families
+@pytest.mark.parametrize("length", [8 * 6, 8 * 6 + 3])
+def test_forward_with_wavefront_equals_the_sequential_forward(tiny_armt, family, length):
+    model = tiny_armt(family, use_sink=family == "llama")
+    ids = torch.randint(99, (2, length), generator=torch.Generator().manual_seed(9))
+    start = model.read([ids[:, :16]]).memory
+    with torch.no_grad():
+        for kwargs in ({}, {"labels": ids}, {"labels": ids, "output_only_last_segment": True},
+                       {"memory": start}):
+            sequential = model(ids, wavefront=False, **kwargs)
+            wave = model(ids, wavefront=True, **kwargs)
+            assert wave.logits.shape == sequential.logits.shape
+            assert (wave.logits - sequential.logits).abs().max() < 1e-10
+            assert _relative_gap(sequential.memory, wave.memory) < 1e-10
+            assert wave.memory.segments == sequential.memory.segments
+            if "labels" in kwargs:
+                assert abs(wave.loss - sequential.loss) < 1e-10
+                assert torch.allclose(wave.segment_losses, sequential.segment_losses, atol=1e-10, equal_nan=True)
+
+
+def test_config_wavefront_applies_where_it_can(tiny_armt):
+    model = tiny_armt("gpt2", wavefront=True)
+    ids = torch.randint(99, (1, 40), generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        reference = model(ids, wavefront=False)
+        assert (model(ids).logits - reference.logits).abs().max() < 1e-10
+        # padded batches run segment by segment (no error), with the same result as before
+        mask = torch.ones(2, 40, dtype=torch.long)
+        mask[1, :5] = 0
+        two = torch.cat([ids, ids])
+        assert torch.equal(model(two, attention_mask=mask).logits, model(two, attention_mask=mask, wavefront=False).logits)
+    # with gradients (training) it is the sequential forward: gradients flow
+    out = model(ids, labels=ids)
+    out.loss.backward()
+    assert model.cell.memory_layers[0].W_mv.weight.grad is not None
+    # the stacked weights follow the weights
+    with torch.no_grad():
+        model.cell.memory_layers[1].W_mv.weight.mul_(0.5)
+        assert (model(ids).logits - model(ids, wavefront=False).logits).abs().max() < 1e-10
+
+
+def test_explicit_wavefront_says_why_it_cannot_run(tiny_armt):
+    model = tiny_armt("gpt2")
+    ids = torch.randint(99, (2, 40), generator=torch.Generator().manual_seed(11))
+    with pytest.raises(ValueError, match="no_grad"):
+        model(ids, wavefront=True)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="padded"):
+            model(ids, attention_mask=torch.tensor([[1] * 40, [0] + [1] * 39]), wavefront=True)
+        with pytest.raises(ValueError, match="alignment"):
+            tiny_armt("gpt2", segment_alignment="right")(ids, wavefront=True)
+        with pytest.raises(ValueError, match="training mode"):
+            model.train()(ids, wavefront=True)
+    with pytest.raises(ValueError, match="sliding window"):
+        armt.ARMTConfig(wavefront=True, sliding_window=True)
+    with pytest.raises(TypeError, match="wavefront"):
+        armt.ARMTConfig(wavefront="yes")

@@ -72,6 +72,15 @@ class ARMTConfig:
             memory adds. ``num_mem_tokens``, ``d_mem``, ``n_heads``, ``dpfp_nu``,
             ``correction``, ``use_denom``, ``gating`` and ``memory_dtype`` are ignored; the
             state carries only the window (its ``A`` are empty ``(batch, 0)`` tensors).
+        wavefront: run forward passes without gradients and reading along the diagonals (all
+            layers at once, one segment apart; :mod:`armt.wavefront`): the same outputs in
+            fewer, larger operations. Where it cannot apply, the segments run one by one as
+            usual: with gradients (training), in training mode, for padded batches, for
+            ``segment_alignment`` other than ``left``, and for fewer than two full segments.
+            Needs the associative memory without the sliding window, a base family in
+            ``armt.wavefront.WAVEFRONT_FAMILIES`` and no peft adapters (checked when the model
+            is built). A call option overrides it (``model(..., wavefront=...)``,
+            ``model.read(..., wavefront=...)``).
 
     The options are frozen once built: derive a changed config with ``dataclasses.replace``.
     (Attributes that are not options may still be set: the Hugging Face Trainer records
@@ -103,6 +112,7 @@ class ARMTConfig:
     sliding_window: bool = False
     use_memory: bool = True
     memory: str = "associative"
+    wavefront: bool = False
 
     def __post_init__(self) -> None:
         check_positive_int(self, "num_mem_tokens", "ARMT writes memory from memory tokens, so it needs at least one.")
@@ -140,8 +150,13 @@ class ARMTConfig:
                 "memory='tokens' (RMT) does not support sliding_window=True; use memory='associative' "
                 "or sliding_window=False."
             )
+        if self.wavefront is True and (self.sliding_window or not self.use_memory or self.memory != "associative"):
+            raise ValueError(
+                "wavefront=True needs the associative memory without the sliding window (use_memory=True, "
+                "memory='associative', sliding_window=False); set wavefront=False."
+            )
         for name in ("correction", "use_denom", "gating", "use_sink", "gradient_checkpointing",
-                     "last_segment_loss_only", "sliding_window", "use_memory"):
+                     "last_segment_loss_only", "sliding_window", "use_memory", "wavefront"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         object.__setattr__(self, "_frozen", True)

@@ -15,8 +15,9 @@ from .adapters import has_adapters
 from .cell import ARMTCell
 from .config import ARMTConfig
 from .padding import PaddingPlan
-from .segments import iter_segments, segment_bounds
+from .segments import SegmentStep, iter_segments, run_segment, segment_bounds
 from .state import MemoryState
+from .wavefront import Wavefront, wavefront_blocker
 
 
 @dataclass
@@ -86,6 +87,19 @@ class ARMTForCausalLM(nn.Module):
         self.cell = ARMTCell(base_model, config)
         # a flag of the model, not of its (frozen) config: the Trainer switches it on and off
         self.gradient_checkpointing = config.gradient_checkpointing
+        if config.wavefront:
+            reason = wavefront_blocker(self)
+            if reason:
+                raise ValueError(f"ARMTConfig(wavefront=True) cannot run on this model: {reason}.")
+        self._wavefront_cache: tuple | None = None
+
+    def wavefront_plan(self) -> Wavefront:
+        """The :class:`armt.wavefront.Wavefront` of the current weights: rebuilt only when a
+        weight changed (an optimizer step, ``load_state_dict``), since it holds stacked copies."""
+        key = tuple((id(p), p._version) for p in self.parameters())
+        if self._wavefront_cache is None or self._wavefront_cache[0] != key:
+            self._wavefront_cache = (key, Wavefront(self))
+        return self._wavefront_cache[1]
 
     @property
     def base_model(self) -> nn.Module:
@@ -323,6 +337,7 @@ class ARMTForCausalLM(nn.Module):
         return_dict: bool | None = None,
         use_cache: bool | None = None,
         num_items_in_batch: Tensor | int | None = None,
+        wavefront: bool | None = None,
     ) -> ARMTOutput:
         """Run the whole input segment by segment.
 
@@ -341,6 +356,10 @@ class ARMTForCausalLM(nn.Module):
             num_items_in_batch: divide the summed loss by this instead of this batch's own
                 count of pairs (the Hugging Face Trainer passes the count over all gradient
                 accumulation steps and processes, see :func:`count_loss_pairs`).
+            wavefront: run the full segments along the diagonals (:mod:`armt.wavefront`; the same
+                outputs). ``True`` needs no gradients, eval mode, no padding and ``left``
+                alignment, and says why otherwise; ``None`` follows ``ARMTConfig.wavefront``
+                where it applies.
             return_dict, use_cache: accepted for Hugging Face callers and ignored (the output
                 is always an :class:`ARMTOutput`; segments keep no key/value cache, except the
                 previous segment's window that ``sliding_window=True`` keeps in ``memory``).
@@ -394,9 +413,14 @@ class ARMTForCausalLM(nn.Module):
 
         logits_out, seg_losses = [], []
         loss_sum = loss_count = None
-        for step in iter_segments(self.cell, embed, bounds, attention_mask, memory, logits_for=logits_for,
+        steps = None
+        if self._use_wavefront(wavefront, plan, attention_mask):
+            steps = self._wavefront_steps(embed, bounds, memory, logits_for)
+        if steps is None:
+            steps = iter_segments(self.cell, embed, bounds, attention_mask, memory, logits_for=logits_for,
                                   checkpointing=self.gradient_checkpointing,
-                                  active=None if plan is None else plan.active, detach_every=cfg.bptt_segments):
+                                  active=None if plan is None else plan.active, detach_every=cfg.bptt_segments)
+        for step in steps:
             a, b, last, logits, memory = step.start, step.end, step.last, step.logits, step.memory
             if wants_loss(last):
                 ce_sum, ce_count, within = self._segment_loss(logits, labels, labels_mask, a, b, L, last)
@@ -426,6 +450,45 @@ class ARMTForCausalLM(nn.Module):
             out.num_loss_tokens = loss_count
             out.segment_losses = torch.stack([nan if x is None else x for x in seg_losses])
         return out
+
+    def _use_wavefront(self, wavefront: bool | None, plan, attention_mask) -> bool:
+        if wavefront is False or (wavefront is None and not self.config.wavefront):
+            return False
+        blocker = None
+        if torch.is_grad_enabled():
+            blocker = "gradients are on (training runs segment by segment); call it under torch.no_grad()"
+        elif self.training:
+            blocker = "the model is in training mode (the wavefront has no dropout); call model.eval()"
+        elif plan is not None or attention_mask is not None:
+            blocker = "the batch is padded (padded rows run segment by segment)"
+        elif self.config.segment_alignment != "left":
+            blocker = f"segment_alignment={self.config.segment_alignment!r} (it needs 'left')"
+        if blocker is None and wavefront:
+            blocker = wavefront_blocker(self)
+        if blocker is None:
+            return True
+        if wavefront:  # asked for in the call: say why not
+            raise ValueError(f"wavefront=True cannot run here: {blocker}.")
+        return False
+
+    def _wavefront_steps(self, embed, bounds, memory, logits_for) -> list[SegmentStep] | None:
+        """The segments of one input as :class:`armt.segments.SegmentStep`, the full ones run
+        along the diagonals and a short last one after them; ``None`` when fewer than two are
+        full. Only the last step carries the memory."""
+        S = self.config.segment_size
+        n, n_full = len(bounds), sum(1 for a, b in bounds if b - a == S)
+        if n_full < 2:
+            return None
+        logits, memory = self.wavefront_plan().run(embed(0, n_full * S), memory,
+                                                   lambda s: logits_for(s, s == n - 1))
+        steps = [SegmentStep(s, a, b, logits[s], None, s == n - 1) for s, (a, b) in enumerate(bounds[:n_full])]
+        if n_full == n:
+            steps[-1].memory = memory
+            return steps
+        a, b = bounds[-1]
+        last_logits, memory = run_segment(self.cell, embed(a, b), None, memory,
+                                          compute_logits=logits_for(n - 1, True))
+        return steps + [SegmentStep(n - 1, a, b, last_logits, memory, True)]
 
     @staticmethod
     def _segment_loss(logits, labels, labels_mask, a, b, L, last):

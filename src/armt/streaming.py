@@ -19,7 +19,6 @@ from torch import Tensor
 
 from .segments import run_segment
 from .state import MemoryState
-from .wavefront import Wavefront
 
 TokenChunk = Union[Tensor, "list[int]"]
 
@@ -72,9 +71,10 @@ class MemoryReader:
         progress: show a tqdm bar in tokens (``total`` sets its length when known).
         wavefront: write the full segments of each chunk along the diagonals (all layers at
             once, one segment apart; see :mod:`armt.wavefront`): the same memory in fewer, larger
-            operations. Needs a model in eval mode of a family in
-            ``armt.wavefront.WAVEFRONT_FAMILIES``, no ``compute_loss`` and no sliding window;
-            pays when chunks hold many segments. Padded segments and the last partial one still
+            operations. ``True`` needs a model in eval mode of a family in
+            ``armt.wavefront.WAVEFRONT_FAMILIES``, no ``compute_loss`` and no sliding window, and
+            says why otherwise; ``None`` follows ``ARMTConfig.wavefront`` where it can apply.
+            Pays when chunks hold many segments. Padded segments and the last partial one still
             run one by one.
 
     Example:
@@ -93,11 +93,13 @@ class MemoryReader:
 
     def __init__(self, model, memory: MemoryState | None = None, *, compute_loss: bool = False,
                  keep_last_logits: bool = False, progress: bool = False, total: int | None = None,
-                 wavefront: bool = False):
+                 wavefront: bool | None = None):
         self.model = model
         if wavefront and compute_loss:
             raise ValueError("wavefront=True computes no per-token logits; use compute_loss with wavefront=False.")
-        self._wavefront = Wavefront(model) if wavefront else None
+        if wavefront is None:  # the config's choice, where it applies
+            wavefront = model.config.wavefront and not compute_loss and not model.training
+        self._wavefront = model.wavefront_plan() if wavefront else None
         self.memory = memory
         self.compute_loss = compute_loss
         self.keep_last_logits = keep_last_logits

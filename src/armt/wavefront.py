@@ -16,6 +16,8 @@ float64).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -63,6 +65,7 @@ class _GPT2:
         D = cfg.n_embd
         self.scale = (D // self.heads) ** -0.5 if cfg.scale_attn_weights else 1.0
         self.wpe = runner.transformer.wpe
+        self.final_norm = runner.transformer.ln_f
         self.ln1 = (_stack(l.ln_1.weight for l in layers), _stack(l.ln_1.bias for l in layers))
         self.ln2 = (_stack(l.ln_2.weight for l in layers), _stack(l.ln_2.bias for l in layers))
         # Conv1D keeps its weight as (in, out): already the layout of x @ W
@@ -110,6 +113,7 @@ class _Llama:
         self.eps = cfg.rms_norm_eps
         self.window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
         self.rotary = runner.model.rotary_emb
+        self.final_norm = runner.model.norm
         attn = [l.self_attn for l in layers]
         mlp = [l.mlp for l in layers]
         w = attn[0].q_proj.weight
@@ -178,6 +182,7 @@ class _GPTNeoX:
         self.eps = cfg.layer_norm_eps
         self.parallel = cfg.use_parallel_residual
         self.rotary = runner.gpt_neox.rotary_emb
+        self.final_norm = runner.gpt_neox.final_layer_norm
         w = layers[0].attention.query_key_value.weight
         D = cfg.hidden_size
         self.ln1 = (_stack(l.input_layernorm.weight for l in layers), _stack(l.input_layernorm.bias for l in layers))
@@ -228,6 +233,31 @@ class _GPTNeoX:
 WAVEFRONT_FAMILIES = {"gpt2": _GPT2, "gpt_neox": _GPTNeoX, "llama": _Llama, "mistral": _Llama, "qwen2": _Llama}
 
 
+def wavefront_blocker(model) -> str | None:
+    """Why ``model`` (an :class:`armt.ARMTForCausalLM`) cannot run along the diagonals, with
+    what to do instead; ``None`` when it can."""
+    cell = model.cell
+    config = cell.config
+    if not config.use_memory or cell.token_memory:
+        return ("it needs the associative memory (use_memory=True, memory='associative'); other configs "
+                "carry nothing between the layers of one step to batch")
+    if config.sliding_window:
+        return ("sliding_window=True is not supported (each segment would need the previous segment's keys at "
+                "every layer); use wavefront=False")
+    if has_adapters(cell.base_model):
+        return ("it runs the base layers from their weights and does not apply peft adapters; merge them first "
+                "(model.cell.base_model.merge_and_unload()) or use wavefront=False")
+    model_type = getattr(cell.runner.config, "model_type", None)
+    family = WAVEFRONT_FAMILIES.get(model_type)
+    if family is None:
+        return f"it supports model types {sorted(WAVEFRONT_FAMILIES)}, not {model_type!r}; use wavefront=False"
+    kinds = {type(layer).__name__ for layer in cell._decoder_layers}
+    if not kinds <= set(family.layer_classes):
+        return (f"it knows the layers {family.layer_classes} for {model_type!r}, but this model has "
+                f"{sorted(kinds)}; use wavefront=False")
+    return None
+
+
 class Wavefront:
     """Reads full segments of an :class:`armt.ARMTForCausalLM` along the diagonals.
 
@@ -248,30 +278,14 @@ class Wavefront:
 
     def __init__(self, model):
         cell = model.cell
-        config = cell.config
-        if not config.use_memory or cell.token_memory:
-            raise ValueError("wavefront reading needs the associative memory (use_memory=True, memory='associative'); "
-                             "other configs carry nothing between layers of one step to batch.")
-        if config.sliding_window:
-            raise ValueError("wavefront reading does not support sliding_window=True (each segment would need "
-                             "the previous segment's keys at every layer); read with wavefront=False.")
-        if has_adapters(cell.base_model):
-            raise ValueError("wavefront reading runs the base layers from their weights and does not apply peft "
-                             "adapters; merge them first (model.cell.base_model.merge_and_unload()) or read with "
-                             "wavefront=False.")
+        reason = wavefront_blocker(model)
+        if reason:
+            raise ValueError(f"wavefront reading cannot run here: {reason}.")
         if model.training:
             raise ValueError("wavefront reading has no dropout; call model.eval() first.")
         runner = cell.runner
-        model_type = getattr(runner.config, "model_type", None)
-        family = WAVEFRONT_FAMILIES.get(model_type)
-        if family is None:
-            raise ValueError(f"wavefront reading supports model types {sorted(WAVEFRONT_FAMILIES)}, not "
-                             f"{model_type!r}; read with wavefront=False.")
+        family = WAVEFRONT_FAMILIES[runner.config.model_type]
         layers = cell._decoder_layers
-        kinds = {type(l).__name__ for l in layers}
-        if not kinds <= set(family.layer_classes):
-            raise ValueError(f"wavefront reading knows the layers {family.layer_classes} for {model_type!r}, but "
-                             f"this model has {sorted(kinds)}; read with wavefront=False.")
         self.cell = cell
         self.layers = family(runner, layers)
         mem = cell.memory_layers
@@ -321,21 +335,29 @@ class Wavefront:
             newz = torch.cat([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
             z.copy_(newz.view(z.shape))
 
-    @torch.no_grad()
     def read(self, ids: Tensor, memory: MemoryState | None) -> MemoryState:
         """Write ``ids`` ``(B, N * segment_size)``, N full segments, into ``memory``; returns the
         state after the last, equal to running the segments one after another."""
+        return self.run(self.cell.runner.get_input_embeddings()(ids), memory)[1]
+
+    @torch.no_grad()
+    def run(self, embeds: Tensor, memory: MemoryState | None,
+            logits_for: Callable[[int], bool] = lambda s: False) -> tuple[list[Tensor | None], MemoryState]:
+        """Run N full segments of embeddings ``(B, N * segment_size, d_model)`` after ``memory``.
+
+        Returns the logits ``(B, segment_size, vocab)`` of every segment ``s`` with
+        ``logits_for(s)`` (``None`` for the others) and the state after the last segment."""
         cell = self.cell
         S, M, L = cell.config.segment_size, cell.num_mem_tokens, cell.num_layers
-        B, total = ids.shape
+        B, total, D = embeds.shape
         if total == 0 or total % S:
             raise ValueError(f"wavefront reading takes whole segments: {total} tokens is not a positive multiple "
                              f"of segment_size={S}.")
         N = total // S
-        embeds = cell.runner.get_input_embeddings()(ids).view(B, N, S, -1).transpose(0, 1)  # (N, B, S, D)
-        D = embeds.shape[-1]
+        embeds = embeds.view(B, N, S, D).transpose(0, 1)  # (N, B, S, D)
         parts = [embeds, cell.memory_tokens.view(1, 1, M, D).expand(N, B, M, D)]
-        if cell.sink is not None:
+        o = int(cell.sink is not None)
+        if o:
             parts.insert(0, cell.sink.view(1, 1, 1, D).expand(N, B, 1, D))
         x0 = self.layers.embed(torch.cat(parts, dim=2))  # (N, B, P, D)
 
@@ -347,6 +369,8 @@ class Wavefront:
         else:
             A = torch.stack([m.A for m in memory.layers])
             z = torch.stack([m.z for m in memory.layers]) if self.use_denom else None
+        logits: list[Tensor | None] = [None] * N
+        head = cell.runner.get_output_embeddings()
         prev, prev_lo = None, 0
         for t in range(N + L - 1):
             lo, hi = max(0, t - N + 1), min(L - 1, t)  # layer l works on segment t - l
@@ -361,9 +385,11 @@ class Wavefront:
             h = self._read(h, A[sl], None if z is None else z[sl], sl)
             h = self.layers(h, sl)
             self._write(h[:, :, -M:], A[sl], None if z is None else z[sl], sl, fresh=memory is None and hi == t)
+            if hi == L - 1 and logits_for(t - hi):  # the last layer finished segment t - (L - 1)
+                logits[t - hi] = head(self.layers.final_norm(h[-1, :, o:o + S]))
             prev, prev_lo = h, lo
         layers = tuple(LayerMemory(A[l].clone(), None if z is None else z[l].clone()) for l in range(L))
         if memory is None:
-            return MemoryState(layers, N)
-        return MemoryState(layers, memory.segments + N,
-                           counts=None if memory.counts is None else memory.counts + N)
+            return logits, MemoryState(layers, N)
+        return logits, MemoryState(layers, memory.segments + N,
+                                   counts=None if memory.counts is None else memory.counts + N)

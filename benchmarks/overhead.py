@@ -2,7 +2,9 @@
 
 For the tiny GPT-2 and Llama configs of the official reference dumps (batch 4, segment 128,
 16 memory tokens, d_mem 32), prints the time of a training step (forward + backward + AdamW)
-and of no-grad inference, ARMT divided by the bare model, for 512, 1024 and 2048 tokens.
+and of no-grad inference, ARMT divided by the bare model, for 512, 1024 and 2048 tokens; both also
+with ``wavefront=True`` (all layers at once along the diagonals, :mod:`armt.wavefront`). Every row
+runs in a fresh process.
 It also checks for denormal floats: the same run with flush-to-zero on, and the share of
 subnormal values in the memory state and the gradients.
 
@@ -46,10 +48,10 @@ def _bare_step(base, opt, ids, segment):
     return step
 
 
-def _armt_step(model, opt, ids):
+def _armt_step(model, opt, ids, wavefront=False):
     def step():
         opt.zero_grad(set_to_none=True)
-        model(ids, labels=ids).loss.backward()
+        model(ids, labels=ids, wavefront=wavefront).loss.backward()
         opt.step()
     return step
 
@@ -62,10 +64,10 @@ def _bare_infer(base, ids, segment):
     return run
 
 
-def _armt_infer(model, ids):
+def _armt_infer(model, ids, wavefront=False):
     def run():
         with torch.no_grad():
-            model(ids)
+            model(ids, wavefront=wavefront)
     return run
 
 
@@ -79,13 +81,12 @@ def _subnormal_share(tensors) -> float:
     return hits / max(total, 1)
 
 
-def smollm2(path: str, repeats: int) -> None:
+def smollm2(path: str, repeats: int) -> dict | None:
     """ARMT / bare on SmolLM2-135M at the width real users run (see the module docstring)."""
     import os
 
     if not os.path.isfile(os.path.join(path, "config.json")):
-        print(f"SmolLM2: skipped, {path} not found; export it once with: armt export-base --smollm2 {path}")
-        return
+        return None
     from armt.bases import load_base_model
 
     segment, length = 256, 1024
@@ -104,22 +105,75 @@ def smollm2(path: str, repeats: int) -> None:
     def armt_train():
         model(ids, labels=ids).loss.backward()
 
+    def armt_train_wave():
+        model(ids, labels=ids, wavefront=True).loss.backward()
+
     def bare_read():
         with torch.no_grad():
             for a, b in segment_bounds(length, segment, "left"):
                 base.model(ids[:, a:b])
 
-    def armt_read():
-        model.read([ids])
+    return {"tb": _time(bare_train, repeats), "ta": _time(armt_train, repeats),
+            "tw": _time(armt_train_wave, repeats), "rb": _time(bare_read, repeats),
+            "ra": _time(lambda: model.read([ids]), repeats),
+            "rw": _time(lambda: model.read([ids], wavefront=True), repeats)}
 
-    tb, ta = _time(bare_train, repeats), _time(armt_train, repeats)
-    rb, ra = _time(bare_read, repeats), _time(armt_read, repeats)
-    print("| model | tokens | train bare (s) | train ARMT (s) | train ratio | read bare (s) | read ARMT (s) | read ratio |")
-    print("|---|---|---|---|---|---|---|---|")
-    print(f"| SmolLM2-135M | {length} | {tb:.3f} | {ta:.3f} | {ta / tb:.2f}x | {rb:.3f} | {ra:.3f} | {ra / rb:.2f}x |")
+
+def _tiny_model(family: str, segment: int):
+    base = tiny_base_model(family)
+    model = armt.ARMTForCausalLM(tiny_base_model(family), armt.ARMTConfig(num_mem_tokens=16, d_mem=32,
+                                                                            segment_size=segment))
+    # W_mv = 0 at init would leave the memory path idle; make it live as after training
+    torch.manual_seed(1)
+    for mem in model.cell.memory_layers:
+        mem.W_mv.reset_parameters()
+    return base.eval(), model.eval()  # dropout off so both sides do the same work
+
+
+def tiny_row(family: str, length: int, batch: int, repeats: int, segment: int = 128) -> dict:
+    base, model = _tiny_model(family, segment)
+    opt_bare = torch.optim.AdamW(base.parameters(), lr=1e-4)
+    opt_armt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ids = torch.randint(base.config.vocab_size, (batch, length), generator=torch.Generator().manual_seed(0))
+    return {"tb": _time(_bare_step(base, opt_bare, ids, segment), repeats),
+            "ta": _time(_armt_step(model, opt_armt, ids), repeats),
+            "tw": _time(_armt_step(model, opt_armt, ids, wavefront=True), repeats),
+            "ib": _time(_bare_infer(base, ids, segment), repeats),
+            "ia": _time(_armt_infer(model, ids), repeats),
+            "iw": _time(_armt_infer(model, ids, wavefront=True), repeats)}
+
+
+def denormals(family: str, length: int, batch: int, repeats: int, segment: int = 128) -> str:
+    """Share of subnormal floats in the state and gradients, and the step time with flush-to-zero."""
+    _, model = _tiny_model(family, segment)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ids = torch.randint(model.cell.runner.config.vocab_size, (batch, length), generator=torch.Generator().manual_seed(0))
+    out = model(ids, labels=ids)
+    out.loss.backward()
+    share_state = _subnormal_share(out.memory.tensors().values())
+    share_grads = _subnormal_share(p.grad for p in model.parameters() if p.grad is not None)
+    flushed = torch.set_flush_denormal(True)
+    tf = _time(_armt_step(model, opt, ids), repeats)
+    torch.set_flush_denormal(False)
+    tn = _time(_armt_step(model, opt, ids), repeats)
+    return (f"{family}: subnormal share in memory state {share_state:.2e}, in gradients {share_grads:.2e}; "
+            f"train step {length} tokens: {tn:.3f}s as is, "
+            + (f"{tf:.3f}s with flush-to-zero ({tn / tf:.2f}x)" if flushed else "flush-to-zero unsupported"))
+
+
+def _in_fresh_process(args, *worker: str):
+    import json
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, __file__, "--threads", str(args.threads), "--repeats", str(args.repeats),
+           "--batch", str(args.batch), "--worker", *worker]
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
+    import json
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median is printed)")
@@ -127,52 +181,47 @@ def main() -> None:
     parser.add_argument("--lengths", nargs="+", type=int, default=[512, 1024, 2048], help="tokens per sample")
     parser.add_argument("--batch", type=int, default=4, help="batch size")
     parser.add_argument("--smollm2", metavar="PATH", help="also time SmolLM2-135M exported to PATH")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    segment = 128
-    cfg = armt.ARMTConfig(num_mem_tokens=16, d_mem=32, segment_size=segment)
+    if args.worker:  # one figure, in its own process
+        kind, *rest = args.worker
+        if kind == "tiny":
+            result = tiny_row(rest[0], int(rest[1]), args.batch, args.repeats)
+        elif kind == "denormals":
+            result = denormals(rest[0], int(rest[1]), args.batch, args.repeats)
+        else:
+            result = smollm2(rest[0], args.repeats)
+        print(json.dumps(result))
+        return
 
-    print(f"threads={args.threads} batch={args.batch} segment={segment} mem_tokens=16 d_mem=32 "
-          f"torch={torch.__version__}")
-    print("| model | tokens | train bare (s) | train ARMT (s) | train ratio | infer bare (s) | infer ARMT (s) | infer ratio |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"threads={args.threads} batch={args.batch} segment=128 mem_tokens=16 d_mem=32 torch={torch.__version__}; "
+          "each row a fresh process")
+    print("| model | tokens | train bare (s) | train ARMT (s) | ratio | train wavefront (s) | ratio | infer bare (s) "
+          "| infer ARMT (s) | ratio | infer wavefront (s) | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for family in args.families:
-        base = tiny_base_model(family).train()
-        model = armt.ARMTForCausalLM(tiny_base_model(family), cfg).train()
-        # W_mv = 0 at init would leave the memory path idle; make it live as after training
-        torch.manual_seed(1)
-        for mem in model.cell.memory_layers:
-            mem.W_mv.reset_parameters()
-        # dropout off so both sides do the same work
-        base.eval()
-        model.eval()
-        opt_bare = torch.optim.AdamW(base.parameters(), lr=1e-4)
-        opt_armt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         for length in args.lengths:
-            ids = torch.randint(base.config.vocab_size, (args.batch, length), generator=torch.Generator().manual_seed(0))
-            tb = _time(_bare_step(base, opt_bare, ids, segment), args.repeats)
-            ta = _time(_armt_step(model, opt_armt, ids), args.repeats)
-            ib = _time(_bare_infer(base, ids, segment), args.repeats)
-            ia = _time(_armt_infer(model, ids), args.repeats)
-            print(f"| {family} | {length} | {tb:.3f} | {ta:.3f} | {ta / tb:.2f}x | {ib:.3f} | {ia:.3f} | {ia / ib:.2f}x |")
-
-        # denormals: share of subnormal floats, and the time with flush-to-zero for comparison
-        ids = torch.randint(base.config.vocab_size, (args.batch, args.lengths[-1]), generator=torch.Generator().manual_seed(0))
-        opt_armt.zero_grad(set_to_none=True)
-        out = model(ids, labels=ids)
-        out.loss.backward()
-        share_state = _subnormal_share(out.memory.tensors().values())
-        share_grads = _subnormal_share(p.grad for p in model.parameters() if p.grad is not None)
-        flushed = torch.set_flush_denormal(True)
-        tf = _time(_armt_step(model, opt_armt, ids), args.repeats)
-        torch.set_flush_denormal(False)
-        tn = _time(_armt_step(model, opt_armt, ids), args.repeats)
-        print(f"{family}: subnormal share in memory state {share_state:.2e}, in gradients {share_grads:.2e}; "
-              f"train step {args.lengths[-1]} tokens: {tn:.3f}s as is, "
-              + (f"{tf:.3f}s with flush-to-zero ({tn / tf:.2f}x)" if flushed else "flush-to-zero unsupported"))
+            r = _in_fresh_process(args, "tiny", family, str(length))
+            print(f"| {family} | {length} | {r['tb']:.3f} | {r['ta']:.3f} | {r['ta'] / r['tb']:.2f}x | {r['tw']:.3f} "
+                  f"| {r['tw'] / r['tb']:.2f}x | {r['ib']:.3f} | {r['ia']:.3f} | {r['ia'] / r['ib']:.2f}x | {r['iw']:.3f} "
+                  f"| {r['iw'] / r['ib']:.2f}x |", flush=True)
+    for family in args.families:
+        print(_in_fresh_process(args, "denormals", family, str(args.lengths[-1])), flush=True)
 
     if args.smollm2:
-        smollm2(args.smollm2, args.repeats)
+        r = _in_fresh_process(args, "smollm2", args.smollm2)
+        if r is None:
+            print(f"SmolLM2: skipped, {args.smollm2} not found; export it once with: "
+                  f"armt export-base --smollm2 {args.smollm2}")
+            return
+        print("\nSmolLM2-135M, batch 1, segment 256, 16 memory tokens, d_mem 64 (train: forward + backward)")
+        print("| model | tokens | train bare (s) | train ARMT (s) | ratio | train wavefront (s) | ratio | read bare (s) "
+              "| read ARMT (s) | ratio | read wavefront (s) | ratio |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print(f"| SmolLM2-135M | 1024 | {r['tb']:.3f} | {r['ta']:.3f} | {r['ta'] / r['tb']:.2f}x | {r['tw']:.3f} "
+              f"| {r['tw'] / r['tb']:.2f}x | {r['rb']:.3f} | {r['ra']:.3f} | {r['ra'] / r['rb']:.2f}x | {r['rw']:.3f} "
+              f"| {r['rw'] / r['rb']:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@
 set -euo pipefail
 RUNS=${RUNS:-runs}
 OUT=${OUT:-docs/babilong_smollm2}
-N_SHORT=${N_SHORT:-20}; N_MID=${N_MID:-8}; N_LONG=${N_LONG:-3}; N_LONGEST=${N_LONGEST:-1}
+N_SHORT=${N_SHORT:-20}; N_MID=${N_MID:-10}; N_LONG=${N_LONG:-5}; N_LONGEST=${N_LONGEST:-2}
 BASE=bases/smollm2-135m
 DATA="--tasks qa1 --babi ../shared/data/babi --background ../shared/data/gutenberg --quiet"
 [ -f "$BASE/config.json" ] || armt export-base --smollm2 "$BASE"

@@ -111,7 +111,7 @@ def test_wavefront_refuses_what_it_cannot_run(tiny_armt):
         Wavefront(tiny_armt("llama", use_memory=False))
     model = tiny_armt("llama")
     with pytest.raises(ValueError, match="eval"):
-        Wavefront(model.train())
+        armt.MemoryReader(model.train(), wavefront=True)
     model.eval()
     with pytest.raises(ValueError, match="compute_loss"):
         armt.MemoryReader(model, compute_loss=True, wavefront=True)
@@ -147,6 +147,34 @@ def test_forward_with_wavefront_equals_the_sequential_forward(tiny_armt, family,
                 assert torch.allclose(wave.segment_losses, sequential.segment_losses, atol=1e-10, equal_nan=True)
 
 
+@pytest.mark.all_families
+@pytest.mark.parametrize("with_state", [False, True])
+def test_training_through_the_wavefront_gives_the_same_gradients(tiny_armt, family, with_state):
+    """Forward and backward along the diagonals (no dropout): loss, memory and every gradient
+    equal the sequential pass, also through a state passed in."""
+    model = tiny_armt(family, use_sink=True).train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    for name in ("attention_dropout", "attn_pdrop"):
+        if hasattr(model.cell.runner.config, name):
+            setattr(model.cell.runner.config, name, 0.0)
+    ids = torch.randint(99, (2, 8 * 5 + 3), generator=torch.Generator().manual_seed(12))
+    start = model.eval().read([ids[:, :16]]).memory if with_state else None
+    model.train()
+    results = []
+    for wavefront in (False, True):
+        model.zero_grad(set_to_none=True)
+        out = model(ids, labels=ids, memory=start, wavefront=wavefront)
+        (out.loss + out.memory.layers[-1].A.sum()).backward()
+        results.append((out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (loss_seq, grads_seq), (loss_wave, grads_wave) = results
+    assert abs(loss_seq - loss_wave) < 1e-10
+    assert grads_seq.keys() == grads_wave.keys() and len(grads_seq) > 0
+    for name, g in grads_seq.items():
+        assert (g - grads_wave[name]).abs().max() <= 1e-9 * max(1.0, g.abs().max().item()), name
+
+
 def test_config_wavefront_applies_where_it_can(tiny_armt):
     model = tiny_armt("gpt2", wavefront=True)
     ids = torch.randint(99, (1, 40), generator=torch.Generator().manual_seed(10))
@@ -171,8 +199,12 @@ def test_config_wavefront_applies_where_it_can(tiny_armt):
 def test_explicit_wavefront_says_why_it_cannot_run(tiny_armt):
     model = tiny_armt("gpt2")
     ids = torch.randint(99, (2, 40), generator=torch.Generator().manual_seed(11))
-    with pytest.raises(ValueError, match="no_grad"):
+    with pytest.raises(ValueError, match="checkpointing"):
+        model.gradient_checkpointing_enable()
         model(ids, wavefront=True)
+    model.gradient_checkpointing_disable()
+    with pytest.raises(ValueError, match="bptt_segments"):
+        tiny_armt("gpt2", bptt_segments=2)(ids, wavefront=True)
     with torch.no_grad():
         with pytest.raises(ValueError, match="padded"):
             model(ids, attention_mask=torch.tensor([[1] * 40, [0] + [1] * 39]), wavefront=True)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ARMTConfig
@@ -76,9 +77,14 @@ class AssociativeMemory(nn.Module):
 
     def write(self, mem_out: Tensor, memory: LayerMemory | None) -> LayerMemory:
         """Write the memory-token outputs ``(B, M, d_model)`` into ``memory`` (None = empty)."""
-        k = fused.dpfp(self._heads(self.W_mk(mem_out)), self.nu)  # (B, H, M, d_key/H)
-        v = self._heads(self.W_mv(mem_out))  # (B, H, M, d_model/H)
-        beta = self._heads(torch.sigmoid(self.W_mb(mem_out)))  # (B, H, M, 1 or d_model/H)
+        # key, value and strength read the same outputs: one product instead of three
+        d_mem, d_model = self.W_mk.out_features, self.W_mv.out_features
+        weight = torch.cat([self.W_mk.weight, self.W_mv.weight, self.W_mb.weight])
+        bias = torch.cat([self.W_mb.bias.new_zeros(d_mem + d_model), self.W_mb.bias])
+        k, v, b = F.linear(mem_out, weight, bias).split([d_mem, d_model, self.W_mb.out_features], dim=-1)
+        k = fused.dpfp(self._heads(k), self.nu)  # (B, H, M, d_key/H)
+        v = self._heads(v)  # (B, H, M, d_model/H)
+        beta = self._heads(torch.sigmoid(b))  # (B, H, M, 1 or d_model/H)
         if self.state_dtype is not None:
             k, v, beta = k.to(self.state_dtype), v.to(self.state_dtype), beta.to(self.state_dtype)
         A, z = fused.write(

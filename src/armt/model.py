@@ -49,6 +49,15 @@ def _base_checkpointing_on(base: nn.Module) -> bool:
     return False
 
 
+def _active_dropout(model: nn.Module) -> bool:
+    """Does ``model`` drop anything in training mode (dropout modules, or attention dropout
+    that Hugging Face layers read from the config)?"""
+    if any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
+        return True
+    config = getattr(model, "config", None)
+    return any(float(getattr(config, name, 0) or 0) > 0 for name in ("attention_dropout", "attn_pdrop"))
+
+
 class ARMTForCausalLM(nn.Module):
     """Associative Recurrent Memory Transformer around any Hugging Face causal LM.
 
@@ -98,7 +107,8 @@ class ARMTForCausalLM(nn.Module):
         weight changed (an optimizer step, ``load_state_dict``), since it holds stacked copies."""
         key = tuple((id(p), p._version) for p in self.parameters())
         if self._wavefront_cache is None or self._wavefront_cache[0] != key:
-            self._wavefront_cache = (key, Wavefront(self))
+            with torch.no_grad():
+                self._wavefront_cache = (key, Wavefront(self))
         return self._wavefront_cache[1]
 
     @property
@@ -455,10 +465,13 @@ class ARMTForCausalLM(nn.Module):
         if wavefront is False or (wavefront is None and not self.config.wavefront):
             return False
         blocker = None
-        if torch.is_grad_enabled():
-            blocker = "gradients are on (training runs segment by segment); call it under torch.no_grad()"
-        elif self.training:
-            blocker = "the model is in training mode (the wavefront has no dropout); call model.eval()"
+        grad = torch.is_grad_enabled()
+        if grad and self.gradient_checkpointing:
+            blocker = "per-segment gradient checkpointing is on (it recomputes segments one by one)"
+        elif grad and self.config.bptt_segments is not None:
+            blocker = "bptt_segments is set (truncated backpropagation detaches between segments)"
+        elif self.training and _active_dropout(self.cell.runner):
+            blocker = "the model is in training mode with dropout (the wavefront has none); call model.eval() or set the dropout to 0"
         elif plan is not None or attention_mask is not None:
             blocker = "the batch is padded (padded rows run segment by segment)"
         elif self.config.segment_alignment != "left":
@@ -479,8 +492,9 @@ class ARMTForCausalLM(nn.Module):
         n, n_full = len(bounds), sum(1 for a, b in bounds if b - a == S)
         if n_full < 2:
             return None
-        logits, memory = self.wavefront_plan().run(embed(0, n_full * S), memory,
-                                                   lambda s: logits_for(s, s == n - 1))
+        # with gradients the stacked weights are built for this call, so they carry gradients back
+        plan = Wavefront(self) if torch.is_grad_enabled() else self.wavefront_plan()
+        logits, memory = plan.run(embed(0, n_full * S), memory, lambda s: logits_for(s, s == n - 1))
         steps = [SegmentStep(s, a, b, logits[s], None, s == n - 1) for s, (a, b) in enumerate(bounds[:n_full])]
         if n_full == n:
             steps[-1].memory = memory

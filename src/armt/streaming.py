@@ -97,6 +97,8 @@ class MemoryReader:
         self.model = model
         if wavefront and compute_loss:
             raise ValueError("wavefront=True computes no per-token logits; use compute_loss with wavefront=False.")
+        if wavefront and model.training:
+            raise ValueError("wavefront=True reads in eval mode (it has no dropout); call model.eval() first.")
         if wavefront is None:  # the config's choice, where it applies
             wavefront = model.config.wavefront and not compute_loss and not model.training
         self._wavefront = model.wavefront_plan() if wavefront else None

@@ -28,12 +28,13 @@ from .state import LayerMemory, MemoryState
 
 
 def _stack(tensors, transpose: bool = False) -> Tensor:
-    return torch.stack([t.detach().t() if transpose else t.detach() for t in tensors]).contiguous()
+    # differentiable when built with gradients on (a training forward), a plain copy otherwise
+    return torch.stack([t.t() if transpose else t for t in tensors]).contiguous()
 
 
 def _bias(linear: nn.Module, out_features: int, like: Tensor) -> Tensor:
     b = getattr(linear, "bias", None)
-    return b.detach() if b is not None else like.new_zeros(out_features)
+    return b if b is not None else like.new_zeros(out_features)
 
 
 def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -281,8 +282,6 @@ class Wavefront:
         reason = wavefront_blocker(model)
         if reason:
             raise ValueError(f"wavefront reading cannot run here: {reason}.")
-        if model.training:
-            raise ValueError("wavefront reading has no dropout; call model.eval() first.")
         runner = cell.runner
         family = WAVEFRONT_FAMILIES[runner.config.model_type]
         layers = cell._decoder_layers
@@ -312,8 +311,9 @@ class Wavefront:
         return h + out.to(h.dtype).transpose(1, 2).reshape(h.shape)
 
     def _write(self, out: Tensor, A: Tensor, z: Tensor | None, sl: slice, fresh: bool):
-        """Write the memory-token outputs of the active layers; with ``fresh`` the last active
-        layer is on the stream's first segment and writes into the empty memory."""
+        """Write the memory-token outputs of the active layers into their memories ``A``, ``z``
+        (stacked over those layers); with ``fresh`` the last active layer is on the stream's
+        first segment and writes into the empty memory. Returns the new ``(A, z)``."""
         Lp, B, M, D = out.shape
         kvb = _linear(out.reshape(Lp, B * M, D), self.W_kvb[sl], self.b_kvb[sl]).view(Lp, B, M, -1)
         k, v, b = kvb.split(self.split, dim=-1)
@@ -325,28 +325,29 @@ class Wavefront:
         kw = dict(use_denom=self.use_denom, correction=self.correction)
         parts = []
         if n:
-            old = (A[:Lp].flatten(0, 1)[:n], None if z is None else z[:Lp].flatten(0, 1)[:n])
+            old = (A.flatten(0, 1)[:n], None if z is None else z.flatten(0, 1)[:n])
             parts.append(fused.write(k[:n], v[:n], beta[:n], old, **kw))
         if fresh:
             parts.append(fused.write(k[n:], v[n:], beta[n:], None, **kw))
         newA = torch.cat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
-        A.copy_(newA.view(A.shape))
-        if z is not None:
-            newz = torch.cat([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
-            z.copy_(newz.view(z.shape))
+        if z is None:
+            return newA.view(A.shape), None
+        newz = torch.cat([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+        return newA.view(A.shape), newz.view(z.shape)
 
     def read(self, ids: Tensor, memory: MemoryState | None) -> MemoryState:
         """Write ``ids`` ``(B, N * segment_size)``, N full segments, into ``memory``; returns the
         state after the last, equal to running the segments one after another."""
         return self.run(self.cell.runner.get_input_embeddings()(ids), memory)[1]
 
-    @torch.no_grad()
     def run(self, embeds: Tensor, memory: MemoryState | None,
             logits_for: Callable[[int], bool] = lambda s: False) -> tuple[list[Tensor | None], MemoryState]:
         """Run N full segments of embeddings ``(B, N * segment_size, d_model)`` after ``memory``.
 
         Returns the logits ``(B, segment_size, vocab)`` of every segment ``s`` with
-        ``logits_for(s)`` (``None`` for the others) and the state after the last segment."""
+        ``logits_for(s)`` (``None`` for the others) and the state after the last segment.
+        Differentiable when gradients are on and the plan was built with them (the stacked
+        weights then carry the gradients back to each layer's own)."""
         cell = self.cell
         S, M, L = cell.config.segment_size, cell.num_mem_tokens, cell.num_layers
         B, total, D = embeds.shape
@@ -363,12 +364,13 @@ class Wavefront:
 
         shape = cell.memory_layers[0].empty_shape(B, D)
         dtype = self.state_dtype or embeds.dtype
+        # per layer, replaced (not updated in place) at every write, so autograd can follow
         if memory is None:
-            A = embeds.new_zeros((L, *shape), dtype=dtype)
-            z = embeds.new_zeros((L, *shape[:-1]), dtype=dtype) if self.use_denom else None
+            As = [embeds.new_zeros(shape, dtype=dtype)] * L
+            zs = [embeds.new_zeros(shape[:-1], dtype=dtype) if self.use_denom else None] * L
         else:
-            A = torch.stack([m.A for m in memory.layers])
-            z = torch.stack([m.z for m in memory.layers]) if self.use_denom else None
+            As = [m.A for m in memory.layers]
+            zs = [m.z for m in memory.layers]
         logits: list[Tensor | None] = [None] * N
         head = cell.runner.get_output_embeddings()
         prev, prev_lo = None, 0
@@ -381,14 +383,19 @@ class Wavefront:
                 inputs.append(prev[max(lo, 1) - 1 - prev_lo:hi - prev_lo])
             h = torch.cat(inputs) if len(inputs) > 1 else inputs[0]
             sl = slice(lo, hi + 1)
+            A = torch.stack(As[sl])
+            z = torch.stack(zs[sl]) if self.use_denom else None
             # the empty memory reads exactly zero (A = 0, z = 0), as skipping the read does
-            h = self._read(h, A[sl], None if z is None else z[sl], sl)
+            h = self._read(h, A, z, sl)
             h = self.layers(h, sl)
-            self._write(h[:, :, -M:], A[sl], None if z is None else z[sl], sl, fresh=memory is None and hi == t)
+            A, z = self._write(h[:, :, -M:], A, z, sl, fresh=memory is None and hi == t)
+            As[sl] = A.unbind(0)
+            if z is not None:
+                zs[sl] = z.unbind(0)
             if hi == L - 1 and logits_for(t - hi):  # the last layer finished segment t - (L - 1)
                 logits[t - hi] = head(self.layers.final_norm(h[-1, :, o:o + S]))
             prev, prev_lo = h, lo
-        layers = tuple(LayerMemory(A[l].clone(), None if z is None else z[l].clone()) for l in range(L))
+        layers = tuple(LayerMemory(a, z) for a, z in zip(As, zs))
         if memory is None:
             return logits, MemoryState(layers, N)
         return logits, MemoryState(layers, memory.segments + N,

@@ -51,7 +51,7 @@ def run_capacity_benchmark(kinds: Sequence[str] = ("armt", "rmt"), *, recipe: Ca
         "chance": chance_level(CapacityConfig(num_pairs=1)), "models": {},
     }
     for kind in kinds:
-        spec = replace(model, kind=kind)
+        spec = replace(model, kind=kind, wavefront=model.wavefront and kind == "armt")
         net = spec.build(CapacityConfig(num_pairs=1, variant=recipe.variant))
         log(f"[{kind}] training: curriculum N={list(recipe.curriculum)}, budget {recipe.time_budget_s:.0f}s, "
             f"model seed {spec.seed}, data seed {recipe.seed}")

@@ -34,6 +34,8 @@ class CapacityModelSpec:
     Args:
         kind: ``armt`` (associative memory), ``rmt`` (memory tokens only, the RMT baseline) or
             ``none`` (no memory: each segment sees only itself; the control).
+        wavefront: run ARMT's segments along the diagonals, in training too (GPT-NeoX here has
+            no dropout; see :mod:`armt.wavefront`); the same numbers, fewer operations.
     """
 
     kind: str = "armt"
@@ -44,10 +46,13 @@ class CapacityModelSpec:
     num_mem_tokens: int = 4
     d_mem: int = 32
     seed: int = 0
+    wavefront: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
             raise ValueError(f"kind={self.kind!r} is unknown; use one of {MODEL_KINDS}.")
+        if self.wavefront and self.kind != "armt":
+            raise ValueError(f"wavefront=True needs kind='armt' (the associative memory), not {self.kind!r}.")
 
     def build(self, task: CapacityConfig | None = None) -> ARMTForCausalLM:
         """A fresh model for ``task``'s vocabulary and segment size.
@@ -66,7 +71,8 @@ class CapacityModelSpec:
         # only the query segment is scored: the other segments skip the head and the loss
         config = ARMTConfig(num_mem_tokens=self.num_mem_tokens, d_mem=self.d_mem, segment_size=task.segment_size,
                             memory="tokens" if self.kind == "rmt" else "associative",
-                            use_memory=self.kind != "none", last_segment_loss_only=True)
+                            use_memory=self.kind != "none", last_segment_loss_only=True,
+                            wavefront=self.wavefront)
         torch.manual_seed(self.seed)
         return ARMTForCausalLM(base, config)
 

@@ -31,14 +31,25 @@ class BabilongTrainingSet(Dataset):
         split: bAbI split to draw questions from (``"train"`` for training).
         seed: background placement seed.
         prompt: the template shared with evaluation.
+        question_segment: ``shared`` fills the last segment with the end of the context, the
+            question and the answer (the official recipe); ``alone`` gives the context exactly
+            ``num_segments - 1`` segments and puts the question and answer in the last one by
+            themselves, as ``armt babilong eval`` lays out a sample of that length (``0.5k`` with
+            segments of 256: two segments of context, then the question). Only the memory can
+            then carry the facts to the question.
     """
 
     def __init__(self, tokenizer, tasks: Sequence[str], n: int, num_segments: int, segment_size: int,
                  sentences: Any, babi_source: Any, *, split: str = "train", seed: int = 0,
-                 prompt: BabilongPrompt | None = None):
+                 prompt: BabilongPrompt | None = None, question_segment: str = "shared"):
         prompt = prompt or BabilongPrompt()
+        if question_segment not in ("shared", "alone"):
+            raise ValueError(f"question_segment={question_segment!r} is unknown; use 'shared' or 'alone'.")
         total = num_segments * segment_size
         context = max(0, total - QUERY_BUDGET - len(prompt.prefix_ids(tokenizer)))
+        if question_segment == "alone":  # the context of an evaluation length, the question after it
+            context = (num_segments - 1) * segment_size
+            total = len(prompt.prefix_ids(tokenizer)) + context + segment_size
         self.items: list[dict] = []
         per_task = []
         for task in tasks:

@@ -155,7 +155,8 @@ def _capacity_factory(cfg: RunConfig, vocab: int) -> Callable[[int, str], Datase
 def babilong_factory(cfg, tokenizer) -> Callable[[int, str], Dataset]:
     """``make(num_segments, split)`` for ``data.kind: babilong``; ``data.options`` may set
     ``tasks`` (default qa1-qa5), ``babi`` (folder, ``builtin``), ``background`` (folder of
-    books, dataset name, ``builtin``)."""
+    books, dataset name, ``builtin``) and ``question_segment`` (``shared`` or ``alone``, see
+    :class:`armt.data.babilong_training.BabilongTrainingSet`)."""
     from ..data.babilong_training import BabilongTrainingSet
     from ..data.babilong_sources import open_sources
 
@@ -167,11 +168,13 @@ def babilong_factory(cfg, tokenizer) -> Callable[[int, str], Dataset]:
         tasks = [t.strip() for t in tasks.split(",") if t.strip()]
     babi = options.pop("babi", "builtin")
     background = options.pop("background", None)
+    question_segment = options.pop("question_segment", "shared")
     for key in ("tokenizer", "tokenizer_vocab", "tokenizer_train_chars"):
         options.pop(key, None)
     if options:
         raise ValueError(f"unknown key data.options.{sorted(options)[0]} for babilong "
-                         "(known: tasks, babi, background, tokenizer, tokenizer_vocab, tokenizer_train_chars).")
+                         "(known: tasks, babi, background, question_segment, tokenizer, tokenizer_vocab, "
+                         "tokenizer_train_chars).")
     cache: dict = {}
 
     def make(num_segments: int, split: str) -> Dataset:
@@ -182,7 +185,8 @@ def babilong_factory(cfg, tokenizer) -> Callable[[int, str], Dataset]:
             per_task = max(1, n // len(tasks))
             cache[key] = BabilongTrainingSet(tokenizer, tasks, per_task, num_segments, cfg.armt.segment_size,
                                              sources.background, sources.babi, split="train" if split == "train"
-                                             else "test", seed=cfg.data.seed + (0 if split == "train" else 1))
+                                             else "test", seed=cfg.data.seed + (0 if split == "train" else 1),
+                                             question_segment=question_segment)
         return cache[key]
 
     return make

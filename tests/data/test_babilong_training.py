@@ -1,0 +1,37 @@
+"""Training samples for BABILong: where the question sits relative to the segments."""
+
+from __future__ import annotations
+
+import pytest
+
+from armt.data.babilong_sources import open_sources
+from armt.data.babilong_training import BabilongTrainingSet
+from armt.data.tokenizer import train_bpe_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer_and_sources():
+    sources = open_sources("builtin", "builtin", seed=0, split="train")
+    text = " ".join(s for _, s in zip(range(3000), sources.background.sentences()))
+    return train_bpe_tokenizer([text, "Mary went to the kitchen. Where is Mary? Answer: kitchen"], vocab_size=400), sources
+
+
+@pytest.mark.parametrize("num_segments", [2, 3])
+def test_question_alone_puts_the_question_after_whole_segments_of_context(tokenizer_and_sources, num_segments):
+    tokenizer, sources = tokenizer_and_sources
+    S = 128
+    alone = BabilongTrainingSet(tokenizer, ["qa1"], 6, num_segments, S, sources.background, sources.babi,
+                                split="train", question_segment="alone")
+    shared = BabilongTrainingSet(tokenizer, ["qa1"], 6, num_segments, S, sources.background, sources.babi,
+                                 split="train")
+    for item in alone:
+        # the context fills num_segments - 1 segments (within 1%); the last holds the question and
+        # answer (and at most a few tokens of context)
+        assert item["answer_start"] >= (num_segments - 1) * S
+        assert len(item["input_ids"]) - (num_segments - 1) * S <= 40
+    for item in shared:
+        # the official layout: the whole sample fills num_segments segments, context included in the last
+        assert len(item["input_ids"]) <= num_segments * S
+        assert len(item["input_ids"]) - (num_segments - 1) * S > 40
+    with pytest.raises(ValueError, match="question_segment"):
+        BabilongTrainingSet(tokenizer, ["qa1"], 1, 2, S, sources.background, sources.babi, question_segment="x")

@@ -12,8 +12,8 @@ step time at N=16 next to the official code's 1.94 s.
     python benchmarks/capacity.py --side-by-side   # ARMT and RMT at once, one process and thread each
     python benchmarks/capacity.py --seeds 0,1,2 --curriculum 1,2   # robustness: steps to pass per seed
     python benchmarks/capacity.py --smoke        # seconds: a tiny model, two steps, for tests
-    python benchmarks/capacity.py --step-time    # only the training step at N=16, batch 32, vs 1.94 s
-                                                 # (sequential and along the diagonals, --wavefront)
+    python benchmarks/capacity.py --step-time --models armt,none   # only the training step at N=16,
+        # batch 32, vs 1.94 s (sequential and along the diagonals), and against the bare model
 """
 
 from __future__ import annotations
@@ -61,13 +61,21 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     if args.step_time:
+        # 'none' is the bare model on the same tokens, segment by segment: the ratio to it travels
+        # between machines, where seconds do not
+        times = {}
         for kind in [k.strip() for k in args.models.split(",") if k.strip()]:
             for wave in ([False, True] if kind == "armt" else [False]):
                 net = CapacityModelSpec(seed=args.seed, kind=kind, wavefront=wave).build(CapacityConfig(num_pairs=16))
-                t16 = time_training_step(net, 16, batch_size=32, repeats=10)
-                print(f"{kind}{' (wavefront)' if wave else ''} training step at N=16, batch 32, {args.threads} threads: "
-                      f"{t16:.3f}s (median of 10; official ARMT code: {OFFICIAL_STEP_S_N16}s; "
-                      f"{OFFICIAL_STEP_S_N16 / t16:.1f}x faster)")
+                name = kind + (" (wavefront)" if wave else "")
+                times[name] = time_training_step(net, 16, batch_size=32, repeats=10)
+                print(f"{name} training step at N=16, batch 32, {args.threads} threads: {times[name]:.3f}s (median "
+                      f"of 10; official ARMT code: {OFFICIAL_STEP_S_N16}s)")
+        if "none" in times:
+            for name, t in times.items():
+                if name != "none":
+                    print(f"{name} / bare model: {t / times['none']:.2f}x (the official code: 1.5-1.8 s against 0.21 s "
+                          "for the bare model, 7-9x, ../shared/reference/README.md)")
         return 0
     kinds = [k.strip() for k in args.models.split(",") if k.strip()]
     recipe = CapacityRecipe(curriculum=tuple(int(n) for n in args.curriculum.split(",")),

@@ -48,11 +48,9 @@ def test_smollm2_configs_hold_the_cpu_recipes():
     assert not books.armt.sliding_window and books.armt.use_sink and books.data.options["no_loss_segments"] == 1
     assert books.data.options["held_out_books"] == ["austen-persuasion", "chesterton-ball"]
     babilong = load_run_config(folder / "babilong_smollm2.yaml")
-    assert [s.num_segments for s in babilong.stages] == [1, 2, 3, 5]
+    assert [s.num_segments for s in babilong.stages] == [1, 2, 4]
     # the answer format at 3e-4 on one segment, then the memory stages at the run's 1e-4
-    assert [s.learning_rate for s in babilong.stages] == [3e-4, None, None, None]
-    # the question in a segment of its own, as evaluation lays samples out
-    assert babilong.data.options["question_segment"] == "alone"
+    assert [s.learning_rate for s in babilong.stages] == [3e-4, None, None]
     assert babilong.training["learning_rate"] == 1e-4
     assert babilong.data.options["tasks"] == ["qa1"] and babilong.armt.last_segment_loss_only
     assert babilong.metrics == ["exact_match"] and babilong.armt.segment_size == 256

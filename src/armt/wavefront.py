@@ -61,6 +61,9 @@ class _GPT2:
         from transformers.activations import ACT2FN
 
         self.act = ACT2FN[cfg.activation_function]
+        if cfg.activation_function in ("gelu_new", "gelu_pytorch_tanh"):
+            # the same tanh approximation as one fused kernel instead of seven elementwise passes
+            self.act = lambda x: F.gelu(x, approximate="tanh")
         self.heads = cfg.n_head
         self.eps = cfg.layer_norm_epsilon
         D = cfg.n_embd

@@ -216,3 +216,16 @@ def test_explicit_wavefront_says_why_it_cannot_run(tiny_armt):
         armt.ARMTConfig(wavefront=True, sliding_window=True)
     with pytest.raises(TypeError, match="wavefront"):
         armt.ARMTConfig(wavefront="yes")
+
+
+def test_generate_reads_its_context_along_the_diagonals_with_the_config(tiny_armt):
+    model = tiny_armt("llama", wavefront=True)
+    plain = tiny_armt("llama")
+    prompt = torch.randint(99, (1, 8 * 4 + 5), generator=torch.Generator().manual_seed(13))
+    with torch.no_grad():
+        ids, memory = model.generate(prompt, max_new_tokens=6, do_sample=False, return_memory=True, pad_token_id=0)
+        ref_ids, ref_memory = plain.generate(prompt, max_new_tokens=6, do_sample=False, return_memory=True,
+                                             pad_token_id=0)
+    assert torch.equal(ids, ref_ids)
+    assert _relative_gap(ref_memory, memory) < 1e-10
+    assert model._wavefront_cache is not None  # the wavefront did run

@@ -126,9 +126,15 @@ def generate(
     embed = cell.runner.get_input_embeddings()
     bounds = segment_bounds(L, S, cfg.segment_alignment)
     # the context up to the open (last) segment is written to memory
-    for step in iter_segments(cell, lambda a, b: embed(input_ids[:, a:b]), bounds[:-1], attention_mask, memory,
-                              logits_for=lambda s, last: False):
-        memory = step.memory
+    context = bounds[:-1]
+    if (cfg.wavefront and not model.training and attention_mask is None and len(context) >= 2
+            and all(b - a == S for a, b in context)):
+        with torch.no_grad():  # along the diagonals (ARMTConfig.wavefront): the same state
+            memory = model.wavefront_plan().run(embed(input_ids[:, :context[-1][1]]), memory)[1]
+    else:
+        for step in iter_segments(cell, lambda a, b: embed(input_ids[:, a:b]), context, attention_mask, memory,
+                                  logits_for=lambda s, last: False):
+            memory = step.memory
     start = bounds[-1][0]
     seg_ids = input_ids[:, start:]
     seg_mask = None if attention_mask is None else attention_mask[:, start:]

@@ -229,3 +229,21 @@ def test_generate_reads_its_context_along_the_diagonals_with_the_config(tiny_arm
     assert torch.equal(ids, ref_ids)
     assert _relative_gap(ref_memory, memory) < 1e-10
     assert model._wavefront_cache is not None  # the wavefront did run
+
+
+def test_capacity_model_trains_through_the_wavefront():
+    """CapacityModelSpec(wavefront=True) trains along the diagonals, with the sequential loss."""
+    from armt.data.capacity import CapacityConfig, capacity_batch
+    from armt.training.capacity import CapacityModelSpec, time_training_step
+
+    task = CapacityConfig(num_pairs=3)
+    spec = CapacityModelSpec(layers=2, hidden=32, heads=2, intermediate=64, wavefront=True)
+    net = spec.build(task).train()
+    batch = capacity_batch(task, 4, torch.Generator().manual_seed(0))
+    ids, labels = batch["input_ids"], batch["labels"]
+    wave = net(ids, labels=labels, output_only_last_segment=True, wavefront=True).loss
+    seq = net(ids, labels=labels, output_only_last_segment=True, wavefront=False).loss
+    assert abs(wave.item() - seq.item()) < 1e-5
+    assert time_training_step(net, 3, batch_size=4, repeats=1) > 0
+    with pytest.raises(ValueError, match="kind='armt'"):
+        CapacityModelSpec(kind="rmt", wavefront=True)

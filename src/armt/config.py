@@ -72,12 +72,13 @@ class ARMTConfig:
             memory adds. ``num_mem_tokens``, ``d_mem``, ``n_heads``, ``dpfp_nu``,
             ``correction``, ``use_denom``, ``gating`` and ``memory_dtype`` are ignored; the
             state carries only the window (its ``A`` are empty ``(batch, 0)`` tensors).
-        wavefront: run forward passes, reading and the context of ``generate`` along the diagonals (all
-            layers at once, one segment apart; :mod:`armt.wavefront`): the same outputs in
-            fewer, larger operations (gradients included). Where it cannot apply, the segments
-            run one by one as usual: with gradients under per-segment checkpointing or
-            ``bptt_segments``, in training mode with dropout, for padded batches, for
-            ``segment_alignment`` other than ``left``, and for fewer than two full segments.
+        wavefront: run forward passes without gradients, reading and the context of
+            ``generate`` along the diagonals (all layers at once, one segment apart;
+            :mod:`armt.wavefront`): the same outputs in fewer, larger operations. Where it
+            cannot apply, the segments run one by one as usual: in training mode with dropout,
+            for padded batches, for ``segment_alignment`` other than ``left``, and for fewer
+            than two full segments. Training through it is asked for per call
+            (``model(..., wavefront=True)``): it pays only for small models.
             Needs the associative memory without the sliding window, a base family in
             ``armt.wavefront.WAVEFRONT_FAMILIES`` and no peft adapters (checked when the model
             is built). A call option overrides it (``model(..., wavefront=...)``,

@@ -367,9 +367,10 @@ class ARMTForCausalLM(nn.Module):
                 count of pairs (the Hugging Face Trainer passes the count over all gradient
                 accumulation steps and processes, see :func:`count_loss_pairs`).
             wavefront: run the full segments along the diagonals (:mod:`armt.wavefront`; the same
-                outputs). ``True`` needs no gradients, eval mode, no padding and ``left``
-                alignment, and says why otherwise; ``None`` follows ``ARMTConfig.wavefront``
-                where it applies.
+                outputs and gradients). ``True`` needs no padding, ``left`` alignment, and with
+                gradients no checkpointing or ``bptt_segments`` and no dropout in training mode,
+                and says why otherwise; ``None`` follows ``ARMTConfig.wavefront`` for passes
+                without gradients.
             return_dict, use_cache: accepted for Hugging Face callers and ignored (the output
                 is always an :class:`ARMTOutput`; segments keep no key/value cache, except the
                 previous segment's window that ``sliding_window=True`` keeps in ``memory``).
@@ -464,8 +465,12 @@ class ARMTForCausalLM(nn.Module):
     def _use_wavefront(self, wavefront: bool | None, plan, attention_mask) -> bool:
         if wavefront is False or (wavefront is None and not self.config.wavefront):
             return False
-        blocker = None
         grad = torch.is_grad_enabled()
+        if wavefront is None and grad:
+            # the config's default covers passes without gradients: training through the wavefront
+            # pays only for small models (it restacks the weights every pass), so it is asked for
+            return False
+        blocker = None
         if grad and self.gradient_checkpointing:
             blocker = "per-segment gradient checkpointing is on (it recomputes segments one by one)"
         elif grad and self.config.bptt_segments is not None:

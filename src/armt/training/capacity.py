@@ -34,7 +34,7 @@ class CapacityModelSpec:
     Args:
         kind: ``armt`` (associative memory), ``rmt`` (memory tokens only, the RMT baseline) or
             ``none`` (no memory: each segment sees only itself; the control).
-        wavefront: run ARMT's segments along the diagonals, in training too (GPT-NeoX here has
+        wavefront: run ARMT's segments along the diagonals in training too (GPT-NeoX here has
             no dropout; see :mod:`armt.wavefront`); the same numbers, fewer operations.
     """
 
@@ -237,8 +237,9 @@ def train_capacity(model: ARMTForCausalLM, recipe: CapacityRecipe, *,
                     break
                 batch = capacity_batch(task, recipe.batch_size, gen)
                 t0 = time.perf_counter()
+                # ARMTConfig.wavefront covers passes without gradients; training asks per call
                 out = model(batch["input_ids"].to(device), labels=batch["labels"].to(device),
-                            output_only_last_segment=True)
+                            output_only_last_segment=True, wavefront=model.config.wavefront or None)
                 out.loss.backward()
                 if recipe.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
@@ -300,7 +301,7 @@ def time_training_step(model: ARMTForCausalLM, num_pairs: int = 16, *, batch_siz
         batch = capacity_batch(task, batch_size, gen)
         t0 = time.perf_counter()
         net(batch["input_ids"].to(device), labels=batch["labels"].to(device),
-            output_only_last_segment=True).loss.backward()
+            output_only_last_segment=True, wavefront=net.config.wavefront or None).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if i:

@@ -377,6 +377,13 @@ class Wavefront:
         logits: list[Tensor | None] = [None] * N
         head = cell.runner.get_output_embeddings()
         prev, prev_lo = None, 0
+        held, A, z = None, None, None  # the active layers' stacked memory after the last step
+
+        def release():  # back into the per-layer lists, when the active layers change
+            As[held] = A.unbind(0)
+            if z is not None:
+                zs[held] = z.unbind(0)
+
         for t in range(N + L - 1):
             lo, hi = max(0, t - N + 1), min(L - 1, t)  # layer l works on segment t - l
             inputs = []
@@ -386,18 +393,20 @@ class Wavefront:
                 inputs.append(prev[max(lo, 1) - 1 - prev_lo:hi - prev_lo])
             h = torch.cat(inputs) if len(inputs) > 1 else inputs[0]
             sl = slice(lo, hi + 1)
-            A = torch.stack(As[sl])
-            z = torch.stack(zs[sl]) if self.use_denom else None
+            if held != sl:  # while every layer is busy the stack carries over without a copy
+                if held is not None:
+                    release()
+                A = torch.stack(As[sl])
+                z = torch.stack(zs[sl]) if self.use_denom else None
             # the empty memory reads exactly zero (A = 0, z = 0), as skipping the read does
             h = self._read(h, A, z, sl)
             h = self.layers(h, sl)
             A, z = self._write(h[:, :, -M:], A, z, sl, fresh=memory is None and hi == t)
-            As[sl] = A.unbind(0)
-            if z is not None:
-                zs[sl] = z.unbind(0)
+            held = sl
             if hi == L - 1 and logits_for(t - hi):  # the last layer finished segment t - (L - 1)
                 logits[t - hi] = head(self.layers.final_norm(h[-1, :, o:o + S]))
             prev, prev_lo = h, lo
+        release()
         layers = tuple(LayerMemory(a, z) for a, z in zip(As, zs))
         if memory is None:
             return logits, MemoryState(layers, N)

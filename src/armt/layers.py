@@ -71,22 +71,35 @@ class AssociativeMemory(nn.Module):
 
     def read(self, hidden: Tensor, memory: LayerMemory) -> Tensor:
         """``hidden + read(memory)`` at every position; hidden is ``(B, T, d_model)``."""
-        q = fused.dpfp(self._heads(self.W_mq(hidden)), self.nu)  # (B, H, T, d_key/H)
-        out = fused.read(q.to(memory.A.dtype), memory.A, memory.z)  # (B, H, T, d_model/H)
+        return self.read_projected(hidden, self.W_mq(hidden), memory.A, memory.z)
+
+    def read_projected(self, hidden: Tensor, q: Tensor, A: Tensor, z: Tensor | None) -> Tensor:
+        """:meth:`read` from the query projection ``q = W_mq hidden`` ``(B, T, d_mem)``, done by
+        the caller (the wavefront projects all layers at once)."""
+        q = fused.dpfp(self._heads(q), self.nu)  # (B, H, T, d_key/H)
+        out = fused.read(q.to(A.dtype), A, z)  # (B, H, T, d_model/H)
         return hidden + out.to(hidden.dtype).transpose(1, 2).reshape(hidden.shape)
 
-    def write(self, mem_out: Tensor, memory: LayerMemory | None) -> LayerMemory:
-        """Write the memory-token outputs ``(B, M, d_model)`` into ``memory`` (None = empty)."""
-        # key, value and strength read the same outputs: one product instead of three
+    def write_projection(self) -> tuple[Tensor, Tensor]:
+        """``(weight, bias)`` of ``W_mk``, ``W_mv`` and ``W_mb`` as one linear map: the write's key,
+        value and strength read the same outputs, so one product gives all three."""
         d_mem, d_model = self.W_mk.out_features, self.W_mv.out_features
         weight = torch.cat([self.W_mk.weight, self.W_mv.weight, self.W_mb.weight])
-        bias = torch.cat([self.W_mb.bias.new_zeros(d_mem + d_model), self.W_mb.bias])
-        k, v, b = F.linear(mem_out, weight, bias).split([d_mem, d_model, self.W_mb.out_features], dim=-1)
+        return weight, torch.cat([self.W_mb.bias.new_zeros(d_mem + d_model), self.W_mb.bias])
+
+    def write_features(self, kvb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(k, v, beta)`` per head from the output ``(B, M, ...)`` of :meth:`write_projection`."""
+        k, v, b = kvb.split([self.W_mk.out_features, self.W_mv.out_features, self.W_mb.out_features], dim=-1)
         k = fused.dpfp(self._heads(k), self.nu)  # (B, H, M, d_key/H)
         v = self._heads(v)  # (B, H, M, d_model/H)
         beta = self._heads(torch.sigmoid(b))  # (B, H, M, 1 or d_model/H)
         if self.state_dtype is not None:
             k, v, beta = k.to(self.state_dtype), v.to(self.state_dtype), beta.to(self.state_dtype)
+        return k, v, beta
+
+    def write(self, mem_out: Tensor, memory: LayerMemory | None) -> LayerMemory:
+        """Write the memory-token outputs ``(B, M, d_model)`` into ``memory`` (None = empty)."""
+        k, v, beta = self.write_features(F.linear(mem_out, *self.write_projection()))
         A, z = fused.write(
             k, v, beta, None if memory is None else (memory.A, memory.z),
             use_denom=self.use_denom, correction=self.correction,

@@ -291,39 +291,28 @@ class Wavefront:
         self.cell = cell
         self.layers = family(runner, layers)
         mem = cell.memory_layers
-        first = mem[0]
-        self.n_heads, self.nu = first.n_heads, first.nu
-        self.use_denom, self.correction = first.use_denom, first.correction
-        self.state_dtype = first.state_dtype
+        self.memory = mem[0]  # every layer's memory has the same shapes and options
+        self.use_denom, self.correction = self.memory.use_denom, self.memory.correction
+        self.state_dtype = self.memory.state_dtype
         self.W_q = _stack((m.W_mq.weight for m in mem), True)  # (L, D, d_mem)
-        # the write's key, value and strength read the same outputs: one product
-        d_mem, D, n_b = first.W_mk.out_features, first.W_mv.out_features, first.W_mb.out_features
-        self.split = (d_mem, D, n_b)
-        self.W_kvb = _stack((torch.cat([m.W_mk.weight, m.W_mv.weight, m.W_mb.weight]) for m in mem), True)
-        self.b_kvb = _stack(torch.cat([m.W_mb.bias.new_zeros(d_mem + D), m.W_mb.bias]) for m in mem)
-
-    def _heads(self, x: Tensor) -> Tensor:
-        *lead, T, D = x.shape
-        return x.reshape(-1, T, self.n_heads, D // self.n_heads).transpose(1, 2)  # (L'B, H, T, D/H)
+        projections = [m.write_projection() for m in mem]
+        self.W_kvb = _stack((w for w, _ in projections), True)
+        self.b_kvb = _stack(b for _, b in projections)
 
     def _read(self, h: Tensor, A: Tensor, z: Tensor | None, sl: slice) -> Tensor:
         Lp, B, P, D = h.shape
-        q = torch.bmm(h.reshape(Lp, B * P, D), self.W_q[sl]).view(Lp, B, P, -1)
-        q = fused.dpfp(self._heads(q), self.nu)
-        out = fused.read(q.to(A.dtype), A.flatten(0, 1), None if z is None else z.flatten(0, 1))
-        return h + out.to(h.dtype).transpose(1, 2).reshape(h.shape)
+        q = torch.bmm(h.reshape(Lp, B * P, D), self.W_q[sl]).view(Lp * B, P, -1)
+        out = self.memory.read_projected(h.reshape(Lp * B, P, D), q, A.flatten(0, 1),
+                                         None if z is None else z.flatten(0, 1))
+        return out.view(h.shape)
 
     def _write(self, out: Tensor, A: Tensor, z: Tensor | None, sl: slice, fresh: bool):
         """Write the memory-token outputs of the active layers into their memories ``A``, ``z``
         (stacked over those layers); with ``fresh`` the last active layer is on the stream's
         first segment and writes into the empty memory. Returns the new ``(A, z)``."""
         Lp, B, M, D = out.shape
-        kvb = _linear(out.reshape(Lp, B * M, D), self.W_kvb[sl], self.b_kvb[sl]).view(Lp, B, M, -1)
-        k, v, b = kvb.split(self.split, dim=-1)
-        k = fused.dpfp(self._heads(k), self.nu)
-        v, beta = self._heads(v), self._heads(torch.sigmoid(b))
-        if self.state_dtype is not None:
-            k, v, beta = k.to(self.state_dtype), v.to(self.state_dtype), beta.to(self.state_dtype)
+        kvb = _linear(out.reshape(Lp, B * M, D), self.W_kvb[sl], self.b_kvb[sl]).view(Lp * B, M, -1)
+        k, v, beta = self.memory.write_features(kvb)
         n = (Lp - 1 if fresh else Lp) * B
         kw = dict(use_denom=self.use_denom, correction=self.correction)
         parts = []

@@ -16,6 +16,7 @@ from . import window as sliding
 from .padding import PaddingPlan
 from .segments import iter_segments, run_segment, segment_bounds
 from .state import MemoryState
+from .wavefront import use_wavefront, wavefront_segments
 
 
 class _ChunkStreamer:
@@ -126,15 +127,16 @@ def generate(
     embed = cell.runner.get_input_embeddings()
     bounds = segment_bounds(L, S, cfg.segment_alignment)
     # the context up to the open (last) segment is written to memory
-    context = bounds[:-1]
-    if (cfg.wavefront and not model.training and attention_mask is None and len(context) >= 2
-            and all(b - a == S for a, b in context)):
-        with torch.no_grad():  # along the diagonals (ARMTConfig.wavefront): the same state
-            memory = model.wavefront_plan().run(embed(input_ids[:, :context[-1][1]]), memory)[1]
-    else:
-        for step in iter_segments(cell, lambda a, b: embed(input_ids[:, a:b]), context, attention_mask, memory,
-                                  logits_for=lambda s, last: False):
-            memory = step.memory
+    def embed_ids(a: int, b: int):
+        return embed(input_ids[:, a:b])
+
+    steps = None
+    if use_wavefront(model, None, padded=attention_mask is not None):  # ARMTConfig.wavefront
+        steps = wavefront_segments(model, embed_ids, bounds[:-1], memory, lambda s, last: False)
+    if steps is None:
+        steps = iter_segments(cell, embed_ids, bounds[:-1], attention_mask, memory, logits_for=lambda s, last: False)
+    for step in steps:
+        memory = step.memory
     start = bounds[-1][0]
     seg_ids = input_ids[:, start:]
     seg_mask = None if attention_mask is None else attention_mask[:, start:]

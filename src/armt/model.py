@@ -15,9 +15,9 @@ from .adapters import has_adapters
 from .cell import ARMTCell
 from .config import ARMTConfig
 from .padding import PaddingPlan
-from .segments import SegmentStep, iter_segments, run_segment, segment_bounds
+from .segments import iter_segments, segment_bounds
 from .state import MemoryState
-from .wavefront import Wavefront, wavefront_blocker
+from .wavefront import Wavefront, use_wavefront, wavefront_blocker, wavefront_segments
 
 
 @dataclass
@@ -47,15 +47,6 @@ def _base_checkpointing_on(base: nn.Module) -> bool:
         if hasattr(type(base), name):
             return bool(getattr(base, name))
     return False
-
-
-def _active_dropout(model: nn.Module) -> bool:
-    """Does ``model`` drop anything in training mode (dropout modules, or attention dropout
-    that Hugging Face layers read from the config)?"""
-    if any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
-        return True
-    config = getattr(model, "config", None)
-    return any(float(getattr(config, name, 0) or 0) > 0 for name in ("attention_dropout", "attn_pdrop"))
 
 
 class ARMTForCausalLM(nn.Module):
@@ -425,8 +416,8 @@ class ARMTForCausalLM(nn.Module):
         logits_out, seg_losses = [], []
         loss_sum = loss_count = None
         steps = None
-        if self._use_wavefront(wavefront, plan, attention_mask):
-            steps = self._wavefront_steps(embed, bounds, memory, logits_for)
+        if use_wavefront(self, wavefront, padded=plan is not None or attention_mask is not None):
+            steps = wavefront_segments(self, embed, bounds, memory, logits_for)
         if steps is None:
             steps = iter_segments(self.cell, embed, bounds, attention_mask, memory, logits_for=logits_for,
                                   checkpointing=self.gradient_checkpointing,
@@ -461,53 +452,6 @@ class ARMTForCausalLM(nn.Module):
             out.num_loss_tokens = loss_count
             out.segment_losses = torch.stack([nan if x is None else x for x in seg_losses])
         return out
-
-    def _use_wavefront(self, wavefront: bool | None, plan, attention_mask) -> bool:
-        if wavefront is False or (wavefront is None and not self.config.wavefront):
-            return False
-        grad = torch.is_grad_enabled()
-        if wavefront is None and grad:
-            # the config's default covers passes without gradients: training through the wavefront
-            # pays only for small models (it restacks the weights every pass), so it is asked for
-            return False
-        blocker = None
-        if grad and self.gradient_checkpointing:
-            blocker = "per-segment gradient checkpointing is on (it recomputes segments one by one)"
-        elif grad and self.config.bptt_segments is not None:
-            blocker = "bptt_segments is set (truncated backpropagation detaches between segments)"
-        elif self.training and _active_dropout(self.cell.runner):
-            blocker = "the model is in training mode with dropout (the wavefront has none); call model.eval() or set the dropout to 0"
-        elif plan is not None or attention_mask is not None:
-            blocker = "the batch is padded (padded rows run segment by segment)"
-        elif self.config.segment_alignment != "left":
-            blocker = f"segment_alignment={self.config.segment_alignment!r} (it needs 'left')"
-        if blocker is None and wavefront:
-            blocker = wavefront_blocker(self)
-        if blocker is None:
-            return True
-        if wavefront:  # asked for in the call: say why not
-            raise ValueError(f"wavefront=True cannot run here: {blocker}.")
-        return False
-
-    def _wavefront_steps(self, embed, bounds, memory, logits_for) -> list[SegmentStep] | None:
-        """The segments of one input as :class:`armt.segments.SegmentStep`, the full ones run
-        along the diagonals and a short last one after them; ``None`` when fewer than two are
-        full. Only the last step carries the memory."""
-        S = self.config.segment_size
-        n, n_full = len(bounds), sum(1 for a, b in bounds if b - a == S)
-        if n_full < 2:
-            return None
-        # with gradients the stacked weights are built for this call, so they carry gradients back
-        plan = Wavefront(self) if torch.is_grad_enabled() else self.wavefront_plan()
-        logits, memory = plan.run(embed(0, n_full * S), memory, lambda s: logits_for(s, s == n - 1))
-        steps = [SegmentStep(s, a, b, logits[s], None, s == n - 1) for s, (a, b) in enumerate(bounds[:n_full])]
-        if n_full == n:
-            steps[-1].memory = memory
-            return steps
-        a, b = bounds[-1]
-        last_logits, memory = run_segment(self.cell, embed(a, b), None, memory,
-                                          compute_logits=logits_for(n - 1, True))
-        return steps + [SegmentStep(n - 1, a, b, last_logits, memory, True)]
 
     @staticmethod
     def _segment_loss(logits, labels, labels_mask, a, b, L, last):

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from .adapters import has_adapters
 from .ops import fused
+from .segments import SegmentStep, run_segment
 from .state import LayerMemory, MemoryState
 
 
@@ -260,6 +261,69 @@ def wavefront_blocker(model) -> str | None:
         return (f"it knows the layers {family.layer_classes} for {model_type!r}, but this model has "
                 f"{sorted(kinds)}; use wavefront=False")
     return None
+
+
+def _active_dropout(model: nn.Module) -> bool:
+    """Does ``model`` drop anything in training mode (dropout modules, or attention dropout
+    that Hugging Face layers read from the config)?"""
+    if any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
+        return True
+    config = getattr(model, "config", None)
+    return any(float(getattr(config, name, 0) or 0) > 0 for name in ("attention_dropout", "attn_pdrop"))
+
+
+def use_wavefront(model, wavefront: bool | None, *, padded: bool) -> bool:
+    """Should this pass of ``model`` run along the diagonals? ``wavefront`` is the call's option
+    (``None``: ``ARMTConfig.wavefront``, which covers passes without gradients only: training
+    through the wavefront pays only for small models, since it restacks the weights every pass).
+    An explicit ``True`` that cannot run raises with the reason; the config's default falls
+    back to the segment loop."""
+    if wavefront is False or (wavefront is None and not model.config.wavefront):
+        return False
+    grad = torch.is_grad_enabled()
+    if wavefront is None and grad:
+        return False
+    blocker = None
+    if grad and model.gradient_checkpointing:
+        blocker = "per-segment gradient checkpointing is on (it recomputes segments one by one)"
+    elif grad and model.config.bptt_segments is not None:
+        blocker = "bptt_segments is set (truncated backpropagation detaches between segments)"
+    elif model.training and _active_dropout(model.cell.runner):
+        blocker = ("the model is in training mode with dropout (the wavefront has none); call model.eval() or "
+                   "set the dropout to 0")
+    elif padded:
+        blocker = "the batch is padded (padded rows run segment by segment)"
+    elif model.config.segment_alignment != "left":
+        blocker = f"segment_alignment={model.config.segment_alignment!r} (it needs 'left')"
+    if blocker is None and wavefront:
+        blocker = wavefront_blocker(model)
+    if blocker is None:
+        return True
+    if wavefront:
+        raise ValueError(f"wavefront=True cannot run here: {blocker}.")
+    return False
+
+
+def wavefront_segments(model, embed: Callable[[int, int], Tensor], bounds, memory: MemoryState | None,
+                       logits_for: Callable[[int, bool], bool]) -> list[SegmentStep] | None:
+    """The segments ``bounds`` of one input as :class:`armt.segments.SegmentStep` (the same
+    arguments as :func:`armt.segments.iter_segments`): the full ones run along the diagonals,
+    a short last one after them; ``None`` when fewer than two are full. Only the last step
+    carries the memory."""
+    S = model.config.segment_size
+    n, n_full = len(bounds), sum(1 for a, b in bounds if b - a == S)
+    if n_full < 2:
+        return None
+    # with gradients the stacked weights are built for this call, so they carry gradients back
+    plan = Wavefront(model) if torch.is_grad_enabled() else model.wavefront_plan()
+    logits, memory = plan.run(embed(0, n_full * S), memory, lambda s: logits_for(s, s == n - 1))
+    steps = [SegmentStep(s, a, b, logits[s], None, s == n - 1) for s, (a, b) in enumerate(bounds[:n_full])]
+    if n_full == n:
+        steps[-1].memory = memory
+        return steps
+    a, b = bounds[-1]
+    last_logits, memory = run_segment(model.cell, embed(a, b), None, memory, compute_logits=logits_for(n - 1, True))
+    return steps + [SegmentStep(n - 1, a, b, last_logits, memory, True)]
 
 
 class Wavefront:

@@ -162,13 +162,9 @@ class MemoryReader:
         masks = torch.cat(self._masks, dim=1)
         n_full = data.shape[1] // S
         done = 0
-        if self._wavefront is not None and bool(masks[:, :n_full * S].all()):
-            # the segment whose last logits are kept runs alone: the wavefront makes no logits
-            done = n_full - 1 if self.keep_last_logits else n_full
-            if done > 1:
-                self._write_wavefront(data[:, :done * S])
-            else:
-                done = 0
+        if self._wavefront is not None and n_full >= 2 and bool(masks[:, :n_full * S].all()):
+            self._write_wavefront(data[:, :n_full * S])
+            done = n_full
         for i in range(done, n_full):
             self._write(data[:, i * S:(i + 1) * S], masks[:, i * S:(i + 1) * S])
         rest = data[:, n_full * S:]
@@ -236,8 +232,14 @@ class MemoryReader:
         if self._bar is not None:
             self._bar.update(ids.shape[1])
 
+    @torch.no_grad()
     def _write_wavefront(self, ids: Tensor) -> None:
-        self.memory = self._wavefront.read(ids, self.memory)
+        n = ids.shape[1] // self.model.config.segment_size
+        embeds = self.model.cell.runner.get_input_embeddings()(ids)
+        logits, self.memory = self._wavefront.run(embeds, self.memory,
+                                                  lambda s: self.keep_last_logits and s == n - 1)
+        if self.keep_last_logits:
+            self.last_logits = logits[-1][:, -1].clone()
         self.tokens += ids.shape[1]
         if self._bar is not None:
             self._bar.update(ids.shape[1])

@@ -45,6 +45,31 @@ def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return torch.baddbmm(bias.unsqueeze(1), x, weight)
 
 
+def _layer_norm(h: Tensor, params: tuple[Tensor, Tensor], sl: slice, eps: float) -> Tensor:
+    """LayerNorm of ``h`` ``(L', B, P, D)`` with each active layer's own weight and bias."""
+    w, b = params
+    return torch.addcmul(b[sl, None, None, :], F.layer_norm(h, h.shape[-1:], eps=eps), w[sl, None, None, :])
+
+
+def _rope_tables(rotary: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(cos, sin)`` ``(1, 1, P, rotary_dim)`` of the base model's rotary embedding for a
+    segment's positions ``0 .. P-1`` (x: ``(..., P, D)``)."""
+    P = x.shape[-2]
+    cos, sin = rotary(x.reshape(-1, P, x.shape[-1])[:1], torch.arange(P, device=x.device).unsqueeze(0))
+    return cos.unsqueeze(1), sin.unsqueeze(1)
+
+
+def _rotate(x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+    """Rotary position embedding of the first ``rotary_dim`` features of ``x`` (all of them
+    for Llama, a share for GPT-NeoX), as Hugging Face's ``rotate_half`` convention."""
+    cos, sin = rope
+    r = cos.shape[-1]
+    x_rot = x[..., :r]
+    rotated = torch.cat([-x_rot[..., r // 2:], x_rot[..., :r // 2]], dim=-1)
+    out = x_rot * cos + rotated * sin
+    return out if r == x.shape[-1] else torch.cat([out, x[..., r:]], dim=-1)
+
+
 def _attend(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
 
@@ -85,8 +110,7 @@ class _GPT2:
         return x + self.wpe(torch.arange(P, device=x.device))
 
     def _norm(self, h, params, sl):
-        w, b = params
-        return torch.addcmul(b[sl, None, None, :], F.layer_norm(h, h.shape[-1:], eps=self.eps), w[sl, None, None, :])
+        return _layer_norm(h, params, sl, self.eps)
 
     def __call__(self, h: Tensor, sl: slice) -> Tensor:
         Lp, B, P, D = h.shape
@@ -140,9 +164,7 @@ class _Llama:
         if self.window is not None and P > self.window:
             raise ValueError(f"a segment of {P} positions is longer than the base model's own sliding window "
                              f"({self.window}); read with wavefront=False.")
-        positions = torch.arange(P, device=x.device).unsqueeze(0)
-        cos, sin = self.rotary(x.reshape(-1, P, x.shape[-1])[:1], positions)
-        self._rope = (cos.unsqueeze(1), sin.unsqueeze(1))  # (1, 1, P, head_dim)
+        self._rope = _rope_tables(self.rotary, x)
         return x
 
     def _norm(self, h, w, sl):
@@ -150,11 +172,6 @@ class _Llama:
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return w[sl, None, None, :] * x.to(h.dtype)
 
-    def _rotate(self, x):
-        cos, sin = self._rope
-        half = x.shape[-1] // 2
-        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-        return x * cos + rotated * sin
 
     def __call__(self, h: Tensor, sl: slice) -> Tensor:
         Lp, B, P, D = h.shape
@@ -162,7 +179,7 @@ class _Llama:
         flat = self._norm(h, self.ln1, sl).view(Lp, B * P, D)
         qkv = _linear(flat, self.qkv[0][sl], self.qkv[1][sl]).view(Lp * B, P, Hq + 2 * Hk, hd).transpose(1, 2)
         q, k, v = qkv.split([Hq, Hk, Hk], dim=1)
-        q, k = self._rotate(q), self._rotate(k)
+        q, k = _rotate(q, self._rope), _rotate(k, self._rope)
         if Hk != Hq:
             k, v = k.repeat_interleave(Hq // Hk, dim=1), v.repeat_interleave(Hq // Hk, dim=1)
         o = _attend(q, k, v, hd ** -0.5).transpose(1, 2).reshape(Lp, B * P, Hq * hd)
@@ -203,22 +220,12 @@ class _GPTNeoX:
         self._rope = None
 
     def embed(self, x: Tensor) -> Tensor:
-        P = x.shape[-2]
-        cos, sin = self.rotary(x.reshape(-1, P, x.shape[-1])[:1], torch.arange(P, device=x.device).unsqueeze(0))
-        self._rope = (cos.unsqueeze(1), sin.unsqueeze(1))
+        self._rope = _rope_tables(self.rotary, x)
         return x
 
     def _norm(self, h, params, sl):
-        w, b = params
-        return torch.addcmul(b[sl, None, None, :], F.layer_norm(h, h.shape[-1:], eps=self.eps), w[sl, None, None, :])
+        return _layer_norm(h, params, sl, self.eps)
 
-    def _rotate(self, x):
-        cos, sin = self._rope
-        r = cos.shape[-1]
-        x_rot, x_pass = x[..., :r], x[..., r:]
-        half = r // 2
-        rotated = torch.cat([-x_rot[..., half:], x_rot[..., :half]], dim=-1)
-        return torch.cat([x_rot * cos + rotated * sin, x_pass], dim=-1)
 
     def __call__(self, h: Tensor, sl: slice) -> Tensor:
         Lp, B, P, D = h.shape
@@ -226,7 +233,7 @@ class _GPTNeoX:
         flat = self._norm(h, self.ln1, sl).view(Lp, B * P, D)
         qkv = _linear(flat, self.qkv[0][sl], self.qkv[1][sl]).view(Lp * B, P, H, 3 * (D // H)).transpose(1, 2)
         q, k, v = qkv.chunk(3, dim=-1)
-        o = _attend(self._rotate(q), self._rotate(k), v, (D // H) ** -0.5).transpose(1, 2).reshape(Lp, B * P, D)
+        o = _attend(_rotate(q, self._rope), _rotate(k, self._rope), v, (D // H) ** -0.5).transpose(1, 2).reshape(Lp, B * P, D)
         attn = _linear(o, self.dense[0][sl], self.dense[1][sl]).view(h.shape)
         base = h if self.parallel else h + attn
         flat = self._norm(base, self.ln2, sl).view(Lp, B * P, D)

@@ -45,11 +45,13 @@ class BabilongTrainingSet(Dataset):
         prompt = prompt or BabilongPrompt()
         if question_segment not in ("shared", "alone"):
             raise ValueError(f"question_segment={question_segment!r} is unknown; use 'shared' or 'alone'.")
-        total = num_segments * segment_size
-        context = max(0, total - QUERY_BUDGET - len(prompt.prefix_ids(tokenizer)))
+        prefix = len(prompt.prefix_ids(tokenizer))
         if question_segment == "alone":  # the context of an evaluation length, the question after it
             context = (num_segments - 1) * segment_size
-            total = len(prompt.prefix_ids(tokenizer)) + context + segment_size
+            total = prefix + context + segment_size
+        else:
+            total = num_segments * segment_size
+            context = max(0, total - QUERY_BUDGET - prefix)
         self.items: list[dict] = []
         per_task = []
         for task in tasks:

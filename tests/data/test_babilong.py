@@ -94,6 +94,8 @@ def test_length_names():
     tokens = parse_lengths(BABILONG_LENGTHS)
     assert tokens == sorted(tokens) and [length_name(t) for t in tokens] == list(BABILONG_LENGTHS)
     assert [length_name(n) for n in (0, 1024, 65536, 1048576, 1500)] == ["0k", "1k", "64k", "1M", "1500"]
+    assert [length_name(n) for n in (256, 512, 768, 1280, 100)] == ["0.25k", "0.5k", "0.75k", "1.25k", "100"]
+    assert [parse_length(length_name(n)) for n in (256, 768, 1280)] == [256, 768, 1280]
     for bad in ("4 kb", "-1k", "k", ""):
         with pytest.raises(ValueError, match="length"):
             parse_length(bad)

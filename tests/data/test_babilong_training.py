@@ -35,3 +35,33 @@ def test_question_alone_puts_the_question_after_whole_segments_of_context(tokeni
         assert len(item["input_ids"]) - (num_segments - 1) * S > 40
     with pytest.raises(ValueError, match="question_segment"):
         BabilongTrainingSet(tokenizer, ["qa1"], 1, 2, S, sources.background, sources.babi, question_segment="x")
+
+
+def test_babi_variant_en_10k_gives_more_training_questions(tokenizer_and_sources, data_dir):
+    from armt.data.babi import load_babi_task
+
+    tokenizer, sources = tokenizer_and_sources
+    folder = data_dir / "babi"
+    few = len(load_babi_task("qa1", "train", root=folder))
+    assert len(load_babi_task("qa1", "train", root=folder, variant="en-10k")) > few
+    many = BabilongTrainingSet(tokenizer, ["qa1"], few + 5, 1, 128, sources.background, folder, split="train",
+                               babi_variant="en-10k")
+    assert len(many) == few + 5
+    with pytest.raises(ValueError, match="samples"):
+        BabilongTrainingSet(tokenizer, ["qa1"], few + 5, 1, 128, sources.background, folder, split="train")
+
+
+def test_babi_variant_option_is_checked():
+    from armt.training.config import RunConfig
+    from armt.training.run import babilong_factory
+
+    def make(options):
+        cfg = RunConfig.from_dict({"model": {"tiny": {"family": "gpt2"}}, "data": {"kind": "babilong", "options": options},
+                                   "curriculum": [{"num_segments": 1, "max_steps": 1}],
+                                   "training": {"output_dir": "unused"}})
+        return babilong_factory(cfg, tokenizer=object())
+
+    with pytest.raises(ValueError, match="babi_variant='en-20k' is unknown"):
+        make({"babi_variant": "en-20k"})
+    with pytest.raises(ValueError, match="needs data.options.babi to be a bAbI folder"):
+        make({"babi": "builtin", "babi_variant": "en-10k"})

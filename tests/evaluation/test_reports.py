@@ -82,6 +82,15 @@ def test_load_and_resume(results, tmp_path):
     assert load_results(tmp_path / "empty") == []
 
 
+def test_old_length_names_merge_with_new(tmp_path):
+    # earlier versions saved 256 tokens as "256"; it is the same length as "0.25k"
+    old = [{"task": "qa1", "length": "256", "n": 40, "correct": 16}, {"task": "qa1", "length": "1024", "n": 4, "correct": 1}]
+    merged = merge_results(old, [result_record("qa1", "0.25k", 20, 40)], replace=True)
+    assert {(r["length"], r["correct"]) for r in merged} == {("0.25k", 20), ("1k", 1)}
+    assert missing_pairs(merged, ["qa1"], ["256", "0.5k"]) == [("qa1", "0.5k")]
+    assert result_record("qa1", "free label", 1, 2)["length"] == "free label"
+
+
 def test_bad_results_are_refused():
     with pytest.raises(ValueError, match="correct <= n"):
         result_record("qa1", "0k", 11, 10)

@@ -269,13 +269,14 @@ def _build(sample: BabiSample, facts: tuple[str, ...], source: Sentences | None,
     return make(noise, gaps, tokens)
 
 
-def _babi_pool(task: str, babi_source: Any, split: str, seed: int, n: int) -> Iterator[BabiSample]:
+def _babi_pool(task: str, babi_source: Any, split: str, seed: int, n: int,
+               babi_variant: str = "en") -> Iterator[BabiSample]:
     if isinstance(babi_source, str) and babi_source == "builtin":
         # a generous pool: samples whose facts overflow may be skipped
         yield from generate_babi(task, 4 * n + 16, seed)
         return
     if babi_source is None or isinstance(babi_source, (str, os.PathLike)):
-        yield from load_babi_task(task, split, root=babi_source)
+        yield from load_babi_task(task, split, root=babi_source, variant=babi_variant)
         return
     for item in babi_source:
         if not isinstance(item, BabiSample):
@@ -287,9 +288,11 @@ def _babi_pool(task: str, babi_source: Any, split: str, seed: int, n: int) -> It
 
 def iter_babilong(task: str | int, length: str | int, n: int, tokenizer: Tokenizer,
                   sentences: SentenceSource | None, seed: int = 0, babi_source: Any = None, *,
-                  split: str = "test", on_overflow: str = "warn") -> Iterator[BabilongSample]:
+                  split: str = "test", on_overflow: str = "warn", babi_variant: str = "en") -> Iterator[BabilongSample]:
     """Lazy version of :func:`make_dataset`: yields :class:`BabilongSample` plans, which stream
-    their tokens with ``iter_token_chunks`` (for lengths too long to hold as text)."""
+    their tokens with ``iter_token_chunks`` (for lengths too long to hold as text).
+    ``babi_variant`` picks the bAbI folder's ``en`` (1,000 training questions per task) or
+    ``en-10k`` (10,000) files."""
     task = normalize_task(task)
     target = parse_length(length)
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
@@ -304,7 +307,7 @@ def iter_babilong(task: str | int, length: str | int, n: int, tokenizer: Tokeniz
     start = random.Random(f"armt-babilong-start-{seed}").randrange(10_000)
     stream = source.stream(start) if source is not None else iter(())
     made = 0
-    for index, babi in enumerate(_babi_pool(task, babi_source, split, seed, n)):
+    for index, babi in enumerate(_babi_pool(task, babi_source, split, seed, n, babi_variant)):
         if made == n:
             return
         facts = tuple(clean_sentence(f) for f in babi.facts)

@@ -50,19 +50,19 @@ def parse_lengths(specs: str | int | Sequence[str | int]) -> list[int]:
 
 def length_name(tokens: int | str) -> str:
     """The short name of a length: 16384 -> ``"16k"``, 1048576 -> ``"1M"``, 512 -> ``"0.5k"``,
-    1000 -> ``"1000"``.
+    256 -> ``"0.25k"``, 1000 -> ``"1000"``.
 
     Example:
         >>> length_name(0), length_name(16384), length_name(10 * 1024 * 1024), length_name("4096")
         ('0k', '16k', '10M', '4k')
-        >>> length_name(512), length_name(1536), length_name(1000)
-        ('0.5k', '1.5k', '1000')
+        >>> length_name(512), length_name(1536), length_name(256), length_name(1000)
+        ('0.5k', '1.5k', '0.25k', '1000')
     """
     tokens = parse_length(tokens)
     if tokens and tokens % MIB == 0:
         return f"{tokens // MIB}M"
     if tokens % KIB == 0:
         return f"{tokens // KIB}k"
-    if tokens % (KIB // 2) == 0:  # 512 -> "0.5k", as BABILong's shortest lengths are named
+    if tokens % (KIB // 4) == 0:  # 512 -> "0.5k", as BABILong's shortest lengths are named
         return f"{tokens / KIB:g}k"
     return str(tokens)

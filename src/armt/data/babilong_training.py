@@ -37,11 +37,14 @@ class BabilongTrainingSet(Dataset):
             themselves, as ``armt babilong eval`` lays out a sample of that length (``0.5k`` with
             segments of 256: two segments of context, then the question). Only the memory can
             then carry the facts to the question.
+        babi_variant: ``"en"`` or ``"en-10k"`` (10,000 training questions per task instead of
+            1,000) when ``babi_source`` is a bAbI folder.
     """
 
     def __init__(self, tokenizer, tasks: Sequence[str], n: int, num_segments: int, segment_size: int,
                  sentences: Any, babi_source: Any, *, split: str = "train", seed: int = 0,
-                 prompt: BabilongPrompt | None = None, question_segment: str = "shared"):
+                 prompt: BabilongPrompt | None = None, question_segment: str = "shared",
+                 babi_variant: str = "en"):
         prompt = prompt or BabilongPrompt()
         if question_segment not in ("shared", "alone"):
             raise ValueError(f"question_segment={question_segment!r} is unknown; use 'shared' or 'alone'.")
@@ -57,7 +60,7 @@ class BabilongTrainingSet(Dataset):
         for task in tasks:
             samples = []
             for sample in iter_babilong(task, context, n, tokenizer, sentences, seed, babi_source,
-                                        split=split, on_overflow="skip"):
+                                        split=split, on_overflow="skip", babi_variant=babi_variant):
                 ids, start = prompt.example_ids(tokenizer, sample.input_ids(), sample.question, sample.target)
                 if len(ids) > total:  # an unusually long question: drop context from the front
                     cut = len(ids) - total

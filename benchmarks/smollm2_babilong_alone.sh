@@ -33,9 +33,9 @@ DATA="--tasks qa1 --babi ../shared/data/babi --background ../shared/data/gutenbe
     --training.eval_steps 110 --training.save_steps 110 --training.output_dir "$RUNS/babilong_smollm2_alone3"
 ARMT="$RUNS/babilong_smollm2_alone3/best"
 armt babilong eval --model "$ARMT" $DATA --lengths 0k,0.25k,0.5k --n "$N" --out "$OUT/armt"
-armt babilong eval --model "$ARMT" $DATA --lengths 1k --n "$N_LONG" --out "$OUT/armt"
+armt babilong eval --model "$ARMT" $DATA --lengths 1k --n "$N_LONG" --out "$OUT/armt_1k"
 armt babilong eval --model "$ARMT" $DATA --lengths 0.25k,0.5k --n "$N" --wipe-memory --out "$OUT/armt_wiped"
-armt babilong eval --model "$ARMT" $DATA --lengths 1k --n "$N_LONG" --wipe-memory --out "$OUT/armt_wiped"
-armt babilong compare --task qa1 --out "$OUT" --overwrite \
+armt babilong eval --model "$ARMT" $DATA --lengths 1k --n "$N_LONG" --wipe-memory --out "$OUT/armt_wiped_1k"
+armt babilong compare --task qa1 --out "$OUT" --overwrite --paired \
     --title "BABILong qa1, SmolLM2-135M, question alone after the context (trained at 0.25k)" \
-    --run "ARMT=$OUT/armt" --run "ARMT, memory wiped=$OUT/armt_wiped"
+    --run "ARMT=$OUT/armt,$OUT/armt_1k" --run "ARMT, memory wiped=$OUT/armt_wiped,$OUT/armt_wiped_1k"

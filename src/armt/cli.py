@@ -312,8 +312,13 @@ def _babilong_compare(args: argparse.Namespace) -> int:
         if not sep or not name.strip() or not folders.strip():
             raise ValueError(f"--run {spec!r}: write it as NAME=FOLDER[,FOLDER...], e.g. --run 'ARMT=out/short,out/long'.")
         runs[name.strip()] = [f.strip() for f in folders.split(",") if f.strip()]
+    paired = None
+    if args.paired:
+        from .evaluation.paired import paired_comparisons
+
+        paired = paired_comparisons(runs, args.task)
     table = write_comparison(compare_runs(runs, args.task), args.out, task=args.task, title=args.title,
-                             runs=runs, overwrite=args.overwrite)
+                             runs=runs, overwrite=args.overwrite, paired=paired)
     print(table)
     print(f"comparison.md, .json and .png in {args.out}")
     return 0
@@ -338,6 +343,9 @@ def _add_babilong_parsers(sub) -> None:
     cmp.add_argument("--title", default="BABILong accuracy by context length", help="heading of table and plot")
     cmp.add_argument("--out", required=True, help="folder for comparison.md, .json and .png")
     cmp.add_argument("--overwrite", action="store_true", help="replace an earlier comparison in --out")
+    cmp.add_argument("--paired", action="store_true",
+                     help="pair the first --run with each other one question by question (same --seed and --n in "
+                          "their evaluations): questions only one got right, and McNemar's exact p-value")
     cmp.set_defaults(func=_babilong_compare)
 
     ev = bl_sub.add_parser("eval", help="accuracy per task and length; writes a Markdown table, CSV, JSON, "

@@ -36,6 +36,7 @@ from armt.data.babilong_sources import BUILTIN, BabilongSources, open_sources  #
 from armt.evaluation.babilong_scoring import compare_answers, exact_match
 from armt.evaluation.reports import (
     FILES,
+    PREDICTIONS_DIR,
     load_metadata,
     load_results,
     markdown_table,
@@ -46,7 +47,6 @@ from armt.evaluation.reports import (
 from armt.generation import generation_defaults
 from armt.streaming import MemoryReader
 
-PREDICTIONS_DIR = "predictions"
 MANIFEST = "manifest.json"
 DATA_FORMAT = "armt.babilong.v1"
 DEFAULT_TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5")

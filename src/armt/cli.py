@@ -269,7 +269,8 @@ def _babilong_eval(args: argparse.Namespace) -> int:
                             babi_source=args.babi, background=args.background, seed=args.seed,
                             max_new_tokens=args.max_new_tokens, prompt=prompt, split=args.split,
                             out_dir=args.out, overwrite=args.overwrite, progress=not args.quiet, memory=memory,
-                            model_name=args.model, wipe_memory=args.wipe_memory)
+                            model_name=args.model, wipe_memory=args.wipe_memory,
+                            question_segment=args.question_segment)
     print()
     print(run.table)
     print(f"\nresults.md, results.csv, results.json, heatmap.png and predictions/ in {args.out}; "
@@ -361,7 +362,13 @@ def _add_babilong_parsers(sub) -> None:
                          "'\\nAnswer:' (use 'GEN' for models trained with the official ARMT recipe)")
     ev.add_argument("--wipe-memory", action="store_true",
                     help="answer from an empty memory after reading the context: the same weights without what "
-                         "the memory carries (the control for what the memory adds)")
+                         "the memory carries (the control for what the memory adds); with --question-segment "
+                         "shared, the context's last partial segment is still seen with the question")
+    ev.add_argument("--question-segment", choices=("shared", "alone"), default="shared",
+                    help="shared: the whole sample through the model as one input (the question follows the "
+                         "context's last partial segment, as in BABILong's evaluation); alone: the context is "
+                         "written into memory whole and the question starts its own segment, so only the memory "
+                         "carries the facts to it")
     ev.set_defaults(func=_babilong_eval)
 
     tr = bl_sub.add_parser(

@@ -137,6 +137,58 @@ def test_wiped_memory_answers_from_the_last_partial_segment_alone(live_model, da
         answer_sample(live_model(tok, segment_alignment="right"), tok, sample, prompt=prompt, wipe_memory=True)
 
 
+def test_question_alone_reads_the_whole_context_into_memory_first(live_model, data_dir, tok, tmp_path, monkeypatch):
+    from armt.streaming import MemoryReader
+
+    BABI = data_dir / "babi"
+    BOOKS = data_dir / "gutenberg"
+    need_data(BABI, BOOKS)
+    model = live_model(tok)
+    prompt = BabilongPrompt()
+    S = model.config.segment_size
+    sample = next(s for s in iter_babilong("qa1", "1k", 5, tok, load_books(BOOKS), seed=2, babi_source=BABI)
+                  if (len(prompt.prefix_ids(tok)) + s.num_tokens) % S)  # a last partial segment of context
+    query = prompt.query_ids(tok, sample.question)
+    calls = []
+    generate = model.generate
+
+    def spy(ids, **kwargs):  # what answer_sample hands to generate: the input and the memory
+        calls.append((ids[0].tolist(), kwargs.get("memory")))
+        return generate(ids, **kwargs)
+
+    monkeypatch.setattr(model, "generate", spy)
+    # by hand: the whole context written (its partial segment too), then the query from that memory
+    reader = MemoryReader(model)
+    reader.feed(torch.tensor([prompt.prefix_ids(tok) + sample.input_ids()]))
+    memory = reader.finish(flush=True).memory
+    got = answer_sample(model, tok, sample, prompt=prompt, max_new_tokens=6, question_segment="alone")
+    ids, given = calls[-1]
+    assert ids == query and all(torch.equal(a.A, b.A) and torch.equal(a.z, b.z)
+                                for a, b in zip(given.layers, memory.layers))
+    assert got.prompt_tokens == len(prompt.prefix_ids(tok)) + sample.num_tokens + len(query)
+    # wiped: the question alone with an empty memory, whatever the context
+    answer_sample(model, tok, sample, prompt=prompt, max_new_tokens=6, question_segment="alone", wipe_memory=True)
+    assert calls[-1] == (query, None)
+    # shared: the context's last partial segment goes in with the question
+    answer_sample(model, tok, sample, prompt=prompt, max_new_tokens=6)
+    assert len(calls[-1][0]) == (len(prompt.prefix_ids(tok)) + sample.num_tokens) % S + len(query)
+    with pytest.raises(ValueError, match="question_segment='middle' is unknown"):
+        answer_sample(model, tok, sample, prompt=prompt, question_segment="middle")
+    with pytest.raises(ValueError, match="segment_alignment='left'"):
+        answer_sample(live_model(tok, segment_alignment="right"), tok, sample, prompt=prompt, question_segment="alone")
+
+    # the layout is part of a run: results of the other layout are not resumed into it
+    assert "question_segment" not in BabilongSettings(tasks="qa1", lengths="0k").run_key()
+    assert BabilongSettings(tasks="qa1", lengths="0k", question_segment="alone").run_key()["question_segment"] == "alone"
+    with pytest.raises(ValueError, match="question_segment"):
+        BabilongSettings(tasks="qa1", lengths="0k", question_segment="x")
+    options = dict(tasks="qa1", lengths="0k", n_samples=1, babi_source=BABI, max_new_tokens=2, progress=False,
+                   log=None, out_dir=tmp_path)
+    evaluate_babilong(model, tok, **options)
+    with pytest.raises(FileExistsError, match="question_segment"):
+        evaluate_babilong(model, tok, question_segment="alone", **options)
+
+
 def test_right_aligned_model_reads_the_whole_sample(live_model, data_dir, tok):
     # segments cut from the end cannot be streamed; the answer must still be the whole-input one
     BABI = data_dir / "babi"
@@ -219,6 +271,8 @@ def test_results_of_another_run_refused_unless_overwrite(data_dir, eval_args, mo
     assert main(eval_args(model_dir, out, "--seed", "1", "--overwrite")) == 0
     assert "discarding the 2 results" in capsys.readouterr().out
     assert json.loads((out / "results.json").read_text())["metadata"]["settings"]["seed"] == 1
+    assert main(eval_args(model_dir, out, "--seed", "1", "--question-segment", "alone")) == 2
+    assert "settings.question_segment" in capsys.readouterr().err
 
 
 def test_another_model_is_another_run(live_model, data_dir, tok, tmp_path):

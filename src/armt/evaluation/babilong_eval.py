@@ -37,6 +37,7 @@ from armt.evaluation.babilong_scoring import compare_answers, exact_match
 from armt.evaluation.reports import (
     FILES,
     PREDICTIONS_DIR,
+    length_label,
     load_metadata,
     load_results,
     markdown_table,
@@ -48,6 +49,7 @@ from armt.generation import generation_defaults
 from armt.streaming import MemoryReader
 
 MANIFEST = "manifest.json"
+QUESTION_SEGMENTS = ("shared", "alone")
 DATA_FORMAT = "armt.babilong.v1"
 DEFAULT_TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5")
 DEFAULT_LENGTHS = ("0k", "1k", "2k", "4k", "8k", "16k")
@@ -66,6 +68,11 @@ class BabilongSettings:
         max_new_tokens: tokens generated per answer (bAbI answers are one or two words).
         split: the bAbI split the questions come from.
         prompt: the token layout of a sample (:class:`~armt.data.babilong.BabilongPrompt`).
+        question_segment: ``"shared"`` (the whole sample through the model as one input, as the
+            BABILong evaluation does: the question follows the context's last partial segment, and
+            the two are cut into segments together) or ``"alone"`` (the context is written into
+            memory whole, its last partial segment too, and the question starts a segment of its
+            own, so only the memory can carry the facts to it); see :func:`answer_sample`.
 
     Example:
         >>> s = BabilongSettings(tasks="qa1, 2", lengths="0k,4096", n_samples=5)
@@ -80,6 +87,7 @@ class BabilongSettings:
     max_new_tokens: int = 16
     split: str = "test"
     prompt: BabilongPrompt = field(default_factory=BabilongPrompt)
+    question_segment: str = "shared"
 
     def __post_init__(self) -> None:
         tasks = self.tasks.split(",") if isinstance(self.tasks, str) else list(self.tasks)
@@ -95,6 +103,8 @@ class BabilongSettings:
                 raise ValueError(f"{name} must be an int >= {0 if name == 'seed' else 1}, got {value!r}.")
         if self.split not in SPLITS:
             raise ValueError(f"split={self.split!r} is unknown; use one of {SPLITS}.")
+        if self.question_segment not in QUESTION_SEGMENTS:
+            raise ValueError(f"question_segment={self.question_segment!r} is unknown; use one of {QUESTION_SEGMENTS}.")
         if not isinstance(self.prompt, BabilongPrompt):
             raise TypeError(f"prompt must be a BabilongPrompt, got {type(self.prompt).__name__}.")
 
@@ -102,6 +112,8 @@ class BabilongSettings:
         """The settings two runs must share for their results to go in one table."""
         key = asdict(self)
         del key["tasks"], key["lengths"]
+        if key["question_segment"] == "shared":  # results saved before the option existed stay resumable
+            del key["question_segment"]
         return key
 
 
@@ -164,11 +176,15 @@ class SampleAnswer:
 
 @torch.no_grad()
 def answer_sample(model, tokenizer, sample, *, prompt: BabilongPrompt | None = None, max_new_tokens: int = 16,
-                  memory=None, chunk_size: int | None = None, wipe_memory: bool = False) -> SampleAnswer:
+                  memory=None, chunk_size: int | None = None, wipe_memory: bool = False,
+                  question_segment: str = "shared") -> SampleAnswer:
     """Read one sample into memory chunk by chunk and generate its answer greedily.
 
     Equal to ``model.generate([bos] + context + query)`` over the whole sample (the tests
-    check the tokens), but only one chunk of the context is ever held. A model whose
+    check the tokens), but only one chunk of the context is ever held. The context's last
+    partial segment is then part of the input ``generate`` gets, and the query often crosses
+    into a new segment with it (a context of 255 tokens, segments of 256: the question's first
+    token shares the context's segment, the rest starts the next). A model whose
     ``segment_alignment`` is not ``"left"`` cuts its segments from the end of the input, which
     a stream cannot know in advance, so such a model gets the whole sample at once.
 
@@ -183,8 +199,16 @@ def answer_sample(model, tokenizer, sample, *, prompt: BabilongPrompt | None = N
         chunk_size: context tokens fed at a time; default 16 segments.
         wipe_memory: replace the memory read from the context by an empty one before the
             question (the same weights without what the memory carries: the control that
-            shows how much of an answer comes from the memory).
+            shows how much of an answer comes from the memory). With ``question_segment="shared"``
+            only the full segments are wiped: the last partial one goes into ``generate`` with
+            the query and is still seen, directly or through the memory it writes there.
+        question_segment: ``"shared"`` as above; ``"alone"`` writes the whole context into
+            memory (its last partial segment too) and gives the query a segment of its own, so
+            that everything the question needs crosses through the memory, and ``wipe_memory``
+            leaves the question with nothing but itself.
     """
+    if question_segment not in QUESTION_SEGMENTS:
+        raise ValueError(f"question_segment={question_segment!r} is unknown; use one of {QUESTION_SEGMENTS}.")
     prompt = prompt or BabilongPrompt()
     device = model.cell.memory_tokens.device
     head = prompt.prefix_ids(tokenizer)
@@ -196,13 +220,13 @@ def answer_sample(model, tokenizer, sample, *, prompt: BabilongPrompt | None = N
             reader.feed(head)
         for chunk in sample.iter_token_chunks(chunk_size or 16 * model.config.segment_size):
             reader.feed(chunk)
-        read = reader.finish(flush=False)
+        read = reader.finish(flush=question_segment == "alone")
         ids = torch.cat([read.pending.to(device), query], dim=1)
         memory, done = (None if wipe_memory else read.memory), read.tokens
     else:
-        if wipe_memory:
-            raise ValueError("wipe_memory needs segment_alignment='left': the context must be read before the "
-                             "question for its memory to be wiped.")
+        if wipe_memory or question_segment == "alone":
+            raise ValueError("wipe_memory and question_segment='alone' need segment_alignment='left': the context "
+                             "must be read before the question.")
         ids = torch.cat([torch.tensor([head + sample.input_ids()], dtype=torch.long, device=device), query], dim=1)
         done = 0
     options = {"do_sample": False, **generation_defaults(tokenizer)}
@@ -282,8 +306,11 @@ def _previous_results(out: Path, metadata: dict[str, Any], overwrite: bool, say:
     if not old:
         return [], {}
     if overwrite:
-        for r in old:
-            _predictions_path(out, r["task"], r["length"]).unlink(missing_ok=True)
+        stale = {(r["task"], r["length"]) for r in old}
+        for path in (out / PREDICTIONS_DIR).glob("*.jsonl"):  # older versions named 256 tokens "256"
+            task, _, length = path.stem.partition("_")
+            if (task, length_label(length)) in stale:
+                path.unlink()
         say(f"--overwrite: discarding the {len(old)} results in {out}")
         return [], {}
     before = load_metadata(out)
@@ -302,7 +329,7 @@ def evaluate_babilong(model, tokenizer, *, tasks: Sequence[str] | str = DEFAULT_
                       prompt: BabilongPrompt | None = None, split: str = "test",
                       out_dir: str | os.PathLike | None = None, overwrite: bool = False, progress: bool = True,
                       memory=None, model_name: str | None = None, log: Log | None = print,
-                      wipe_memory: bool = False) -> BabilongEvalResult:
+                      wipe_memory: bool = False, question_segment: str = "shared") -> BabilongEvalResult:
     """Accuracy of ``model`` on BABILong, per task and context length.
 
     Every sample is read in chunks at constant memory and answered greedily
@@ -326,6 +353,7 @@ def evaluate_babilong(model, tokenizer, *, tasks: Sequence[str] | str = DEFAULT_
         wipe_memory: answer every question from an empty memory after reading the context
             (see :func:`answer_sample`); recorded in the results, so such a run never mixes
             with a normal one.
+        question_segment: ``"shared"`` or ``"alone"``, see :class:`BabilongSettings`.
 
     Example:
         >>> import torch
@@ -342,7 +370,8 @@ def evaluate_babilong(model, tokenizer, *, tasks: Sequence[str] | str = DEFAULT_
     """
     from tqdm.auto import tqdm
 
-    settings = BabilongSettings(tasks, lengths, n_samples, seed, max_new_tokens, split, prompt or BabilongPrompt())
+    settings = BabilongSettings(tasks, lengths, n_samples, seed, max_new_tokens, split, prompt or BabilongPrompt(),
+                                question_segment)
     say = log or (lambda line: None)
     sources = babi_source if isinstance(babi_source, BabilongSources) else open_sources(
         babi_source, background, seed=seed, split=split)
@@ -371,7 +400,8 @@ def evaluate_babilong(model, tokenizer, *, tasks: Sequence[str] | str = DEFAULT_
         start = time.perf_counter()
         for index, sample in enumerate(iter_samples(task, length, tokenizer, settings, sources)):
             got = answer_sample(model, tokenizer, sample, prompt=settings.prompt,
-                                max_new_tokens=settings.max_new_tokens, memory=memory, wipe_memory=wipe_memory)
+                                max_new_tokens=settings.max_new_tokens, memory=memory, wipe_memory=wipe_memory,
+                                question_segment=settings.question_segment)
             records.append({
                 "task": task, "length": length, "index": index, "question": sample.question,
                 "target": sample.target, "prediction": got.text, "answer": got.answer,

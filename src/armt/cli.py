@@ -313,13 +313,16 @@ def _babilong_compare(args: argparse.Namespace) -> int:
         if not sep or not name.strip() or not folders.strip():
             raise ValueError(f"--run {spec!r}: write it as NAME=FOLDER[,FOLDER...], e.g. --run 'ARMT=out/short,out/long'.")
         runs[name.strip()] = [f.strip() for f in folders.split(",") if f.strip()]
-    paired = None
-    if args.paired:
-        from .evaluation.paired import paired_comparisons
+    compared = compare_runs(runs, args.task)
+    pairs = None
+    if args.paired:  # checked before anything is written
+        from .evaluation.paired import add_paired, paired_comparisons
 
-        paired = paired_comparisons(runs, args.task)
-    table = write_comparison(compare_runs(runs, args.task), args.out, task=args.task, title=args.title,
-                             runs=runs, overwrite=args.overwrite, paired=paired)
+        pairs = paired_comparisons(runs, args.task)
+    table = write_comparison(compared, args.out, task=args.task, title=args.title, runs=runs,
+                             overwrite=args.overwrite)
+    if pairs:
+        table += "\n\n" + add_paired(args.out, pairs)
     print(table)
     print(f"comparison.md, .json and .png in {args.out}")
     return 0

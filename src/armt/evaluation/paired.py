@@ -106,6 +106,21 @@ def paired_comparisons(runs: Mapping[str, Sequence[str | os.PathLike]], task: st
     return out
 
 
+def add_paired(out_dir: str | os.PathLike, pairs: Sequence[dict[str, Any]]) -> str:
+    """Add the paired counts under the table of a comparison that
+    :func:`armt.evaluation.reports.write_comparison` wrote in ``out_dir`` (``comparison.md``,
+    and ``"paired"`` in ``comparison.json``); returns the text added."""
+    out = Path(out_dir)
+    text = ("The same questions, paired (McNemar's exact test: the chance of a split of the questions only one "
+            "model got right at least this uneven, were both equally good):\n\n" + paired_table(pairs))
+    md = out / "comparison.md"
+    md.write_text(md.read_text(encoding="utf-8") + "\n" + text + "\n", encoding="utf-8")
+    record = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
+    record["paired"] = list(pairs)
+    (out / "comparison.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return text
+
+
 def paired_table(pairs: Sequence[dict[str, Any]]) -> str:
     """One row per pair and length: questions only each model got right, and the p-value.
 

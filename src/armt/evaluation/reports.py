@@ -368,27 +368,19 @@ def plot_comparison(compared: Mapping[str, Sequence[dict[str, Any]]], path: str 
 
 
 def write_comparison(compared: Mapping[str, Sequence[dict[str, Any]]], out_dir: str | os.PathLike, *, task: str,
-                     title: str, runs: Mapping[str, Sequence[str]] | None = None, overwrite: bool = False,
-                     paired: Sequence[dict[str, Any]] | None = None) -> str:
+                     title: str, runs: Mapping[str, Sequence[str]] | None = None, overwrite: bool = False) -> str:
     """Write ``comparison.md``, ``.json`` and ``.png`` of :func:`compare_runs` results into
-    ``out_dir`` (an existing file is an error unless ``overwrite``); returns the table.
-    ``paired`` (:func:`armt.evaluation.paired.paired_comparisons`) adds the question-by-question
-    counts and their p-values under it."""
+    ``out_dir`` (an existing file is an error unless ``overwrite``); returns the table."""
     out = Path(out_dir)
     paths = [out / "comparison.md", out / "comparison.json", out / "comparison.png"]
     taken = [str(p) for p in paths if p.exists()]
     if taken and not overwrite:
         raise FileExistsError(f"{taken[0]} exists; pass overwrite=True (--overwrite) to replace it, or another folder.")
     table = comparison_table(compared, task)
-    if paired:
-        from .paired import paired_table
-
-        table += ("\n\nThe same questions, paired (McNemar's exact test: the chance of a split of the questions "
-                  "only one model got right at least this uneven, were both equally good):\n\n" + paired_table(paired))
     out.mkdir(parents=True, exist_ok=True)
     paths[0].write_text(f"# {title}\n\n{table}\n", encoding="utf-8")
     record = {"title": title, "task": task, "runs": {k: [str(f) for f in v] for k, v in (runs or {}).items()},
-              "results": compared, **({"paired": list(paired)} if paired else {})}
+              "results": compared}
     paths[1].write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     plot_comparison(compared, paths[2], title)
     return table

@@ -21,7 +21,7 @@ set -euo pipefail
 RUNS=${RUNS:-runs}
 OUT=${OUT:-docs/babilong_smollm2_alone3}
 OUT4=${OUT4:-docs/babilong_smollm2_alone4}
-N=${N:-100}; N_LONG=${N_LONG:-50}
+N=${N:-100}; N_LONG=${N_LONG:-50}; N_LONGER=${N_LONGER:-30}
 BASE=bases/smollm2-135m
 CONFIG=configs/babilong_smollm2.yaml
 ALONE="--data.options.question_segment alone"
@@ -60,6 +60,9 @@ $EVAL --lengths 0.25k,0.5k --n "$N" --out "$OUT4/armt"
 $EVAL --lengths 1k --n "$N_LONG" --out "$OUT4/armt_1k"
 $EVAL --lengths 0.25k,0.5k --n "$N" --wipe-memory --out "$OUT4/armt_wiped"
 $EVAL --lengths 1k --n "$N_LONG" --wipe-memory --out "$OUT4/armt_wiped_1k"
+$EVAL --lengths 2k --n "$N_LONGER" --out "$OUT4/armt_2k"
+$EVAL --lengths 2k --n "$N_LONGER" --wipe-memory --out "$OUT4/armt_wiped_2k"
 armt babilong compare --task qa1 --out "$OUT4" --overwrite --paired \
     --title "BABILong qa1, SmolLM2-135M trained at 0.25k then 0.5k, question alone" \
-    --run "ARMT=$OUT4/armt,$OUT4/armt_1k" --run "ARMT, memory wiped=$OUT4/armt_wiped,$OUT4/armt_wiped_1k"
+    --run "ARMT=$OUT4/armt,$OUT4/armt_1k,$OUT4/armt_2k" \
+    --run "ARMT, memory wiped=$OUT4/armt_wiped,$OUT4/armt_wiped_1k,$OUT4/armt_wiped_2k"

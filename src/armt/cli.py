@@ -329,6 +329,8 @@ def _babilong_compare(args: argparse.Namespace) -> int:
 
 
 def _add_babilong_parsers(sub) -> None:
+    from .data.babilong_prompt import QUESTION_SEGMENTS
+
     bl = sub.add_parser("babilong", help="BABILong: write data sets, evaluate a model")
     bl_sub = bl.add_subparsers(dest="babilong_command", required=True)
 
@@ -367,7 +369,7 @@ def _add_babilong_parsers(sub) -> None:
                     help="answer from an empty memory after reading the context: the same weights without what "
                          "the memory carries (the control for what the memory adds); with --question-segment "
                          "shared, the context's last partial segment is still seen with the question")
-    ev.add_argument("--question-segment", choices=("shared", "alone"), default="shared",
+    ev.add_argument("--question-segment", choices=QUESTION_SEGMENTS, default="shared",
                     help="shared: the whole sample through the model as one input (the question follows the "
                          "context's last partial segment, as in BABILong's evaluation); alone: the context is "
                          "written into memory whole and the question starts its own segment, so only the memory "

@@ -8,6 +8,10 @@ from typing import Any
 
 from armt.data.background import clean_sentence
 
+# where a sample's question sits: after the context's last partial segment, cut into segments with
+# it ("shared", as one input), or in a segment of its own after the whole context ("alone")
+QUESTION_SEGMENTS = ("shared", "alone")
+
 Tokenizer = Callable[..., Any]
 
 

@@ -32,6 +32,7 @@ import torch
 from armt.adapters import unwrap_adapters
 from armt.data.babi import SPLITS, load_babilong_hf, normalize_task
 from armt.data.babilong import BabilongPrompt, iter_babilong, length_name, parse_length, write_jsonl
+from armt.data.babilong_prompt import QUESTION_SEGMENTS
 from armt.data.babilong_sources import BUILTIN, BabilongSources, open_sources  # noqa: F401  (part of this API)
 from armt.evaluation.babilong_scoring import compare_answers, exact_match
 from armt.evaluation.reports import (
@@ -49,7 +50,6 @@ from armt.generation import generation_defaults
 from armt.streaming import MemoryReader
 
 MANIFEST = "manifest.json"
-QUESTION_SEGMENTS = ("shared", "alone")
 DATA_FORMAT = "armt.babilong.v1"
 DEFAULT_TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5")
 DEFAULT_LENGTHS = ("0k", "1k", "2k", "4k", "8k", "16k")

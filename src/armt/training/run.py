@@ -174,7 +174,7 @@ def babilong_factory(cfg, tokenizer) -> Callable[[int, str], Dataset]:
     babi_variant = options.pop("babi_variant", "en")
     if babi_variant not in VARIANTS:
         raise ValueError(f"data.options.babi_variant={babi_variant!r} is unknown; use one of {VARIANTS}.")
-    is_folder = isinstance(babi, (str, Path)) and str(babi) != "builtin" and not str(babi).startswith("hf")
+    is_folder = isinstance(babi, (str, Path)) and str(babi) not in ("builtin", "hf") and not str(babi).startswith("hf:")
     if babi_variant != "en" and not is_folder:
         raise ValueError(f"data.options.babi_variant={babi_variant!r} needs data.options.babi to be a bAbI folder "
                          f"(holding en/ and en-10k/), not {babi!r}.")

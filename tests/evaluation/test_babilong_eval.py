@@ -167,8 +167,14 @@ def test_question_alone_reads_the_whole_context_into_memory_first(live_model, da
                                 for a, b in zip(given.layers, memory.layers))
     assert got.prompt_tokens == len(prompt.prefix_ids(tok)) + sample.num_tokens + len(query)
     # wiped: the question alone with an empty memory, whatever the context
-    answer_sample(model, tok, sample, prompt=prompt, max_new_tokens=6, question_segment="alone", wipe_memory=True)
-    assert calls[-1] == (query, None)
+    # (the context is not even read: its memory would be thrown away)
+    feeds = []
+    monkeypatch.setattr(MemoryReader, "feed", lambda self, ids: feeds.append(ids))
+    wiped = answer_sample(model, tok, sample, prompt=prompt, max_new_tokens=6, question_segment="alone",
+                          wipe_memory=True)
+    assert calls[-1] == (query, None) and feeds == [] and wiped.prompt_tokens == len(query)
+    monkeypatch.undo()
+    monkeypatch.setattr(model, "generate", spy)
     # shared: the context's last partial segment goes in with the question
     answer_sample(model, tok, sample, prompt=prompt, max_new_tokens=6)
     assert len(calls[-1][0]) == (len(prompt.prefix_ids(tok)) + sample.num_tokens) % S + len(query)

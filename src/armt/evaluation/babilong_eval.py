@@ -205,7 +205,8 @@ def answer_sample(model, tokenizer, sample, *, prompt: BabilongPrompt | None = N
         question_segment: ``"shared"`` as above; ``"alone"`` writes the whole context into
             memory (its last partial segment too) and gives the query a segment of its own, so
             that everything the question needs crosses through the memory, and ``wipe_memory``
-            leaves the question with nothing but itself.
+            leaves the question with nothing but itself (the context is then not read at all,
+            as nothing of it could reach the answer, and ``prompt_tokens`` counts the query only).
     """
     if question_segment not in QUESTION_SEGMENTS:
         raise ValueError(f"question_segment={question_segment!r} is unknown; use one of {QUESTION_SEGMENTS}.")
@@ -214,7 +215,10 @@ def answer_sample(model, tokenizer, sample, *, prompt: BabilongPrompt | None = N
     head = prompt.prefix_ids(tokenizer)
     query = torch.tensor([prompt.query_ids(tokenizer, sample.question)], device=device)
     start = time.perf_counter()
-    if model.config.segment_alignment == "left":
+    if wipe_memory and question_segment == "alone" and model.config.segment_alignment == "left":
+        # the memory read from the context would be thrown away whole, so the context is not read
+        ids, memory, done = query, None, 0
+    elif model.config.segment_alignment == "left":
         reader = MemoryReader(model, memory)
         if head:
             reader.feed(head)

@@ -146,3 +146,12 @@ def test_runs_compared_across_folders_and_from_the_shell(tmp_path, capsys):
     assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
     assert main(["babilong", "compare", "--run", "nofolders", "--out", str(tmp_path / "c2")]) == 2
     assert "NAME=FOLDER" in capsys.readouterr().err
+
+
+def test_long_titles_are_wrapped_to_stay_inside_the_figure():
+    from armt.evaluation.reports import wrap_title
+
+    title = "BABILong qa1, SmolLM2-135M trained at 0.25k, 0.5k then 1k, question alone"
+    lines = wrap_title(title).split("\n")
+    assert len(lines) == 2 and all(len(line) <= 64 for line in lines) and " ".join(lines) == title
+    assert wrap_title("short") == "short"

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -160,7 +161,7 @@ def plot_heatmap(results: Iterable[dict[str, Any]], path: str | os.PathLike,
     ax.set_yticks(range(len(tasks)), tasks)
     ax.set_xlabel("context length")
     if title:
-        ax.set_title(title)
+        ax.set_title(wrap_title(title))
     fig.colorbar(image, ax=ax, label="accuracy, %")
     fig.tight_layout()
     path = Path(path)
@@ -339,6 +340,12 @@ def comparison_table(compared: Mapping[str, Sequence[dict[str, Any]]], task: str
     return "\n".join(lines)
 
 
+def wrap_title(title: str, width: int = 64) -> str:
+    """``title`` broken into lines of at most ``width`` characters (at spaces), so that a long
+    one stays inside a figure 6.4 inches wide instead of being cut at its edges."""
+    return "\n".join(textwrap.wrap(title, width)) or title
+
+
 def plot_comparison(compared: Mapping[str, Sequence[dict[str, Any]]], path: str | os.PathLike, title: str) -> Path:
     """Accuracy against context length (log axis), one line per model, with 95% intervals."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -360,7 +367,7 @@ def plot_comparison(compared: Mapping[str, Sequence[dict[str, Any]]], path: str 
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title(title)
+    ax.set_title(wrap_title(title))
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)

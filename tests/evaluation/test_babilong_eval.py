@@ -446,3 +446,19 @@ def test_memory_does_not_grow_with_sample_length(tmp_path):
     # 16x the tokens, the same peak: 256k measured 1.4 MiB above 16k (the whole sample held
     # at once measured 5.3 MiB above); a peak that grew with length would be far over
     assert long_kib - short_kib <= 3 * 1024, peaks
+
+
+def test_memory_growth_script_prints_norms_and_answers(live_model, tok, tmp_path):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    model = live_model(tok)
+    model.save_pretrained(tmp_path / "m", save_base=True)
+    tok.save_pretrained(tmp_path / "m")
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "memory_growth.py"), "--model", str(tmp_path / "m"),
+                          "--length", "0.25k"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split(" | ") for line in out.stdout.splitlines() if line[:1].isdigit()]
+    segments = [int(r[0]) for r in rows]
+    assert segments[0] == 1 and segments == sorted(segments) and len(segments) >= 3  # 256 tokens: 4+ segments of 64
+    assert all(float(r[1]) > 0 and float(r[3]) > 0 for r in rows)

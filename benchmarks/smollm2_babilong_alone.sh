@@ -40,10 +40,37 @@ DATA="--tasks qa1 --babi ../shared/data/babi --background ../shared/data/gutenbe
     --model.init_from "$RUNS/babilong_smollm2_alone/best" \
     "--curriculum=[{num_segments: 2, max_steps: 180, learning_rate: 5.0e-5}]" \
     --training.eval_steps 90 --training.save_steps 90 --training.output_dir "$RUNS/babilong_smollm2_alone2"
-[ -d "$RUNS/babilong_smollm2_alone3/best" ] || armt train $CONFIG $ALONE --data.options.babi_variant en-10k \
-    --data.num_train 2000 --data.num_eval 24 --data.seed 2 --model.init_from "$RUNS/babilong_smollm2_alone2/best" \
-    "--curriculum=[{num_segments: 2, max_steps: 660, learning_rate: 5.0e-5}]" \
-    --training.eval_steps 110 --training.save_steps 110 --training.output_dir "$RUNS/babilong_smollm2_alone3"
+# continue_run NAME FROM SEGMENTS STEPS QUESTIONS EVAL_SAMPLES SEED EVERY: train runs/NAME from
+# runs/FROM/best on bAbI en-10k at lr 5e-5 (skipped when runs/NAME exists)
+continue_run() {
+    [ -d "$RUNS/$1/best" ] || armt train $CONFIG $ALONE --data.options.babi_variant en-10k \
+        --data.num_train "$5" --data.num_eval "$6" --data.seed "$7" --model.init_from "$RUNS/$2/best" \
+        "--curriculum=[{num_segments: $3, max_steps: $4, learning_rate: 5.0e-5}]" \
+        --training.eval_steps "$8" --training.save_steps "$8" --training.output_dir "$RUNS/$1"
+}
+# eval_alone MODEL OUT TITLE SHORT: question alone, memory kept and wiped, at SHORT (e.g. 0k,0.5k;
+# empty: none), 1k, 2k-4k, 8k and 16k, then the paired comparison. The wiped model reads only the
+# question (its memory is empty whatever the context), so its runs are cheap.
+eval_alone() {
+    local kind wipe dir eval_cmd armt_dirs="" wiped_dirs=""
+    for kind in armt armt_wiped; do
+        wipe=""; [ "$kind" = armt_wiped ] && wipe="--wipe-memory"
+        eval_cmd="armt babilong eval --model $1 $DATA --question-segment alone $wipe"
+        dir="$2/$kind"
+        [ -z "$4" ] || $eval_cmd --lengths "$4" --n "$N" --out "$dir"
+        $eval_cmd --lengths 1k --n "$N_LONG" --out "${dir}_1k"
+        $eval_cmd --lengths 2k,4k --n "$N_LONGER" --out "${dir}_4k"
+        $eval_cmd --lengths 8k --n "$N_8K" --out "${dir}_8k"
+        $eval_cmd --lengths 16k --n "$N_16K" --out "${dir}_16k"
+    done
+    for kind in armt armt_wiped; do
+        dir="${4:+$2/$kind,}$2/${kind}_1k,$2/${kind}_4k,$2/${kind}_8k,$2/${kind}_16k"
+        if [ "$kind" = armt ]; then armt_dirs=$dir; else wiped_dirs=$dir; fi
+    done
+    armt babilong compare --task qa1 --out "$2" --overwrite --paired --title "$3" \
+        --run "ARMT=$armt_dirs" --run "ARMT, memory wiped=$wiped_dirs"
+}
+continue_run babilong_smollm2_alone3 babilong_smollm2_alone2 2 660 2000 24 2 110
 ARMT="$RUNS/babilong_smollm2_alone3/best"
 # each layout: the question alone after the context (as trained), then the whole sample as one input
 for LAYOUT in alone shared; do
@@ -57,10 +84,7 @@ for LAYOUT in alone shared; do
         --run "ARMT=$OUT/$LAYOUT/armt,$OUT/$LAYOUT/armt_1k" \
         --run "ARMT, memory wiped=$OUT/$LAYOUT/armt_wiped,$OUT/$LAYOUT/armt_wiped_1k"
 done
-[ -d "$RUNS/babilong_smollm2_alone4/best" ] || armt train $CONFIG $ALONE --data.options.babi_variant en-10k \
-    --data.num_train 1200 --data.num_eval 24 --data.seed 3 --model.init_from "$RUNS/babilong_smollm2_alone3/best" \
-    "--curriculum=[{num_segments: 3, max_steps: 300, learning_rate: 5.0e-5}]" \
-    --training.eval_steps 100 --training.save_steps 100 --training.output_dir "$RUNS/babilong_smollm2_alone4"
+continue_run babilong_smollm2_alone4 babilong_smollm2_alone3 3 300 1200 24 3 100
 EVAL="armt babilong eval --model $RUNS/babilong_smollm2_alone4/best $DATA --question-segment alone"
 $EVAL --lengths 0.25k,0.5k --n "$N" --out "$OUT4/armt"
 $EVAL --lengths 1k --n "$N_LONG" --out "$OUT4/armt_1k"
@@ -72,37 +96,9 @@ armt babilong compare --task qa1 --out "$OUT4" --overwrite --paired \
     --title "BABILong qa1, SmolLM2-135M trained at 0.25k then 0.5k, question alone" \
     --run "ARMT=$OUT4/armt,$OUT4/armt_1k,$OUT4/armt_2k" \
     --run "ARMT, memory wiped=$OUT4/armt_wiped,$OUT4/armt_wiped_1k,$OUT4/armt_wiped_2k"
-[ -d "$RUNS/babilong_smollm2_alone5/best" ] || armt train $CONFIG $ALONE --data.options.babi_variant en-10k \
-    --data.num_train 600 --data.num_eval 24 --data.seed 4 --model.init_from "$RUNS/babilong_smollm2_alone4/best" \
-    "--curriculum=[{num_segments: 5, max_steps: 120, learning_rate: 5.0e-5}]" \
-    --training.eval_steps 40 --training.save_steps 40 --training.output_dir "$RUNS/babilong_smollm2_alone5"
-# the wiped model reads only the question (its memory is empty whatever the context), so its runs are cheap
-for WIPE in "" "--wipe-memory"; do
-    EVAL="armt babilong eval --model $RUNS/babilong_smollm2_alone5/best $DATA --question-segment alone $WIPE"
-    DIR="$OUT5/armt${WIPE:+_wiped}"
-    $EVAL --lengths 0k,0.25k,0.5k --n "$N" --out "$DIR"
-    $EVAL --lengths 1k --n "$N_LONG" --out "${DIR}_1k"
-    $EVAL --lengths 2k,4k --n "$N_LONGER" --out "${DIR}_4k"
-    $EVAL --lengths 8k --n "$N_8K" --out "${DIR}_8k"
-    $EVAL --lengths 16k --n "$N_16K" --out "${DIR}_16k"
-done
-armt babilong compare --task qa1 --out "$OUT5" --overwrite --paired \
-    --title "BABILong qa1, SmolLM2-135M trained at 0.25k, 0.5k then 1k, question alone" \
-    --run "ARMT=$OUT5/armt,$OUT5/armt_1k,$OUT5/armt_4k,$OUT5/armt_8k,$OUT5/armt_16k" \
-    --run "ARMT, memory wiped=$OUT5/armt_wiped,$OUT5/armt_wiped_1k,$OUT5/armt_wiped_4k,$OUT5/armt_wiped_8k,$OUT5/armt_wiped_16k"
-[ -d "$RUNS/babilong_smollm2_alone6/best" ] || armt train $CONFIG $ALONE --data.options.babi_variant en-10k \
-    --data.num_train 200 --data.num_eval 16 --data.seed 5 --model.init_from "$RUNS/babilong_smollm2_alone5/best" \
-    "--curriculum=[{num_segments: 9, max_steps: 40, learning_rate: 5.0e-5}]" \
-    --training.eval_steps 20 --training.save_steps 20 --training.output_dir "$RUNS/babilong_smollm2_alone6"
-for WIPE in "" "--wipe-memory"; do
-    EVAL="armt babilong eval --model $RUNS/babilong_smollm2_alone6/best $DATA --question-segment alone $WIPE"
-    DIR="$OUT6/armt${WIPE:+_wiped}"
-    $EVAL --lengths 1k --n "$N_LONG" --out "$DIR"
-    $EVAL --lengths 2k,4k --n "$N_LONGER" --out "${DIR}_4k"
-    $EVAL --lengths 8k --n "$N_8K" --out "${DIR}_8k"
-    $EVAL --lengths 16k --n "$N_16K" --out "${DIR}_16k"
-done
-armt babilong compare --task qa1 --out "$OUT6" --overwrite --paired \
-    --title "BABILong qa1, SmolLM2-135M trained at 0.25k, 0.5k, 1k then 2k, question alone" \
-    --run "ARMT=$OUT6/armt,$OUT6/armt_4k,$OUT6/armt_8k,$OUT6/armt_16k" \
-    --run "ARMT, memory wiped=$OUT6/armt_wiped,$OUT6/armt_wiped_4k,$OUT6/armt_wiped_8k,$OUT6/armt_wiped_16k"
+continue_run babilong_smollm2_alone5 babilong_smollm2_alone4 5 120 600 24 4 40
+eval_alone "$RUNS/babilong_smollm2_alone5/best" "$OUT5" \
+    "BABILong qa1, SmolLM2-135M trained at 0.25k, 0.5k then 1k, question alone" 0k,0.25k,0.5k
+continue_run babilong_smollm2_alone6 babilong_smollm2_alone5 9 40 200 16 5 20
+eval_alone "$RUNS/babilong_smollm2_alone6/best" "$OUT6" \
+    "BABILong qa1, SmolLM2-135M trained at 0.25k, 0.5k, 1k then 2k, question alone" ""

@@ -12,6 +12,18 @@ from armt.data.background import clean_sentence
 # it ("shared", as one input), or in a segment of its own after the whole context ("alone")
 QUESTION_SEGMENTS = ("shared", "alone")
 
+
+def check_question_segment(value: str) -> str:
+    """``value`` if it is one of :data:`QUESTION_SEGMENTS`, else a ``ValueError`` naming them.
+
+    Example:
+        >>> check_question_segment("alone")
+        'alone'
+    """
+    if value not in QUESTION_SEGMENTS:
+        raise ValueError(f"question_segment={value!r} is unknown; use one of {QUESTION_SEGMENTS}.")
+    return value
+
 Tokenizer = Callable[..., Any]
 
 

@@ -33,6 +33,17 @@ class BabilongSources:
         return {"babi": self.babi_description, "background": self.background_description}
 
 
+def is_hub_source(babi: Any) -> bool:
+    """Whether ``babi`` names the published BABILong sets on the Hub (``"hf"`` or ``"hf:<dataset>"``)
+    rather than a bAbI folder, ``"builtin"`` or samples.
+
+    Example:
+        >>> is_hub_source("hf"), is_hub_source("hf:RMT-team/babilong"), is_hub_source("hfdata/babi")
+        (True, True, False)
+    """
+    return isinstance(babi, str) and (babi == "hf" or babi.startswith("hf:"))
+
+
 def open_sources(babi: Any = None, background: Any = None, *, seed: int = 0, split: str = "test") -> BabilongSources:
     """Open the bAbI questions and the background text, and describe them.
 
@@ -57,7 +68,7 @@ def open_sources(babi: Any = None, background: Any = None, *, seed: int = 0, spl
         raise ValueError(f"split={split!r} is unknown; use one of {SPLITS}.")
     if babi is None:
         babi = os.environ.get(BABI_DIR_ENV) or BUILTIN
-    if isinstance(babi, str) and (babi == "hf" or babi.startswith("hf:")):
+    if is_hub_source(babi):
         name = babi[3:] or HF_BABILONG
         return BabilongSources(f"hf:{name}", f"published BABILong sets from Hugging Face {name} (contexts included)",
                                None, "none (the published samples hold their contexts)")

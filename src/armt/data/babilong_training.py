@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .babilong import BabilongPrompt, iter_babilong
-from .babilong_prompt import QUESTION_SEGMENTS
+from .babilong_prompt import check_question_segment
 
 # room left in the last segment for the question, the answer and EOS
 QUERY_BUDGET = 48
@@ -47,8 +47,7 @@ class BabilongTrainingSet(Dataset):
                  prompt: BabilongPrompt | None = None, question_segment: str = "shared",
                  babi_variant: str = "en"):
         prompt = prompt or BabilongPrompt()
-        if question_segment not in QUESTION_SEGMENTS:
-            raise ValueError(f"question_segment={question_segment!r} is unknown; use one of {QUESTION_SEGMENTS}.")
+        check_question_segment(question_segment)
         prefix = len(prompt.prefix_ids(tokenizer))
         if question_segment == "alone":  # the context of an evaluation length, the question after it
             context = (num_segments - 1) * segment_size

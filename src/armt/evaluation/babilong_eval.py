@@ -32,7 +32,7 @@ import torch
 from armt.adapters import unwrap_adapters
 from armt.data.babi import SPLITS, load_babilong_hf, normalize_task
 from armt.data.babilong import BabilongPrompt, iter_babilong, length_name, parse_length, write_jsonl
-from armt.data.babilong_prompt import QUESTION_SEGMENTS
+from armt.data.babilong_prompt import check_question_segment
 from armt.data.babilong_sources import BUILTIN, BabilongSources, open_sources  # noqa: F401  (part of this API)
 from armt.evaluation.babilong_scoring import compare_answers, exact_match
 from armt.evaluation.reports import (
@@ -103,8 +103,7 @@ class BabilongSettings:
                 raise ValueError(f"{name} must be an int >= {0 if name == 'seed' else 1}, got {value!r}.")
         if self.split not in SPLITS:
             raise ValueError(f"split={self.split!r} is unknown; use one of {SPLITS}.")
-        if self.question_segment not in QUESTION_SEGMENTS:
-            raise ValueError(f"question_segment={self.question_segment!r} is unknown; use one of {QUESTION_SEGMENTS}.")
+        check_question_segment(self.question_segment)
         if not isinstance(self.prompt, BabilongPrompt):
             raise TypeError(f"prompt must be a BabilongPrompt, got {type(self.prompt).__name__}.")
 
@@ -208,8 +207,7 @@ def answer_sample(model, tokenizer, sample, *, prompt: BabilongPrompt | None = N
             leaves the question with nothing but itself (the context is then not read at all,
             as nothing of it could reach the answer, and ``prompt_tokens`` counts the query only).
     """
-    if question_segment not in QUESTION_SEGMENTS:
-        raise ValueError(f"question_segment={question_segment!r} is unknown; use one of {QUESTION_SEGMENTS}.")
+    check_question_segment(question_segment)
     prompt = prompt or BabilongPrompt()
     device = model.cell.memory_tokens.device
     head = prompt.prefix_ids(tokenizer)

@@ -160,7 +160,7 @@ def babilong_factory(cfg, tokenizer) -> Callable[[int, str], Dataset]:
     of books, dataset name, ``builtin``) and ``question_segment`` (``shared`` or ``alone``, see
     :class:`armt.data.babilong_training.BabilongTrainingSet`)."""
     from ..data.babilong_training import BabilongTrainingSet
-    from ..data.babilong_sources import open_sources
+    from ..data.babilong_sources import BUILTIN, is_hub_source, open_sources
 
     if tokenizer is None:
         raise ValueError("data.kind=babilong needs a tokenizer: set data.options.tokenizer or model.name_or_path.")
@@ -174,7 +174,7 @@ def babilong_factory(cfg, tokenizer) -> Callable[[int, str], Dataset]:
     babi_variant = options.pop("babi_variant", "en")
     if babi_variant not in VARIANTS:
         raise ValueError(f"data.options.babi_variant={babi_variant!r} is unknown; use one of {VARIANTS}.")
-    is_folder = isinstance(babi, (str, Path)) and str(babi) not in ("builtin", "hf") and not str(babi).startswith("hf:")
+    is_folder = isinstance(babi, (str, Path)) and str(babi) != BUILTIN and not is_hub_source(str(babi))
     if babi_variant != "en" and not is_folder:
         raise ValueError(f"data.options.babi_variant={babi_variant!r} needs data.options.babi to be a bAbI folder "
                          f"(holding en/ and en-10k/), not {babi!r}.")

@@ -35,6 +35,19 @@ def test_round_trip_holds_only_armt_weights(tiny_base, tiny_armt, tmp_path):
     model.save_pretrained(tmp_path / "m", overwrite=True)
 
 
+def test_run_options_change_on_loading_and_nothing_else(tiny_base, tiny_armt, tmp_path):
+    model = tiny_armt("llama")
+    model.save_pretrained(tmp_path / "m")
+    base = tiny_base("llama", dtype=torch.float64)
+    restored = armt.ARMTForCausalLM.from_pretrained(tmp_path / "m", base_model=base,
+                                                    options={"bptt_segments": 3, "last_segment_loss_only": True})
+    assert restored.config.bptt_segments == 3 and restored.config.last_segment_loss_only
+    assert restored.config.segment_size == model.config.segment_size
+    same_logits(restored.eval(), model, torch.randint(99, (1, 20)))
+    with pytest.raises(ValueError, match="segment_size is not a run-time option"):
+        armt.ARMTForCausalLM.from_pretrained(tmp_path / "m", base_model=base, options={"segment_size": 4})
+
+
 def test_another_base_is_refused_naming_the_expected_one(tiny_base, tiny_armt, tmp_path):
     tiny_armt("llama").save_pretrained(tmp_path / "m")
     with pytest.raises(ValueError, match="saved for a different base model \\(LlamaForCausalLM"):

@@ -224,3 +224,27 @@ class ARMTConfig:
 
 
 _OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(ARMTConfig))
+
+# how a model is run or trained, not what its weights mean: a saved model may continue with
+# other values of these (armt.training.run, ``from_pretrained(options=...)``)
+RUN_OPTIONS = frozenset({"bptt_segments", "gradient_checkpointing", "last_segment_loss_only", "wavefront"})
+
+
+def with_run_options(config: ARMTConfig, options: dict[str, Any]) -> ARMTConfig:
+    """``config`` with some of its :data:`RUN_OPTIONS` replaced; any other key is refused,
+    since it would change what the saved weights mean.
+
+    Example:
+        >>> with_run_options(ARMTConfig(), {"bptt_segments": 4}).bptt_segments
+        4
+        >>> with_run_options(ARMTConfig(), {"d_mem": 32})
+        Traceback (most recent call last):
+        ...
+        ValueError: d_mem is not a run-time option: it changes what a saved model's weights mean. Only bptt_segments, gradient_checkpointing, last_segment_loss_only, wavefront can differ from the saved config.
+    """
+    other = sorted(set(options) - RUN_OPTIONS)
+    if other:
+        raise ValueError(f"{', '.join(other)} {'is' if len(other) == 1 else 'are'} not a run-time option: it changes "
+                         f"what a saved model's weights mean. Only {', '.join(sorted(RUN_OPTIONS))} can differ "
+                         "from the saved config.")
+    return dataclasses.replace(config, **options)

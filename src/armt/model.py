@@ -117,14 +117,17 @@ class ARMTForCausalLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory, base_model=None, *, check_base: bool = True,
-                        is_trainable: bool = False, **base_kwargs) -> ARMTForCausalLM:
+                        is_trainable: bool = False, options: dict | None = None,
+                        **base_kwargs) -> ARMTForCausalLM:
         """Load a directory written by :meth:`save_pretrained` onto ``base_model`` (a module, a
         path or a Hub name; ``None`` uses the base saved in the directory). A base of another
         architecture is refused with a message naming the expected one; saved peft adapters
-        are restored (trainable with ``is_trainable``). ``base_kwargs`` go to the base's
-        ``from_pretrained`` (``torch_dtype``, ``attn_implementation``, ...)."""
+        are restored (trainable with ``is_trainable``). ``options`` changes run-time settings
+        of the saved config, such as ``{"bptt_segments": 4}`` (:data:`armt.config.RUN_OPTIONS`;
+        anything else is refused). ``base_kwargs`` go to the base's ``from_pretrained``
+        (``torch_dtype``, ``attn_implementation``, ...)."""
         return saving.from_pretrained(cls, directory, base_model, check_base=check_base,
-                               is_trainable=is_trainable, **base_kwargs)
+                               is_trainable=is_trainable, options=options, **base_kwargs)
 
     def push_to_hub(self, repo_id: str, *, save_base: bool = False, private: bool | None = None,
                     token: str | None = None, commit_message: str = "Upload ARMT model", api=None):

@@ -15,7 +15,7 @@ from torch import nn
 
 from .bases import load_base_model
 from .adapters import has_adapters, unwrap_adapters
-from .config import ARMTConfig
+from .config import ARMTConfig, with_run_options
 
 CONFIG_NAME = "armt_config.json"
 WEIGHTS_NAME = "armt_model.safetensors"
@@ -104,19 +104,31 @@ def saved_base_source(directory: str | os.PathLike, record: dict | None = None) 
     return source
 
 
-def from_pretrained(cls, directory: str | os.PathLike, base_model: nn.Module | str | None = None,
-                    *, check_base: bool = True, is_trainable: bool = False, **base_kwargs):
-    """Restore a model written by :func:`save_pretrained` onto ``base_model`` (a module, a
-    local path or a Hub name; ``None`` uses the saved base, or the recorded name). Saved peft
-    adapters are put back onto the base (trainable with ``is_trainable``). ``check_base=False``
-    skips the comparison of the base's architecture config with the recorded one (shapes are
-    always checked)."""
-    directory = Path(directory)
+def _read_record(directory: Path) -> dict:
     if not (directory / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}; save the model with save_pretrained first.")
     record = json.loads((directory / CONFIG_NAME).read_text())
     if record.get("format") != _FORMAT:
         raise ValueError(f"{directory / CONFIG_NAME} has format {record.get('format')!r}, expected {_FORMAT!r}.")
+    return record
+
+
+def saved_config(directory: str | os.PathLike) -> ARMTConfig:
+    """The ARMT config a :func:`save_pretrained` directory holds, read without loading a model."""
+    return ARMTConfig.from_dict(_read_record(Path(directory))["armt"])
+
+
+def from_pretrained(cls, directory: str | os.PathLike, base_model: nn.Module | str | None = None,
+                    *, check_base: bool = True, is_trainable: bool = False, options: dict | None = None,
+                    **base_kwargs):
+    """Restore a model written by :func:`save_pretrained` onto ``base_model`` (a module, a
+    local path or a Hub name; ``None`` uses the saved base, or the recorded name). Saved peft
+    adapters are put back onto the base (trainable with ``is_trainable``). ``check_base=False``
+    skips the comparison of the base's architecture config with the recorded one (shapes are
+    always checked). ``options`` replaces run-time settings of the saved config (e.g.
+    ``{"bptt_segments": 4}``; see :func:`armt.config.with_run_options`)."""
+    directory = Path(directory)
+    record = _read_record(directory)
     expected = record["base"]
     if base_model is None:
         base_model = saved_base_source(directory, record)
@@ -127,7 +139,7 @@ def from_pretrained(cls, directory: str | os.PathLike, base_model: nn.Module | s
 
         base_model = PeftModel.from_pretrained(base_model, str(directory / record["adapter"]),
                                                is_trainable=is_trainable)
-    model = cls(base_model, ARMTConfig.from_dict(record["armt"]))
+    model = cls(base_model, with_run_options(ARMTConfig.from_dict(record["armt"]), options or {}))
     got = _base_record(model)
     keys = ["class", "hidden_size", "num_layers", "vocab_size"] + (["config_hash"] if check_base else [])
     clash = {k: (expected[k], got[k]) for k in keys

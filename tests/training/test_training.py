@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback, TrainingArguments
 
+from armt.config import ARMTConfig
 from armt.training.config import RunConfig, load_run_config
 from armt.training.run import train
 from armt.training.trainer import ARMTTrainer, SegmentCollator
@@ -217,6 +218,49 @@ def test_overrides_apply_on_top_of_the_file(tmp_path):
                                  "--curriculum", "[{num_segments: 2, max_steps: 3}]"])
     assert cfg.training["learning_rate"] == 0.5 and cfg.armt.segment_size == 32
     assert cfg.stages[0].num_segments == 2
+
+
+def test_init_from_keeps_the_saved_memory_and_takes_new_run_options(tmp_path):
+    from armt.training.run import build_model
+
+    [first] = train(tiny_run(tmp_path / "first", stages=((2, 2),)))
+    values = tiny_run(tmp_path / "second", stages=((2, 2),)).to_dict()
+    values["model"]["init_from"] = first.best_dir
+    values["armt"] = {"bptt_segments": 1}  # the saved model's num_mem_tokens=2 etc. are not repeated
+    cfg = RunConfig.from_dict(values)
+    model = build_model(cfg)
+    assert model.config.bptt_segments == 1 and model.config.num_mem_tokens == 2 and model.config.segment_size == 12
+    saved = load_file(str(Path(first.best_dir) / "armt_model.safetensors"))
+    torch.testing.assert_close(model.cell.memory_tokens.detach(), saved["memory_tokens"])
+    # the base was trained too (and saved with the memory): it is not replaced by a fresh one
+    saved_base = load_file(str(Path(first.best_dir) / "model.safetensors"))
+    name, weight = next((k, v) for k, v in saved_base.items() if k.endswith("wte.weight"))
+    torch.testing.assert_close(model.base_model.state_dict()[name], weight)
+    train(cfg)
+    written = yaml.safe_load((tmp_path / "second" / "run_config.yaml").read_text())["armt"]
+    assert written["bptt_segments"] == 1 and written["segment_size"] == 12 and written["num_mem_tokens"] == 2
+    # a layout key that differs from the saved model is refused, not silently replaced
+    values["armt"] = {"segment_size": 24, "bptt_segments": 1}
+    with pytest.raises(ValueError, match=r"saved with segment_size=12; the run sets armt.segment_size=24"):
+        build_model(RunConfig.from_dict(values))
+    # built in Python (no record of the keys given): values other than the defaults count as given
+    cfg = RunConfig(model=cfg.model, armt=ARMTConfig(segment_size=24), training=cfg.training)
+    with pytest.raises(ValueError, match="armt.segment_size=24"):
+        build_model(cfg)
+
+
+def test_the_trainer_keeps_only_the_last_segments_logits(tmp_path):
+    from armt.tiny import tiny_base_model
+    from armt import ARMTForCausalLM
+
+    model = ARMTForCausalLM(tiny_base_model("gpt2", layers=2, hidden=32, vocab=32),
+                            ARMTConfig(num_mem_tokens=2, d_mem=8, segment_size=4))
+    ids = torch.randint(32, (2, 12))
+    batch = {"input_ids": ids, "labels": ids}
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    loss, out = ARMTTrainer(model=model, args=args).compute_loss(model, batch, return_outputs=True)
+    assert out.logits.shape[1] == 4  # the last segment only
+    torch.testing.assert_close(loss, model(**batch).loss)
 
 
 def _write_config(path: Path, out: Path, **training) -> Path:

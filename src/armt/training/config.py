@@ -25,7 +25,7 @@ METRICS = ("exact_match",)
 def _check_keys(cls, values: dict, where: str) -> None:
     if not isinstance(values, dict):
         raise ValueError(f"{where} must be a mapping of keys to values, got {type(values).__name__}.")
-    known = {f.name for f in dataclasses.fields(cls)}
+    known = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown key {where}.{unknown[0]} (known keys of {where}: {', '.join(sorted(known))}).")
@@ -41,8 +41,10 @@ class ModelSpec:
             (``pip install "armt[gguf]"``); export it once with ``armt export-base`` to load faster.
         tiny: instead, a random tiny model: ``{family: gpt2|llama, layers, hidden, vocab,
             dropout}`` (see :func:`armt.tiny.tiny_base_model`).
-        init_from: an ARMT directory (``save_pretrained`` output) to start from; its ARMT config
-            replaces the ``armt`` section's.
+        init_from: an ARMT directory (``save_pretrained`` output) to start from. Its ARMT
+            config is the run's: the ``armt`` section may change only run-time options
+            (``bptt_segments``, ``gradient_checkpointing``, ``last_segment_loss_only``,
+            ``wavefront``); another key that differs from the saved value is an error.
         dtype: ``float32``, ``bfloat16`` or ``float16`` for the weights.
         attn_implementation: ``sdpa`` or ``eager`` (None: the model's default).
         freeze_base: train only the memory parameters (and LoRA adapters, if any).
@@ -169,6 +171,10 @@ class RunConfig:
     early_stopping_patience: int | None = None
     custom_metrics: list[str] = field(default_factory=list)
     batch_transforms: list[str] = field(default_factory=list)
+    # the armt keys the config gave (from_dict records them); with model.init_from these, and
+    # only these, are checked against the saved model's config (None: those that differ from
+    # ARMTConfig's defaults)
+    armt_keys: frozenset[str] | None = field(default=None, repr=False, compare=False, metadata={"internal": True})
 
     def __post_init__(self) -> None:
         from transformers import TrainingArguments
@@ -224,7 +230,7 @@ class RunConfig:
             _check_keys(Stage, stage, f"curriculum[{i}]")
             stages.append(Stage(**stage))
         return cls(model=ModelSpec(**model), armt=ARMTConfig(**armt), data=DataSpec(**data),
-                   curriculum=stages, **values)
+                   curriculum=stages, armt_keys=frozenset(armt), **values)
 
     def to_dict(self) -> dict[str, Any]:
         return {

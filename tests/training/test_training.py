@@ -195,6 +195,45 @@ def test_sampled_segments_vary_per_item(tmp_path):
     assert lengths == {12, 24, 36, 48}
     batch = SegmentCollator()([mixed[i] for i in range(6)])
     assert batch["attention_mask"].sum(1).tolist() == [len(mixed[i]["input_ids"]) for i in range(6)]
+    chosen = MixedSegments(lambda k: RetrievalDataset(RetrievalConfig(vocab_size=32, segment_size=12,
+                                                                     num_segments=k, key_len=1)), 4,
+                           choices=[1, 1, 4])
+    counts = [len(chosen[i]["input_ids"]) for i in range(300)]
+    assert set(counts) == {12, 48} and 150 < counts.count(12) < 250  # 1 is listed twice: ~2/3
+    with pytest.raises(ValueError, match="choices"):
+        MixedSegments(lambda k: [0], 4, choices=[1, 5])
+
+
+def test_segment_choices_reach_the_training_data(tmp_path, monkeypatch):
+    from armt.training import run as run_module
+
+    cfg = RunConfig.from_dict({**tiny_run(tmp_path / "run").to_dict(),
+                               "curriculum": [{"num_segments": 3, "max_steps": 2, "segment_choices": [1, 3]}]})
+    seen = set()
+    make_stage = run_module._stage_dataset
+
+    def spy(make, stage, seed):
+        ds = make_stage(make, stage, seed)
+        seen.update(len(ds[i]["input_ids"]) for i in range(40))
+        return ds
+
+    monkeypatch.setattr(run_module, "_stage_dataset", spy)
+    train(cfg)
+    assert seen == {12, 36}
+    assert yaml.safe_load((tmp_path / "run" / "run_config.yaml").read_text())["curriculum"][0]["segment_choices"] == [1, 3]
+
+
+@pytest.mark.parametrize("stage, match", [
+    ({"num_segments": 3, "max_steps": 1, "segment_choices": [1, 2]}, "must equal num_segments"),
+    ({"num_segments": 2, "max_steps": 1, "segment_choices": [1, 2], "sample_segments": True}, "not both"),
+    ({"num_segments": 2, "max_steps": 1, "segment_choices": [0, 2]}, "positive ints"),
+    ({"num_segments": 2, "max_steps": 1, "segment_choices": []}, "positive ints"),
+])
+def test_bad_segment_choices_are_refused(stage, match):
+    from armt.training.config import Stage
+
+    with pytest.raises(ValueError, match=match):
+        Stage(**stage)
 
 
 @pytest.mark.parametrize("text, match", [

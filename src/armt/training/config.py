@@ -117,6 +117,9 @@ class Stage:
         eval_segments: segments per evaluation sample (default: ``num_segments``).
         batch_size: per-device training batch size (default: ``training.per_device_train_batch_size``).
         sample_segments: draw each sample's number of segments from ``1 .. num_segments``.
+        segment_choices: draw each sample's number of segments from this list instead (a value
+            listed twice is drawn twice as often), e.g. ``[1, 2, 33]`` to keep short layouts
+            while training long ones; its largest value must be ``num_segments``.
         stop_metric, stop_value: end the stage once this evaluation metric (e.g.
             ``eval_exact_match``) reaches the value (at or below it for losses and
             perplexities, at or above it otherwise).
@@ -129,6 +132,7 @@ class Stage:
     eval_segments: int | None = None
     batch_size: int | None = None
     sample_segments: bool = False
+    segment_choices: list[int] | None = None
     stop_metric: str | None = None
     stop_value: float | None = None
     learning_rate: float | None = None
@@ -142,6 +146,18 @@ class Stage:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"curriculum stage: {name} must be a positive int, got {value!r}.")
+        if self.segment_choices is not None:
+            choices = self.segment_choices
+            if (not isinstance(choices, (list, tuple)) or not choices
+                    or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in choices)):
+                raise ValueError("curriculum stage: segment_choices must be a non-empty list of positive ints, "
+                                 f"got {choices!r}.")
+            if self.sample_segments:
+                raise ValueError("curriculum stage: give sample_segments or segment_choices, not both.")
+            if max(choices) != self.num_segments:
+                raise ValueError(f"curriculum stage: the largest of segment_choices ({max(choices)}) must equal "
+                                 f"num_segments ({self.num_segments}); set num_segments: {max(choices)}.")
+            self.segment_choices = list(choices)
         if (self.stop_metric is None) != (self.stop_value is None):
             raise ValueError("curriculum stage: give both stop_metric and stop_value, or neither.")
         if self.stop_metric is not None and not self.stop_metric.startswith("eval_"):

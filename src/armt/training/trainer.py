@@ -58,7 +58,10 @@ class EvalRecords:
 
     Attributes:
         items: the raw dataset items.
-        predictions: generated answer ids per item (``None`` where the item has no answer).
+        predictions: greedy answer ids per item (``None`` where the item has no answer). Read
+            from the loss pass when the trainer can (see ``ARMTTrainer``): then a wrong answer
+            is the argmax after each reference token, which may differ from a free continuation
+            after its first wrong token. Custom metrics always get ``generate``'s answers.
         targets: the reference answer ids per item.
         loss: token-weighted evaluation loss.
         segment_losses: mean within-segment loss per segment index.

@@ -102,8 +102,9 @@ class ARMTTrainer(Trainer):
     """``transformers.Trainer`` for :class:`armt.ARMTForCausalLM`.
 
     Args:
-        metrics: built-in evaluation metrics; ``"exact_match"`` generates the answer of every
-            item that has ``answer_start`` and compares it with the reference.
+        metrics: built-in evaluation metrics; ``"exact_match"`` checks the greedy answer of
+            every item that has ``answer_start`` against the reference (read from the loss pass
+            with an eval batch size of 1, else generated).
         metric_fns: callables ``(EvalRecords) -> dict`` computed over the whole eval set.
         num_segments: shown in the logs (the curriculum stage's length).
         save_base: write the base weights into checkpoints (needed when they train).

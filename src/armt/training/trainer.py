@@ -243,10 +243,10 @@ class ARMTTrainer(Trainer):
                     seg_n[i] += len(items)
             records.items.extend(items)
             for item in items:
-                answer = self._forced_answer(item, out.logits) if forced and len(items) == 1 else None
-                if answer is None and wants_answers:
-                    answer = self._answer(model, item, device)
-                prediction, target = answer or (None, None)
+                prediction = target = None
+                if wants_answers and "answer_start" in item:
+                    answer = self._forced_answer(item, out.logits) if forced and len(items) == 1 else None
+                    prediction, target = answer or self._answer(model, item, device)
                 records.predictions.append(prediction)
                 records.targets.append(target)
         records.loss = loss_sum / max(loss_count, 1)
@@ -265,19 +265,20 @@ class ARMTTrainer(Trainer):
                 and set(self.generation_kwargs) <= {"eos_token_id", "pad_token_id"})
 
     @staticmethod
-    def _forced_answer(item, logits):
+    def _answer_span(item) -> tuple[torch.Tensor, int, int]:
+        """``(ids, start, end)``: the answer is ``ids[start:end]``, up to the last scored label."""
+        ids = torch.as_tensor(item["input_ids"])
+        scored = (torch.as_tensor(item["labels"]) != -100).nonzero().flatten()
+        end = int(scored.max()) + 1 if len(scored) else len(ids)
+        return ids, int(item["answer_start"]), end
+
+    def _forced_answer(self, item, logits):
         """``(argmax ids, target ids)`` over the answer of a single-item batch from its last
         segment's logits, or ``None`` when they do not cover the answer (it starts a segment)."""
-        if "answer_start" not in item:
-            return None, None
-        ids = torch.as_tensor(item["input_ids"])
-        labels = torch.as_tensor(item["labels"])
-        start = int(item["answer_start"])
-        scored = (labels != -100).nonzero().flatten()
-        end = int(scored.max()) + 1 if len(scored) else len(ids)
         mask = item.get("attention_mask")
         if mask is not None and not bool(torch.as_tensor(mask).all()):
             return None
+        ids, start, end = self._answer_span(item)
         first = len(ids) - logits.shape[1]  # the position of the logits' first row
         if start - 1 < first or end <= start:
             return None
@@ -286,13 +287,7 @@ class ARMTTrainer(Trainer):
         return predicted.tolist(), ids[start:end].tolist()
 
     def _answer(self, model, item, device):
-        if "answer_start" not in item:
-            return None, None
-        ids = torch.as_tensor(item["input_ids"])
-        labels = torch.as_tensor(item["labels"])
-        start = int(item["answer_start"])
-        scored = (labels != -100).nonzero().flatten()
-        end = int(scored.max()) + 1 if len(scored) else len(ids)
+        ids, start, end = self._answer_span(item)
         target = ids[start:end].tolist()
         kwargs = {"do_sample": False, "pad_token_id": 0, **self.generation_kwargs}
         out = model.generate(ids[:start].unsqueeze(0).to(device), max_new_tokens=len(target), **kwargs)

@@ -259,6 +259,19 @@ def test_overrides_apply_on_top_of_the_file(tmp_path):
     assert cfg.stages[0].num_segments == 2
 
 
+def test_a_null_override_removes_a_training_key_so_a_curriculum_can_replace_max_steps(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: {tiny: {family: gpt2}}\ntraining: {output_dir: x, max_steps: 50}\n")
+    stages = ["--curriculum", "[{num_segments: 2, max_steps: 3}]"]
+    with pytest.raises(ValueError, match="--training.max_steps null"):
+        load_run_config(path, stages)
+    cfg = load_run_config(path, [*stages, "--training.max_steps", "null"])
+    assert "max_steps" not in cfg.training and cfg.stages[0].max_steps == 3
+    # null elsewhere is a value, not a removal
+    cfg = load_run_config(path, ["--early_stopping_patience", "null"])
+    assert cfg.early_stopping_patience is None and cfg.training["max_steps"] == 50
+
+
 def test_init_from_keeps_the_saved_memory_and_takes_new_run_options(tmp_path):
     from armt.training.run import build_model
 

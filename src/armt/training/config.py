@@ -213,7 +213,8 @@ class RunConfig:
             raise ValueError("training.output_dir is required: where the run writes checkpoints and logs.")
         for key in ("max_steps", "num_train_epochs"):
             if key in self.training and self.curriculum:
-                raise ValueError(f"training.{key} conflicts with the curriculum; set max_steps per stage instead.")
+                raise ValueError(f"training.{key} conflicts with the curriculum; set max_steps per stage instead "
+                    f"(on the command line, --training.{key} null removes it).")
         bad = sorted(set(self.metrics) - set(METRICS))
         if bad:
             raise ValueError(f"metrics: {bad[0]!r} is unknown; built-in metrics are {METRICS} "
@@ -278,7 +279,8 @@ def _numbers(obj):
 
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
     """Apply ``["--training.learning_rate", "1e-4", "--armt.segment_size=64", ...]`` to a
-    config dict; values are read as YAML (numbers, booleans, lists)."""
+    config dict; values are read as YAML (numbers, booleans, lists). ``--training.KEY null``
+    removes KEY, leaving TrainingArguments' default."""
     import yaml
 
     values = json.loads(json.dumps(values))  # deep copy
@@ -304,6 +306,11 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
                 node = node.setdefault(part, {})
         last = parts[-1]
         value = _numbers(yaml.safe_load(raw))
+        if value is None and parts[0] == "training" and len(parts) == 2:
+            # null gives the key back to TrainingArguments' default, so that a curriculum can be
+            # added to a config file that sets training.max_steps
+            node.pop(last, None)
+            continue
         if isinstance(node, list):
             node[int(last)] = value
         else:

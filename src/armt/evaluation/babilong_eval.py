@@ -38,11 +38,11 @@ from armt.evaluation.babilong_scoring import compare_answers, exact_match
 from armt.evaluation.reports import (
     FILES,
     PREDICTIONS_DIR,
-    length_label,
     load_metadata,
     load_results,
     markdown_table,
     merge_results,
+    prediction_files,
     result_record,
     write_results,
 )
@@ -309,9 +309,8 @@ def _previous_results(out: Path, metadata: dict[str, Any], overwrite: bool, say:
         return [], {}
     if overwrite:
         stale = {(r["task"], r["length"]) for r in old}
-        for path in (out / PREDICTIONS_DIR).glob("*.jsonl"):  # older versions named 256 tokens "256"
-            task, _, length = path.stem.partition("_")
-            if (task, length_label(length)) in stale:
+        for task, length, path in prediction_files(out):
+            if (task, length) in stale:
                 path.unlink()
         say(f"--overwrite: discarding the {len(old)} results in {out}")
         return [], {}

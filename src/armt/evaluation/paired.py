@@ -16,9 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from armt.data.babilong import length_name, parse_length
-
-from .reports import PREDICTIONS_DIR, _length_key
+from .reports import _length_key, prediction_files
 
 # what makes two records the same question: its place in the sample stream, its text, its
 # answer and the size of its context
@@ -48,11 +46,7 @@ def prediction_records(folders: Sequence[str | os.PathLike], task: str) -> dict[
     their length's name (``0.25k``)."""
     found: dict[str, list[dict[str, Any]]] = {}
     for folder in folders:
-        for path in sorted((Path(folder) / PREDICTIONS_DIR).glob(f"{task}_*.jsonl")):
-            try:
-                length = length_name(parse_length(path.stem[len(task) + 1:]))
-            except ValueError:
-                continue
+        for _, length, path in prediction_files(folder, task):
             if length in found:
                 raise ValueError(f"two folders hold {task} predictions at {length} ({path}); keep one.")
             with open(path, encoding="utf-8") as f:

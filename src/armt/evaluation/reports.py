@@ -39,6 +39,29 @@ def length_label(length: Any) -> str:
         return str(length)
 
 
+def prediction_files(folder: str | os.PathLike, task: str = "*") -> list[tuple[str, str, Path]]:
+    """``(task, length, path)`` of each predictions file in ``folder`` (``task`` ``"*"``: all
+    tasks), sorted; files named by token count by older versions (``qa1_256.jsonl``) give their
+    length's name (``"0.25k"``), and a file whose name holds no length is left out.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp()); (d / PREDICTIONS_DIR).mkdir()
+        >>> for name in ("qa1_256", "qa1_4k", "qa2_0k", "notes"):
+        ...     _ = (d / PREDICTIONS_DIR / f"{name}.jsonl").write_text("")
+        >>> [(t, n) for t, n, _ in prediction_files(d)], [n for _, n, _ in prediction_files(d, "qa1")]
+        ([('qa1', '0.25k'), ('qa1', '4k'), ('qa2', '0k')], ['0.25k', '4k'])
+    """
+    found = []
+    for path in sorted((Path(folder) / PREDICTIONS_DIR).glob(f"{task}_*.jsonl")):
+        name, _, length = path.stem.partition("_")
+        try:
+            found.append((name, length_name(parse_length(length)), path))
+        except (TypeError, ValueError):
+            continue
+    return found
+
+
 def result_record(task: str, length: str, correct: int, n: int) -> dict[str, Any]:
     """One result, checked: ``0 <= correct <= n`` and ``n >= 1``. A length is kept under its
     short name (``"256"`` and ``"0.25k"`` are one length), so results saved by older versions

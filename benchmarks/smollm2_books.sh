@@ -14,3 +14,14 @@ BASE=bases/smollm2-135m
     --training.output_dir "$RUNS/pg19_smollm2_nomem"
 armt perplexity --model "$RUNS/pg19_smollm2/best" --baseline "$RUNS/pg19_smollm2_nomem/best" --base-bounds \
     --num-segments 8 --max-windows 8 --batch-size 2 --out docs/pg19_smollm2 --overwrite
+
+# The same two models trained on longer windows: 50 steps of 3 segments, then 150 of 8 (a curriculum
+# replacing the config's max_steps; 31 + 22 min here), evaluated on 12 windows with the memory wiped and
+# swapped for another window's as controls (5 min): docs/pg19_smollm2_long/.
+C="--curriculum=[{num_segments: 3, max_steps: 50}, {num_segments: 8, max_steps: 150}]"
+[ -d "$RUNS/pg19_smollm2_long/best" ] || armt train configs/pg19_smollm2.yaml "$C" --training.max_steps null \
+    --training.output_dir "$RUNS/pg19_smollm2_long"
+[ -d "$RUNS/pg19_smollm2_long_nomem/best" ] || armt train configs/pg19_smollm2.yaml "$C" --training.max_steps null \
+    --armt.use_memory false --training.output_dir "$RUNS/pg19_smollm2_long_nomem"
+armt perplexity --model "$RUNS/pg19_smollm2_long/best" --baseline "$RUNS/pg19_smollm2_long_nomem/best" --base-bounds \
+    --wipe-memory --swap-memory --num-segments 8 --max-windows 12 --batch-size 2 --out docs/pg19_smollm2_long --overwrite

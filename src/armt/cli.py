@@ -444,8 +444,14 @@ def _perplexity(args: argparse.Namespace) -> int:
         raise ValueError(f"the held-out books {titles} hold no window of {args.num_segments} x {S} tokens; "
                          "use fewer --num-segments or more --books.")
     windows = data.windows[ppl.evenly_spaced(len(data), args.max_windows)]
-    results = {name: ppl.evaluate_perplexity(m, windows, batch_size=args.batch_size, progress=not args.quiet)
-               for name, (m, _) in zip(names, loaded)}
+    results = {}
+    for name, (m, _) in zip(names, loaded):
+        results[name] = ppl.evaluate_perplexity(m, windows, batch_size=args.batch_size, progress=not args.quiet)
+        if m.config.use_memory:
+            for flag, label in (("wipe_memory", "memory wiped"), ("swap_memory", "another window's memory")):
+                if getattr(args, flag):
+                    results[f"{name}, {label}"] = ppl.evaluate_perplexity(
+                        m, windows, batch_size=args.batch_size, progress=not args.quiet, **{flag: True})
     if args.base_bounds:
         del loaded, model  # the base is loaded afresh: the models' bases may hold trained adapters
         results.update(ppl.evaluate_base_bounds(_load_plain_base(args), windows, S, batch_size=args.batch_size,
@@ -492,6 +498,13 @@ def _add_perplexity_parser(sub) -> None:
     pp.add_argument("--base-bounds", action="store_true",
                     help="also evaluate the plain base model with the whole window in context (the ceiling) and "
                          "with each segment alone (the floor), and report the share of that gap each model closes")
+    pp.add_argument("--wipe-memory", action="store_true",
+                    help="also evaluate each model with memory with every segment read from an empty memory (same "
+                         "weights): what its memory carries across segments is the difference")
+    pp.add_argument("--swap-memory", action="store_true",
+                    help="also evaluate each model with memory reading, before each segment, the memory another "
+                         "window wrote (window j of N: window j + N/2's): the gain left is what the memory gives any "
+                         "text, the rest is what it carries of this one")
     pp.add_argument("--out", required=True, help="output folder")
     pp.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     pp.add_argument("--base", default=None,

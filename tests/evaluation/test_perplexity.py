@@ -48,6 +48,49 @@ def test_values_equal_a_hand_computation_from_logits(tiny_armt, use_memory):
         assert record["perplexity"] == pytest.approx(math.exp(mean), rel=1e-9)
 
 
+def test_a_wiped_memory_reads_every_segment_alone_through_the_same_weights(tiny_armt):
+    model = tiny_armt("llama", segment_size=S, use_sink=True)  # live: the memory changes later segments
+    windows = _windows(3, 3, seed=2)
+    with torch.no_grad():  # each segment as a one-segment input, so the memory it reads is empty
+        alone = [torch.log_softmax(model(windows[:, i * S:(i + 1) * S]).logits, dim=-1) for i in range(3)]
+    hand = {1: [], 2: [], 3: []}
+    for b in range(3):
+        for t in range(3 * S - 1):
+            hand[(t + 1) // S + 1].append(-float(alone[t // S][b, t % S, windows[b, t + 1]]))
+    wiped = evaluate_perplexity(model, windows, batch_size=2, wipe_memory=True)
+    for record, values in zip(wiped, [hand[1], hand[2], hand[3], hand[1] + hand[2] + hand[3]]):
+        assert record["loss"] == pytest.approx(sum(values) / len(values), abs=1e-9)
+    read = evaluate_perplexity(model, windows, batch_size=2)
+    assert wiped[0]["loss"] == pytest.approx(read[0]["loss"], abs=1e-9)  # nothing to read in segment 1 either way
+    assert wiped[2]["loss"] != pytest.approx(read[2]["loss"], abs=1e-6)
+
+
+def test_a_swapped_memory_is_the_one_another_window_wrote(tiny_armt):
+    model = tiny_armt("llama", segment_size=S, sliding_window=True, use_sink=True)
+    windows = _windows(4, 3, seed=3)
+    donors = windows.roll(-2, dims=0)  # what swap_memory pairs: window j reads window j + N/2's memory
+    hand = {1: [], 2: [], 3: []}
+    with torch.no_grad():
+        for i in range(3):
+            state = model(donors[:, :i * S]).memory if i else None  # the donors' first i segments in one call
+            logp = torch.log_softmax(model(windows[:, i * S:(i + 1) * S], memory=state).logits, dim=-1)
+            for b in range(4):
+                for t in range(i * S - (i > 0), (i + 1) * S - 1):  # pairs whose target is in segment i + 1
+                    source = logp[b, t - i * S] if t >= i * S else previous[b]
+                    hand[i + 1].append(-float(source[windows[b, t + 1]]))
+            previous = logp[:, -1]
+    swapped = evaluate_perplexity(model, windows, batch_size=3, swap_memory=True)
+    for record, values in zip(swapped, [hand[1], hand[2], hand[3], hand[1] + hand[2] + hand[3]]):
+        assert record["loss"] == pytest.approx(sum(values) / len(values), abs=1e-9)
+    own = evaluate_perplexity(model, windows, batch_size=3)
+    assert swapped[0]["loss"] == pytest.approx(own[0]["loss"], abs=1e-9)
+    assert swapped[2]["loss"] != pytest.approx(own[2]["loss"], abs=1e-6)
+    sums, _ = segment_nll(model, windows, memory_from=windows)  # its own memory: the plain reading
+    torch.testing.assert_close(sums, segment_nll(model, windows)[0])
+    with pytest.raises(ValueError, match="at least 2 windows"):
+        evaluate_perplexity(model, windows[:1], swap_memory=True)
+
+
 def test_base_bounds_equal_a_hand_computation_and_a_fresh_wrapper_sits_on_the_floor(tiny_armt):
     model = tiny_armt("llama", segment_size=S, live=False)  # fresh: W_mv = 0, the memory adds nothing
     base = model.base_model
@@ -186,3 +229,10 @@ def test_cli_compares_a_model_with_its_no_memory_baseline(tmp_path, capsys):
     assert "| base, full context | base, segment only | ARMT: gap closed | no memory: gap closed |" in printed
     data = json.loads((tmp_path / "ppl" / "perplexity.json").read_text())
     assert data["models"] == ["ARMT", "no memory", *BOUNDS]
+    assert main(args + ["--overwrite", "--wipe-memory"]) == 0
+    assert "| ARMT | ARMT, memory wiped | no memory |" in capsys.readouterr().out
+    data = json.loads((tmp_path / "ppl" / "perplexity.json").read_text())
+    assert data["models"] == ["ARMT", "ARMT, memory wiped", "no memory"]
+    assert data["results"]["ARMT, memory wiped"][0]["loss"] == pytest.approx(data["results"]["ARMT"][0]["loss"])
+    assert main(args + ["--overwrite", "--swap-memory", "--wipe-memory"]) == 0
+    assert "| ARMT | ARMT, memory wiped | ARMT, another window's memory | no memory |" in capsys.readouterr().out

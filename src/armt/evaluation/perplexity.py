@@ -41,7 +41,8 @@ DEFINITION = ("pair (logits t, token t+1) counted in the segment of its target t
 
 
 @torch.no_grad()
-def segment_nll(model, input_ids: Tensor) -> tuple[Tensor, Tensor]:
+def segment_nll(model, input_ids: Tensor, *, wipe_memory: bool = False,
+                memory_from: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Summed cross-entropy and number of pairs of every segment, for a batch of windows.
 
     The windows are read with :class:`armt.streaming.MemoryReader` (the segment engine every
@@ -51,6 +52,12 @@ def segment_nll(model, input_ids: Tensor) -> tuple[Tensor, Tensor]:
     Args:
         model: an :class:`armt.ARMTForCausalLM` (with or without memory).
         input_ids: ``(B, n * segment_size)`` token ids, one window per row.
+        wipe_memory: read every segment from an empty memory, with the same weights: what the
+            model does without what its memory carries across segments (the control for it).
+        memory_from: ``input_ids``' shape: each window reads, before each of its segments, the
+            memory that the same row of ``memory_from`` wrote over as many segments. With other
+            text there, what is left of the memory's gain is what it gives any text (a bias), not
+            what it carries of this one.
 
     Returns:
         ``(sums, counts)``, both ``(n,)``: float64 summed cross-entropy (nats) and int64 pair
@@ -65,11 +72,36 @@ def segment_nll(model, input_ids: Tensor) -> tuple[Tensor, Tensor]:
         >>> counts.tolist()
         [30, 32, 32]
     """
+    S = model.config.segment_size
+    if wipe_memory and memory_from is not None:
+        raise ValueError("pass wipe_memory or memory_from, not both.")
+    if wipe_memory:  # one segment per call: each starts from the empty memory
+        return _segmentwise(lambda seg: model(input_ids=seg).logits, input_ids, S)
+    if memory_from is not None:
+        if memory_from.shape != input_ids.shape:
+            raise ValueError(f"memory_from must have input_ids' shape {tuple(input_ids.shape)}, "
+                             f"got {tuple(memory_from.shape)}.")
+        return _segmentwise(_borrowed_memory_step(model, memory_from.to(input_ids.device), S), input_ids, S)
     _check_windows(input_ids, model.config.segment_size)
     reader = MemoryReader(model, compute_loss=True)
     reader.feed(input_ids)
     result = reader.finish()
     return result.segment_sums, result.segment_counts
+
+
+def _borrowed_memory_step(model, donors: Tensor, S: int):
+    """``step(segment) -> logits`` that reads the memory the donor windows wrote so far, and
+    then lets the donors write their own segment at the same index."""
+    state, i = None, 0
+
+    def step(seg: Tensor) -> Tensor:
+        nonlocal state, i
+        logits = model(input_ids=seg, memory=state).logits
+        state = model(input_ids=donors[:, i * S:(i + 1) * S], memory=state).memory
+        i += 1
+        return logits
+
+    return step
 
 
 def _check_windows(input_ids: Tensor, S: int) -> int:
@@ -148,7 +180,8 @@ def evenly_spaced(total: int, limit: int | None) -> list[int]:
     return [i * total // limit for i in range(limit)]
 
 
-def evaluate_perplexity(model, windows: Tensor, *, batch_size: int = 8, progress: bool = False) -> list[dict]:
+def evaluate_perplexity(model, windows: Tensor, *, batch_size: int = 8, progress: bool = False,
+                        wipe_memory: bool = False, swap_memory: bool = False) -> list[dict]:
     """Perplexity per segment index over ``windows``.
 
     Args:
@@ -156,6 +189,10 @@ def evaluate_perplexity(model, windows: Tensor, *, batch_size: int = 8, progress
         windows: ``(N, n * segment_size)`` token ids (e.g. ``LMWindowDataset.windows``).
         batch_size: windows per forward pass.
         progress: show a tqdm bar over batches.
+        wipe_memory: read every segment from an empty memory (see :func:`segment_nll`).
+        swap_memory: window ``j`` of ``N`` reads the memory that window ``(j + N // 2) % N``
+            wrote (``memory_from`` of :func:`segment_nll`): evenly spaced windows are then far
+            apart, usually in another book.
 
     Returns:
         One record per segment and a last one for all pairs: ``{"segment": 1 .. n or "all",
@@ -175,8 +212,16 @@ def evaluate_perplexity(model, windows: Tensor, *, batch_size: int = 8, progress
     was_training = model.training
     model.eval()
     try:
-        return _pooled(lambda ids: segment_nll(model, ids), windows, batch_size, model.cell.memory_tokens.device,
-                       progress)
+        device = model.cell.memory_tokens.device
+        if not swap_memory:
+            return _pooled(lambda ids: segment_nll(model, ids, wipe_memory=wipe_memory), windows, batch_size,
+                           device, progress)
+        if wipe_memory or windows.shape[0] < 2:
+            raise ValueError("swap_memory needs at least 2 windows (each reads another one's memory) and no "
+                             "wipe_memory.")
+        donors = windows.roll(-(windows.shape[0] // 2), dims=0)
+        return _pooled(lambda ids, other: segment_nll(model, ids, memory_from=other), windows, batch_size, device,
+                       progress, donors=donors)
     finally:
         model.train(was_training)
 
@@ -212,7 +257,8 @@ def evaluate_base_bounds(base, windows: Tensor, segment_size: int, *, batch_size
         base.train(was_training)
 
 
-def _pooled(nll, windows: Tensor, batch_size: int, device, progress: bool) -> list[dict]:
+def _pooled(nll, windows: Tensor, batch_size: int, device, progress: bool, donors: Tensor | None = None) -> list[dict]:
+    """Sums over batches of ``nll(batch)`` (``nll(batch, donors' same rows)`` with ``donors``)."""
     if windows.dim() != 2 or windows.shape[0] == 0:
         raise ValueError(f"windows must be a non-empty (num_windows, length) tensor, got {tuple(windows.shape)}; "
                          "the held-out books may be shorter than one window (use fewer segments).")
@@ -223,7 +269,9 @@ def _pooled(nll, windows: Tensor, batch_size: int, device, progress: bool) -> li
         starts = tqdm(starts, desc="perplexity", unit="batch")
     sums = counts = None
     for start in starts:
-        s, c = nll(windows[start:start + batch_size].to(device))
+        rows = slice(start, start + batch_size)
+        batch = windows[rows].to(device)
+        s, c = nll(batch) if donors is None else nll(batch, donors[rows].to(device))
         sums, counts = (s, c) if sums is None else (sums + s, counts + c)
     records = [_record(i + 1, float(s), int(c)) for i, (s, c) in enumerate(zip(sums, counts))]
     records.append(_record("all", float(sums.sum()), int(counts.sum())))
@@ -388,7 +436,8 @@ def plot_perplexity(results: Mapping[str, Sequence[dict]], path: str | os.PathLi
     from matplotlib.figure import Figure
 
     results = _checked(results)
-    fig = Figure(figsize=(6.4, 4.0))
+    outside = len(results) > 4  # a legend inside would cover the lines
+    fig = Figure(figsize=(9.0 if outside else 6.4, 4.0))
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     for name, records in results.items():
@@ -400,7 +449,10 @@ def plot_perplexity(results: Mapping[str, Sequence[dict]], path: str | os.PathLi
     ax.set_xlabel("segment index")
     ax.set_ylabel("perplexity")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if outside:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
+    else:
+        ax.legend()
     if title:
         ax.set_title(title)
     fig.tight_layout()

@@ -123,10 +123,14 @@ eval_alone "$RUNS/babilong_smollm2_alone7/best" "$OUT7" \
 EVAL="armt babilong eval --model $RUNS/babilong_smollm2_alone7/best $DATA --question-segment alone --lengths 32k --n $N_16K"
 $EVAL --out "$OUT7/armt_32k"
 $EVAL --wipe-memory --out "$OUT7/armt_wiped_32k"
+# and at 16k with 30 questions (the first 10 are those of armt_16k), which the comparison uses
+EVAL="armt babilong eval --model $RUNS/babilong_smollm2_alone7/best $DATA --question-segment alone --lengths 16k --n 30"
+$EVAL --out "$OUT7/armt_16k_n30"
+$EVAL --wipe-memory --out "$OUT7/armt_wiped_16k_n30"
 armt babilong compare --task qa1 --out "$OUT7" --overwrite --paired \
     --title "BABILong qa1, SmolLM2-135M trained at 0.25k to 2k, then 8k (truncated BPTT), question alone" \
-    --run "ARMT=$OUT7/armt_1k,$OUT7/armt_4k,$OUT7/armt_8k,$OUT7/armt_16k,$OUT7/armt_32k" \
-    --run "ARMT, memory wiped=$OUT7/armt_wiped_1k,$OUT7/armt_wiped_4k,$OUT7/armt_wiped_8k,$OUT7/armt_wiped_16k,$OUT7/armt_wiped_32k"
+    --run "ARMT=$OUT7/armt_1k,$OUT7/armt_4k,$OUT7/armt_8k,$OUT7/armt_16k_n30,$OUT7/armt_32k" \
+    --run "ARMT, memory wiped=$OUT7/armt_wiped_1k,$OUT7/armt_wiped_4k,$OUT7/armt_wiped_8k,$OUT7/armt_wiped_16k_n30,$OUT7/armt_wiped_32k"
 # 8. 120 steps of 1 or 2 segments (drawn per sample): the 0k story and question in one segment
 #    (in-context reading, which BABILong's 0k asks for), or 0.25k of context then the question
 #    alone; lr 1e-4, data.seed 7, validation on 0k

@@ -69,7 +69,7 @@ def test_a_swapped_memory_is_the_one_another_window_wrote(tiny_armt):
     model = tiny_armt("llama", segment_size=S, sliding_window=True, use_sink=True)
     windows = _windows(4, 3, seed=3)
     donors = windows.roll(-2, dims=0)  # what swap_memory pairs: window j reads window j + N/2's memory
-    hand = {1: [], 2: [], 3: []}
+    hand, previous = {1: [], 2: [], 3: []}, None  # previous: the last logits of the segment before
     with torch.no_grad():
         for i in range(3):
             state = model(donors[:, :i * S]).memory if i else None  # the donors' first i segments in one call

@@ -54,10 +54,13 @@ def segment_nll(model, input_ids: Tensor, *, wipe_memory: bool = False,
         input_ids: ``(B, n * segment_size)`` token ids, one window per row.
         wipe_memory: read every segment from an empty memory, with the same weights: what the
             model does without what its memory carries across segments (the control for it).
+            With ``sliding_window`` the previous segment's keys and values go too: nothing
+            crosses segments.
         memory_from: ``input_ids``' shape: each window reads, before each of its segments, the
-            memory that the same row of ``memory_from`` wrote over as many segments. With other
-            text there, what is left of the memory's gain is what it gives any text (a bias), not
-            what it carries of this one.
+            memory that the same row of ``memory_from`` wrote over as many segments (with
+            ``sliding_window``, that row's previous segment too). With other text there, what is
+            left of the memory's gain is what it gives any text (a bias), not what it carries of
+            this one.
 
     Returns:
         ``(sums, counts)``, both ``(n,)``: float64 summed cross-entropy (nats) and int64 pair

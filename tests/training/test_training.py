@@ -343,7 +343,7 @@ def test_exact_match_from_the_loss_forward_equals_generating(tmp_path, monkeypat
     monkeypatch.setattr(model, "generate", lambda *a, **k: calls.append(1) or generate(*a, **k))
     forced = trainer.evaluation_records(items)
     assert len(calls) == 1  # only the answer at 8, the first token of the third segment
-    monkeypatch.setattr(ARMTTrainer, "_forced_answers_ok", lambda self, model, collate: False)
+    trainer.answers_from_loss = False
     generated = trainer.evaluation_records(items)
     assert len(calls) == 1 + len(items)
     right = [p == t for p, t in zip(forced.predictions, forced.targets)]

@@ -109,6 +109,8 @@ class ARMTTrainer(Trainer):
         num_segments: shown in the logs (the curriculum stage's length).
         save_base: write the base weights into checkpoints (needed when they train).
         generation_kwargs: extra ``generate`` arguments for exact match.
+        answers_from_loss: read exact match's answers from the loss pass where that is exact
+            (see above); ``False`` always generates them (e.g. to time the two ways).
         tokenizer: saved with every checkpoint (not handed to the Trainer, whose special-token
             alignment expects a transformers model config).
         Everything else as ``transformers.Trainer``.
@@ -116,7 +118,7 @@ class ARMTTrainer(Trainer):
 
     def __init__(self, *args, metrics: Sequence[str] = (), metric_fns: Sequence[Callable] = (),
                  num_segments: int | None = None, save_base: bool = True,
-                 generation_kwargs: dict | None = None, tokenizer=None, **kwargs):
+                 generation_kwargs: dict | None = None, tokenizer=None, answers_from_loss: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.armt_tokenizer = tokenizer
         self.armt_metrics = tuple(metrics)
@@ -124,6 +126,7 @@ class ARMTTrainer(Trainer):
         self.num_segments = num_segments
         self.save_base = save_base
         self.generation_kwargs = dict(generation_kwargs or {})
+        self.answers_from_loss = answers_from_loss
         self._tokens_since_log = 0
         self._last_log_time = time.perf_counter()
 
@@ -260,7 +263,7 @@ class ARMTTrainer(Trainer):
     # position. Reading that argmax saves reading the context a second time in ``generate``;
     # custom metrics, batch transforms and extra generation arguments still get ``generate``.
     def _forced_answers_ok(self, model, collate) -> bool:
-        return (not self.metric_fns and not getattr(collate, "transforms", None)
+        return (self.answers_from_loss and not self.metric_fns and not getattr(collate, "transforms", None)
                 and model.config.segment_alignment == "left"
                 and set(self.generation_kwargs) <= {"eos_token_id", "pad_token_id"})
 

@@ -25,3 +25,7 @@ C="--curriculum=[{num_segments: 3, max_steps: 50}, {num_segments: 8, max_steps: 
     --armt.use_memory false --training.output_dir "$RUNS/pg19_smollm2_long_nomem"
 armt perplexity --model "$RUNS/pg19_smollm2_long/best" --baseline "$RUNS/pg19_smollm2_long_nomem/best" --base-bounds \
     --wipe-memory --swap-memory --num-segments 8 --max-windows 12 --batch-size 2 --out docs/pg19_smollm2_long --overwrite
+# their first stages (3 segments, 50 steps: the recipe above drawn again), with the same controls
+armt perplexity --model "$RUNS/pg19_smollm2_long/stage1-3seg/best" --baseline "$RUNS/pg19_smollm2_long_nomem/stage1-3seg/best" \
+    --base-bounds --wipe-memory --swap-memory --num-segments 8 --max-windows 8 --batch-size 2 \
+    --out docs/pg19_smollm2_long_stage1 --overwrite

@@ -85,7 +85,7 @@ def segment_nll(model, input_ids: Tensor, *, wipe_memory: bool = False,
             raise ValueError(f"memory_from must have input_ids' shape {tuple(input_ids.shape)}, "
                              f"got {tuple(memory_from.shape)}.")
         return _segmentwise(_borrowed_memory_step(model, memory_from.to(input_ids.device), S), input_ids, S)
-    _check_windows(input_ids, model.config.segment_size)
+    _check_windows(input_ids, S)
     reader = MemoryReader(model, compute_loss=True)
     reader.feed(input_ids)
     result = reader.finish()

@@ -12,6 +12,7 @@ step time at N=16 next to the official code's 1.94 s.
     python benchmarks/capacity.py --side-by-side   # ARMT and RMT at once, one process and thread each
     python benchmarks/capacity.py --seeds 0,1,2 --curriculum 1,2   # robustness: steps to pass per seed
     python benchmarks/capacity.py --smoke        # seconds: a tiny model, two steps, for tests
+    python benchmarks/capacity.py --models armt --option write_gate=hard --prefix capacity_hard
     python benchmarks/capacity.py --step-time --models armt,none   # only the training step at N=16,
         # batch 32, vs 1.94 s (sequential and along the diagonals), and against the bare model
 """
@@ -25,6 +26,7 @@ from dataclasses import asdict
 
 import torch
 
+from armt.config import parse_option
 from armt.evaluation.capacity import (OFFICIAL_STEP_S_N16, capacity_markdown, capacity_outputs,
                                      run_capacity_benchmark, seed_robustness, write_capacity)
 from armt.data.capacity import CapacityConfig
@@ -55,6 +57,8 @@ def main(argv=None) -> int:
                    help="train the models at the same time, one process with one thread each (on 2 cores "
                         "the wall time halves; each model still gets --budget-min), then merge the results")
     p.add_argument("--wavefront", action="store_true", help="train ARMT along the diagonals (same numbers)")
+    p.add_argument("--option", type=parse_option, action="append", default=[],
+                   help="an ARMTConfig field for every model, NAME=VALUE (repeatable), e.g. write_gate=hard")
     p.add_argument("--step-time", action="store_true",
                    help="only time a training step of a fresh model at N=16, batch 32 (the official figure)")
     args = p.parse_args(argv)
@@ -82,7 +86,7 @@ def main(argv=None) -> int:
                             time_budget_s=args.budget_min * 60, learning_rate=args.lr, warmup_steps=args.warmup,
                             batch_size=args.batch_size, variant=args.variant, seed=args.seed,
                             max_steps_per_stage=args.max_steps_per_stage)
-    model = CapacityModelSpec(seed=args.seed, wavefront=args.wavefront)
+    model = CapacityModelSpec(seed=args.seed, wavefront=args.wavefront, options=tuple(args.option))
     eval_pairs = [int(n) for n in args.eval_pairs.split(",")]
     eval_samples = args.eval_samples
     if args.smoke:

@@ -19,7 +19,7 @@ RANKS = [
     ["cell"],
     ["segments"],
     ["wavefront"],
-    ["generation", "streaming", "saving"],
+    ["generation", "streaming", "saving", "inspection"],
     ["model"],
     ["armt"],  # the package itself: `import armt` / `from armt import ...`
     ["official", "data"],

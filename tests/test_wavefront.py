@@ -20,7 +20,8 @@ def _relative_gap(a: armt.MemoryState, b: armt.MemoryState) -> float:
 
 @pytest.mark.all_families  # every family the project supports runs along the diagonals
 @pytest.mark.parametrize("options", [{}, {"use_sink": True}, {"correction": False}, {"use_denom": False},
-                                     {"gating": True, "n_heads": 2}, {"num_mem_tokens": 1}])
+                                     {"gating": True, "n_heads": 2}, {"num_mem_tokens": 1},
+                                     {"write_gate": "hard"}, {"write_gate": "hard", "gating": True, "n_heads": 2}])
 def test_wavefront_state_equals_the_sequential_loop_float64(tiny_armt, family, options):
     model = tiny_armt(family, **options)
     ids = torch.randint(99, (2, 8 * 7), generator=torch.Generator().manual_seed(3))

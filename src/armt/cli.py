@@ -111,7 +111,7 @@ def _convert_official(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, tokenizer: bool = True):
     import torch
 
     from . import ARMTForCausalLM
@@ -123,7 +123,7 @@ def _load(args: argparse.Namespace):
     model = ARMTForCausalLM.from_pretrained(args.model, base_model=args.base, **_base_kwargs(args)).eval()
     if args.dtype != "auto":
         model.to(getattr(torch, args.dtype))
-    return model.to(args.device), load_tokenizer(args.model, args.tokenizer)
+    return model.to(args.device), load_tokenizer(args.model, args.tokenizer) if tokenizer else None
 
 
 def _base_kwargs(args: argparse.Namespace) -> dict:
@@ -209,6 +209,68 @@ def _generate(args: argparse.Namespace) -> int:
     if not args.stream:
         print(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
     return 0
+
+
+def _inspect_memory(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+
+    from .inspection import inspect_memory
+
+    out = os.path.abspath(args.out)
+    paths = [os.path.join(out, f"{args.prefix}.{ext}") for ext in ("json", "png")]
+    existing = [p for p in paths if os.path.exists(p)]
+    if existing and not args.overwrite:
+        raise FileExistsError(f"{existing} exist; pass --overwrite to replace them, or choose another --out/--prefix.")
+    if args.input.startswith("needle:"):
+        ids, what = _needle_input(args.input, args.seed, args.books)
+        model, _ = _load(args, tokenizer=False)
+    else:
+        if not os.path.isfile(args.input):
+            raise FileNotFoundError(f"--input {args.input} is not a file; give a text file or needle:KxM[:text].")
+        model, tokenizer = _load(args)
+        with open(args.input, encoding=args.encoding) as f:
+            text = f.read(args.max_chars)
+        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+        what = f"{args.input} ({ids.shape[1]:,} tokens)"
+    if ids.shape[1] == 0:
+        raise ValueError(f"--input {args.input} holds no tokens.")
+    vocab = model.cell.runner.get_input_embeddings().num_embeddings
+    if int(ids.max()) >= vocab:
+        raise ValueError(f"--input has token id {int(ids.max())} but the model's vocabulary has {vocab}; use the "
+                         "model's own tokenizer (--tokenizer) or a needle: input made for it.")
+    start = time.perf_counter()
+    trace = inspect_memory(model, ids, description=f"{args.model}: {what}")
+    os.makedirs(out, exist_ok=True)
+    trace.save_json(paths[0])
+    trace.plot(paths[1])
+    last = {name: trace.stats[name][-1] for name in ("A_norm", "z_norm", "kz_mean", "gamma_mean", "beta_mean",
+                                                      "step_max", "read_ratio")}
+    print(f"read {ids.shape[1]:,} tokens ({trace.segments[-1]} segments) in {time.perf_counter() - start:.1f}s; "
+          f"at the last segment, by layer:")
+    for name, values in last.items():
+        print(f"  {name:10s} " + " ".join(f"{v:10.4g}" for v in values))
+    print(f"wrote {paths[0]} and {paths[1]}")
+    return 0
+
+
+def _needle_input(spec: str, seed: int, books: str):
+    """``needle:KxM`` or ``needle:KxM:text`` -> one needle-task sample without its query segment."""
+    import torch
+
+    from .data.needle import NeedleConfig, TextStream, needle_batch
+
+    parts = spec.split(":")
+    try:
+        k, m = (int(x) for x in parts[1].lower().split("x"))
+        kind = parts[2] if len(parts) > 2 else "symbols"
+    except (IndexError, ValueError):
+        raise ValueError(f"--input {spec!r}: write needle:KxM or needle:KxM:text, e.g. needle:4x1024.") from None
+    task = NeedleConfig(num_facts=k, num_segments=m, distractors=kind)
+    text = TextStream(books) if kind == "text" else None
+    batch = needle_batch(task, 1, torch.Generator().manual_seed(seed), text)
+    return batch["input_ids"][:, :-task.segment_size], f"needle task, {k} facts among {m} segments of {kind}"
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -595,6 +657,22 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0, help="random seed for sampling")
     gen.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     gen.set_defaults(func=_generate)
+
+    ins = sub.add_parser("inspect-memory", help="record the memory's statistics per layer and segment while "
+                         "reading an input (norms of A and z, k.z, gamma, beta, step, read size); JSON and a plot")
+    _add_model_args(ins)
+    ins.add_argument("--input", required=True,
+                     help="a text file (tokenized with the model's tokenizer), or needle:KxM[:text] for a sample of "
+                          "the needle task (K facts among M segments) for models trained on it")
+    ins.add_argument("--out", default="inspect", help="folder for <prefix>.json and <prefix>.png")
+    ins.add_argument("--prefix", default="memory")
+    ins.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    ins.add_argument("--encoding", default="utf-8", help="text encoding of --input")
+    ins.add_argument("--max-chars", type=int, default=1 << 20, help="read at most this many characters of --input")
+    ins.add_argument("--seed", type=int, default=0, help="which needle sample")
+    ins.add_argument("--books", default="builtin",
+                     help="folder of .txt books for needle:KxM:text (default: built-in generated prose)")
+    ins.set_defaults(func=_inspect_memory)
 
     _add_babilong_parsers(sub)
 

@@ -12,6 +12,7 @@ from .checks import check_positive_int
 ALIGNMENTS = ("left", "right", "center")
 MEMORY_DTYPES = ("float32", "float64", "bfloat16", "float16")
 MEMORY_KINDS = ("associative", "tokens")
+WRITE_GATES = ("sigmoid", "hard")
 
 
 @dataclass
@@ -63,15 +64,16 @@ class ARMTConfig:
             segment and the write tokens' final hidden states of the segment before afterwards
             (the write tokens enter as copies of the read memory, as in the RMT code); the state
             carries those ``(batch, num_mem_tokens, d_model)`` states in ``MemoryState.tokens``.
-            ``d_mem``, ``n_heads``, ``dpfp_nu``, ``correction``, ``use_denom``, ``gating`` and
-            ``memory_dtype`` are then ignored; ``sliding_window`` is not supported with it.
+            ``d_mem``, ``n_heads``, ``dpfp_nu``, ``correction``, ``use_denom``, ``gating``,
+            ``memory_dtype`` and ``write_gate`` are then ignored; ``sliding_window`` is not
+            supported with it.
         use_memory: ``False`` gives the no-memory baseline of the same model: no memory tokens,
             no associative read or write and no memory parameters, while the segmentation, the
             sliding window and the sink stay as configured. Each segment then sees only itself
             (and the window), so comparing it with ``use_memory=True`` measures what the
             memory adds. ``num_mem_tokens``, ``d_mem``, ``n_heads``, ``dpfp_nu``,
-            ``correction``, ``use_denom``, ``gating`` and ``memory_dtype`` are ignored; the
-            state carries only the window (its ``A`` are empty ``(batch, 0)`` tensors).
+            ``correction``, ``use_denom``, ``gating``, ``memory_dtype`` and ``write_gate`` are
+            ignored; the state carries only the window (its ``A`` are empty ``(batch, 0)`` tensors).
         wavefront: run forward passes without gradients, reading and the context of
             ``generate`` along the diagonals (all layers at once, one segment apart;
             :mod:`armt.wavefront`): the same outputs in fewer, larger operations. Where it
@@ -83,6 +85,12 @@ class ARMTConfig:
             ``armt.wavefront.WAVEFRONT_FAMILIES`` and no peft adapters (checked when the model
             is built). A call option overrides it (``model(..., wavefront=...)``,
             ``model.read(..., wavefront=...)``).
+        write_gate: how the write strength ``beta`` comes from ``W_mb``: ``"sigmoid"`` (the
+            official maths) or ``"hard"``: ``beta = clip(x / 4 + 1/2, 0, 1)`` (the sigmoid's slope
+            at 0, but exactly 0 below -2 and 1 above 2) and the normaliser update weighted by
+            ``beta`` too (``z += gamma beta k``), so a token the model chooses not to write leaves
+            ``A`` and ``z`` exactly as they were, however many such tokens follow. What it is for
+            (reading far beyond the training length) is measured in ``docs/results/length.md``.
 
     The options are frozen once built: derive a changed config with ``dataclasses.replace``.
     (Attributes that are not options may still be set: the Hugging Face Trainer records
@@ -115,6 +123,7 @@ class ARMTConfig:
     use_memory: bool = True
     memory: str = "associative"
     wavefront: bool = False
+    write_gate: str = "sigmoid"
 
     def __post_init__(self) -> None:
         check_positive_int(self, "num_mem_tokens", "ARMT writes memory from memory tokens, so it needs at least one.")
@@ -143,6 +152,9 @@ class ARMTConfig:
                 f"memory_dtype={self.memory_dtype!r} is unknown; use one of {MEMORY_DTYPES} or None "
                 "(the base model's dtype)."
             )
+        if self.write_gate not in WRITE_GATES:
+            raise ValueError(f"write_gate={self.write_gate!r} is unknown; use one of {WRITE_GATES} ('sigmoid' is "
+                             "the official maths).")
         if self.memory not in MEMORY_KINDS:
             raise ValueError(
                 f"memory={self.memory!r} is unknown; use 'associative' (ARMT) or 'tokens' (the RMT baseline)."
@@ -248,3 +260,21 @@ def with_run_options(config: ARMTConfig, options: dict[str, Any]) -> ARMTConfig:
                          f"what a saved model's weights mean. Only {', '.join(sorted(RUN_OPTIONS))} can differ "
                          "from the saved config.")
     return dataclasses.replace(config, **options)
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """``"NAME=VALUE"`` -> ``(NAME, VALUE)`` for an :class:`ARMTConfig` field given on a command
+    line; the value is read as JSON where it parses (numbers, true/false, null), else kept as text.
+
+    Example:
+        >>> parse_option("write_gate=hard"), parse_option("bptt_segments=4")
+        (('write_gate', 'hard'), ('bptt_segments', 4))
+    """
+    name, sep, value = text.partition("=")
+    if not sep or not name or name not in _OPTION_NAMES:
+        raise ValueError(f"{text!r} is not NAME=VALUE with an ARMTConfig field as NAME, e.g. write_gate=hard; the "
+                         f"fields are {sorted(_OPTION_NAMES)}.")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value

@@ -57,6 +57,7 @@ class AssociativeMemory(nn.Module):
         self.nu = config.dpfp_nu
         self.use_denom = config.use_denom
         self.correction = config.correction
+        self.write_gate = config.write_gate
         self.W_mq = nn.Linear(d_model, config.d_mem, bias=False, **kw)
         self.W_mk = nn.Linear(d_model, config.d_mem, bias=False, **kw)
         self.W_mv = nn.Linear(d_model, d_model, bias=False, **kw)
@@ -92,19 +93,23 @@ class AssociativeMemory(nn.Module):
         k, v, b = kvb.split([self.W_mk.out_features, self.W_mv.out_features, self.W_mb.out_features], dim=-1)
         k = fused.dpfp(self._heads(k), self.nu)  # (B, H, M, d_key/H)
         v = self._heads(v)  # (B, H, M, d_model/H)
-        beta = self._heads(torch.sigmoid(b))  # (B, H, M, 1 or d_model/H)
+        beta = self._heads(fused.gate(b, self.write_gate))  # (B, H, M, 1 or d_model/H)
         if self.state_dtype is not None:
             k, v, beta = k.to(self.state_dtype), v.to(self.state_dtype), beta.to(self.state_dtype)
         return k, v, beta
 
     def write(self, mem_out: Tensor, memory: LayerMemory | None) -> LayerMemory:
         """Write the memory-token outputs ``(B, M, d_model)`` into ``memory`` (None = empty)."""
-        k, v, beta = self.write_features(F.linear(mem_out, *self.write_projection()))
-        A, z = fused.write(
-            k, v, beta, None if memory is None else (memory.A, memory.z),
-            use_denom=self.use_denom, correction=self.correction,
-        )
+        return self.write_features_into(*self.write_features(F.linear(mem_out, *self.write_projection())), memory)
+
+    def write_features_into(self, k: Tensor, v: Tensor, beta: Tensor, memory: LayerMemory | None) -> LayerMemory:
+        """The delta-rule write of :meth:`write_features`' ``(k, v, beta)`` into ``memory``."""
+        A, z = fused.write(k, v, beta, None if memory is None else (memory.A, memory.z), **self.write_options())
         return LayerMemory(A, z)
+
+    def write_options(self) -> dict[str, bool]:
+        """The keyword options of :func:`armt.ops.fused.write` for this memory's config."""
+        return dict(use_denom=self.use_denom, correction=self.correction, z_by_beta=self.write_gate == "hard")
 
     def empty_shape(self, batch_size: int, d_model: int) -> tuple[int, ...]:
         d_key = 2 * self.nu * self.W_mq.out_features

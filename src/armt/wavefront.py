@@ -385,7 +385,7 @@ class Wavefront:
         kvb = _linear(out.reshape(Lp, B * M, D), self.W_kvb[sl], self.b_kvb[sl]).view(Lp * B, M, -1)
         k, v, beta = self.memory.write_features(kvb)
         n = (Lp - 1 if fresh else Lp) * B
-        kw = dict(use_denom=self.use_denom, correction=self.correction)
+        kw = self.memory.write_options()
         parts = []
         if n:
             old = (A.flatten(0, 1)[:n], None if z is None else z.flatten(0, 1)[:n])

@@ -37,11 +37,14 @@ def test_dpfp_is_the_official_formula():
     torch.testing.assert_close(fused.dpfp(x, 2), raw / raw.norm())
 
 
-CASES = list(itertools.product([1, 2, 4], [False, True], [False, True], [False, True], [False, True]))
+CASES = [c + (False,) for c in itertools.product([1, 2, 4], [False, True], [False, True], [False, True],
+                                                [False, True])]
+# write_gate="hard" weights the z update by beta; it changes only runs with the normaliser
+CASES += [c + (True,) for c in itertools.product([1, 2], [False, True], [True], [False, True], [False, True])]
 
 
-@pytest.mark.parametrize("H,gating,use_denom,correction,first", CASES)
-def test_write_and_read_match_reference(H, gating, use_denom, correction, first):
+@pytest.mark.parametrize("H,gating,use_denom,correction,first,z_by_beta", CASES)
+def test_write_and_read_match_reference(H, gating, use_denom, correction, first, z_by_beta):
     B, T, M, d_in, dv = 2, 5, 3, 2, 3
     nu = 3
     x_q, x_k, v, beta = _inputs(B, H, T, M, d_in, dv, gating, seed=H)
@@ -54,7 +57,7 @@ def test_write_and_read_match_reference(H, gating, use_denom, correction, first)
     results = []
     for impl in (fused, reference):
         k = impl.dpfp(x_k, nu)
-        A, z = impl.write(k, v, beta, memory, use_denom=use_denom, correction=correction)
+        A, z = impl.write(k, v, beta, memory, use_denom=use_denom, correction=correction, z_by_beta=z_by_beta)
         out = impl.read(impl.dpfp(x_q, nu), A, z)
         loss = out.pow(2).sum() + A.sin().sum() + (0 if z is None else z.cos().sum())
         grads = torch.autograd.grad(loss, leaves, allow_unused=True)
@@ -92,3 +95,38 @@ def test_gamma_is_detached():
     _, z = fused.write(k, v, beta, (A0, z0), use_denom=True, correction=True)
     g, = torch.autograd.grad(z.sum(), z0)
     torch.testing.assert_close(g, torch.ones_like(g))
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "hard"])
+def test_gate_matches_reference(kind):
+    x = torch.linspace(-6, 6, 97, dtype=torch.float64, requires_grad=True)
+    a, b = fused.gate(x, kind), reference.gate(x, kind)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    ga, = torch.autograd.grad(a.sum(), x)
+    gb, = torch.autograd.grad(b.sum(), x)
+    torch.testing.assert_close(ga, gb, rtol=0, atol=1e-12)
+
+
+def test_hard_gate_is_exactly_off_and_on_beyond_two():
+    x = torch.tensor([-9.0, -2.0, 0.0, 1.0, 2.0, 9.0], dtype=torch.float64)
+    assert fused.gate(x, "hard").tolist() == [0.0, 0.0, 0.5, 0.75, 1.0, 1.0]
+    # the sigmoid's slope at 0, so the two gates start alike
+    x0 = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    for kind in ("sigmoid", "hard"):
+        g, = torch.autograd.grad(fused.gate(x0, kind).sum(), x0)
+        assert g.item() == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("gating", [False, True])
+def test_a_write_with_beta_zero_changes_nothing_when_z_is_weighted(gating):
+    B, H, M, d_in, dv = 2, 2, 3, 2, 4
+    x_q, x_k, v, _ = _inputs(B, H, 1, M, d_in, dv, gating, seed=3)
+    k = fused.dpfp(x_k, 3)
+    A0 = torch.randn(B, H, k.shape[-1], dv, dtype=torch.float64)
+    z0 = torch.rand(B, H, k.shape[-1], dtype=torch.float64) * 0.01  # small: gamma > 0, z would grow
+    beta = torch.zeros(B, H, M, dv if gating else 1, dtype=torch.float64)
+    A, z = fused.write(k, v, beta, (A0, z0), use_denom=True, correction=True, z_by_beta=True)
+    assert torch.equal(A, A0) and torch.equal(z, z0)
+    # the official update moves z all the same
+    _, z_official = fused.write(k, v, beta, (A0, z0), use_denom=True, correction=True)
+    assert not torch.allclose(z_official, z0)

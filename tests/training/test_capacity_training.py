@@ -99,3 +99,28 @@ def test_armt_train_with_data_kind_capacity(tmp_path):
     bad["training"]["output_dir"] = str(tmp_path / "bad")
     with pytest.raises(ValueError, match="segment_size to 4"):
         train(RunConfig.from_dict(bad))
+
+
+def test_write_penalty_lowers_the_write_strength_and_needs_the_sequential_loop():
+    from armt.evaluation.needle import NeedleStage
+    from armt.training.capacity import train_stages
+
+    def strength(penalty):
+        model = CapacityModelSpec(options=(("write_gate", "hard"),), **SMALL).build()
+        recipe = CapacityRecipe(max_steps_per_stage=40, eval_every=20, eval_samples=8, warmup_steps=1,
+                                learning_rate=1e-2, write_penalty=penalty)
+        return train_stages(model, [NeedleStage(1, 2)], recipe).evaluations[-1].get("write_strength")
+
+    free, penalised = strength(0.0), strength(10.0)
+    assert free is None  # nothing recorded without a penalty
+    assert penalised < 0.1, penalised
+    # a stage without distractors needs every write: no penalty there
+    model = CapacityModelSpec(options=(("write_gate", "hard"),), **SMALL).build()
+    run = train_stages(model, [NeedleStage(2, 2)], CapacityRecipe(max_steps_per_stage=2, eval_every=2,
+                                                                 eval_samples=8, write_penalty=10.0))
+    assert "write_strength" not in run.evaluations[-1]
+    with pytest.raises(ValueError, match="write_penalty must be >= 0"):
+        CapacityRecipe(write_penalty=-1.0)
+    with pytest.raises(ValueError, match="wavefront=False"):
+        train_capacity(CapacityModelSpec(wavefront=True, **SMALL).build(),
+                       CapacityRecipe(curriculum=(1,), max_steps_per_stage=1, write_penalty=0.1))

@@ -49,6 +49,14 @@ def read(q: Tensor, A: Tensor, z: Tensor | None) -> Tensor:
     return _bmm(q, A) / (_norm(q, z) + EPS)
 
 
+def gate(x: Tensor, kind: str) -> Tensor:
+    """Write strength from the ``W_mb`` projection: ``sigmoid`` (official) or ``hard``
+    (``clip(x / 4 + 1/2, 0, 1)``: the sigmoid's slope at 0, and exactly 0 or 1 beyond +-2)."""
+    if kind == "sigmoid":
+        return torch.sigmoid(x)
+    return (x * 0.25 + 0.5).clamp(0, 1)
+
+
 def write(
     k: Tensor,
     v: Tensor,
@@ -57,6 +65,7 @@ def write(
     *,
     use_denom: bool,
     correction: bool,
+    z_by_beta: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Write the memory tokens of one segment with the delta rule.
 
@@ -67,14 +76,18 @@ def write(
         memory: ``(A, z)`` before the write, or ``None`` for the empty memory.
         use_denom: keep and use the normaliser ``z``.
         correction: scale the ``z`` update by the detached ``gamma``.
+        z_by_beta: scale the ``z`` update by the write strength too (``write_gate="hard"``;
+            with gating, by its mean over the value dimensions).
 
     Returns:
         ``(A, z)`` after the write; ``z`` is ``None`` when ``use_denom`` is False.
     """
     kt = k.transpose(-1, -2).contiguous()  # (B, H, d_key, M)
+    # what each token adds to z: k, or beta k, so that a token written with beta = 0 changes nothing
+    kz = k * beta.mean(dim=-1, keepdim=True) if z_by_beta else k
     if memory is None:
         A = _bmm(kt, beta * v)
-        z = k.sum(dim=-2) if use_denom else None
+        z = kz.sum(dim=-2) if use_denom else None
         return A, z
     A_old, z_old = memory
     if use_denom:
@@ -82,9 +95,9 @@ def write(
         v_old = _bmm(k, A_old) / denom
         if correction:
             gamma = (1 - denom / (k * k).sum(dim=-1, keepdim=True)).clamp(0, 1).detach()
-            z = z_old + (gamma * k).sum(dim=-2)
+            z = z_old + (gamma * kz).sum(dim=-2)
         else:
-            z = z_old + k.sum(dim=-2)
+            z = z_old + kz.sum(dim=-2)
     else:
         v_old = _bmm(k, A_old)
         z = None

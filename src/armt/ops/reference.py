@@ -9,6 +9,11 @@ Equations (per layer, per head; ``phi`` is DPFP then L2 normalisation):
 
 Every ``v_old_j`` and ``gamma_j`` uses the memory as it was before the write: the memory
 tokens of one segment are written together, not one after another.
+
+Opt-in (``ARMTConfig(write_gate="hard")``): ``beta = clip(x / 4 + 1/2, 0, 1)`` instead of
+``sigmoid(x)``, so a write can be exactly off, and ``z += sum_j gamma_j beta_j k_j`` (``beta_j``
+averaged over the value dimensions with gating): a token written with ``beta = 0`` changes neither
+``A`` nor ``z``.
 """
 
 from __future__ import annotations
@@ -59,6 +64,13 @@ def read(q: Tensor, A: Tensor, z: Tensor | None) -> Tensor:
     return torch.stack(rows)
 
 
+def gate(x: Tensor, kind: str) -> Tensor:
+    """Write strength from the ``W_mb`` projection: ``sigmoid`` (official) or ``hard``."""
+    if kind == "sigmoid":
+        return 1 / (1 + torch.exp(-x))
+    return torch.clamp(x / 4 + 0.5, 0, 1)
+
+
 def write(
     k: Tensor,
     v: Tensor,
@@ -67,6 +79,7 @@ def write(
     *,
     use_denom: bool,
     correction: bool,
+    z_by_beta: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Write the memory tokens of one segment with the delta rule.
 
@@ -77,6 +90,7 @@ def write(
         memory: ``(A, z)`` before the write, or ``None`` for the empty memory.
         use_denom: keep and use the normaliser ``z``.
         correction: scale the ``z`` update by the detached ``gamma``.
+        z_by_beta: scale the ``z`` update by the write strength too (``write_gate="hard"``).
 
     Returns:
         ``(A, z)`` after the write; ``z`` is ``None`` when ``use_denom`` is False.
@@ -110,7 +124,8 @@ def write(
                             gamma = (1 - denom / (kj * kj).sum()).clamp(0, 1).detach()
                 A_new = A_new + kj[:, None] * (beta[b, h, j] * (v[b, h, j] - v_old))[None, :]
                 if use_denom:
-                    z_new = z_new + gamma * kj
+                    strength = beta[b, h, j].mean() if z_by_beta else 1.0
+                    z_new = z_new + gamma * strength * kj
             heads_A.append(A_new)
             heads_z.append(z_new)
         new_A.append(torch.stack(heads_A))

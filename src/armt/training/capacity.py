@@ -13,7 +13,9 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -21,6 +23,7 @@ from torch import Tensor
 from ..checks import check_positive_int
 from ..config import ARMTConfig
 from ..data.capacity import VARIANTS, CapacityConfig, CapacityDataset, capacity_batch
+from ..inspection import watch_memory
 from ..model import ARMTForCausalLM
 
 MODEL_KINDS = ("armt", "rmt", "none")
@@ -36,6 +39,8 @@ class CapacityModelSpec:
             ``none`` (no memory: each segment sees only itself; the control).
         wavefront: run ARMT's segments along the diagonals in training too (GPT-NeoX here has
             no dropout; see :mod:`armt.wavefront`); the same numbers, fewer operations.
+        options: further :class:`armt.ARMTConfig` fields as ``(name, value)`` pairs, e.g.
+            ``(("write_gate", "hard"),)`` (an error names any unknown one).
     """
 
     kind: str = "armt"
@@ -47,8 +52,10 @@ class CapacityModelSpec:
     d_mem: int = 32
     seed: int = 0
     wavefront: bool = False
+    options: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "options", tuple(tuple(o) for o in self.options))
         if self.kind not in MODEL_KINDS:
             raise ValueError(f"kind={self.kind!r} is unknown; use one of {MODEL_KINDS}.")
         if self.wavefront and self.kind != "armt":
@@ -72,7 +79,7 @@ class CapacityModelSpec:
         config = ARMTConfig(num_mem_tokens=self.num_mem_tokens, d_mem=self.d_mem, segment_size=task.segment_size,
                             memory="tokens" if self.kind == "rmt" else "associative",
                             use_memory=self.kind != "none", last_segment_loss_only=True,
-                            wavefront=self.wavefront)
+                            wavefront=self.wavefront, **dict(self.options))
         torch.manual_seed(self.seed)
         return ARMTForCausalLM(base, config)
 
@@ -92,6 +99,12 @@ class CapacityRecipe:
         eval_every: steps between evaluations; eval_samples: samples per evaluation.
         variant: ``remember`` or ``rewrite``.
         seed: draws of the training batches (the model's seed is in the model spec).
+        write_penalty: add this times the mean write strength ``beta`` (over the layers, segments
+            and memory tokens of a batch) to the loss: the model then writes only what the task
+            needs. With ``ARMTConfig(write_gate="hard")`` unneeded writes reach exactly 0.
+            Models without an associative memory have no writes to penalise. A stage whose
+            ``penalise_writes`` is False (a needle stage with no distractors, where every write
+            is needed) trains without it.
     """
 
     curriculum: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
@@ -107,8 +120,11 @@ class CapacityRecipe:
     eval_samples: int = 256
     variant: str = "remember"
     seed: int = 0
+    write_penalty: float = 0.0
 
     def __post_init__(self) -> None:
+        if not self.write_penalty >= 0:
+            raise ValueError(f"write_penalty must be >= 0, got {self.write_penalty!r}.")
         if not self.curriculum or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
                                       for n in self.curriculum):
             raise ValueError(f"curriculum must be a non-empty list of pair counts >= 1, got {self.curriculum!r}.")
@@ -129,12 +145,12 @@ class CapacityRun:
     stages: list[dict] = field(default_factory=list)
     steps: int = 0
     seconds: float = 0.0
-    step_seconds: dict[int, float] = field(default_factory=dict)
+    step_seconds: dict[int | str, float] = field(default_factory=dict)
 
     @property
     def reached(self) -> int | None:
         """The largest N whose stage ended at the threshold (``None`` if none did)."""
-        done = [s["num_pairs"] for s in self.stages if s["passed"]]
+        done = [s["num_pairs"] for s in self.stages if s["passed"] and "num_pairs" in s]
         return max(done) if done else None
 
     def to_dict(self) -> dict:
@@ -189,6 +205,22 @@ def evaluate_capacity(model: ARMTForCausalLM, num_pairs: Sequence[int], *, num_s
     return out
 
 
+class CapacityStage:
+    """One stage of the capacity curriculum: ``num_pairs`` pairs (see :func:`train_stages`)."""
+
+    def __init__(self, num_pairs: int, variant: str = "remember"):
+        self.task = CapacityConfig(num_pairs=num_pairs, variant=variant)
+        self.key = num_pairs
+        self.fields = {"num_pairs": num_pairs}
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> dict[str, Tensor]:
+        return capacity_batch(self.task, batch_size, generator)
+
+    def evaluate(self, model: ARMTForCausalLM, num_samples: int, seed: int) -> float:
+        n = self.task.num_pairs
+        return evaluate_capacity(model, [n], num_samples=num_samples, variant=self.task.variant, seed=seed)[n]
+
+
 def train_capacity(model: ARMTForCausalLM, recipe: CapacityRecipe, *,
                    log: Callable[[dict], None] | None = None, log_path: str | None = None) -> CapacityRun:
     """Train ``model`` through ``recipe``'s curriculum; returns the :class:`CapacityRun`.
@@ -202,6 +234,24 @@ def train_capacity(model: ARMTForCausalLM, recipe: CapacityRecipe, *,
         ...                                            eval_every=2, eval_samples=8))
         >>> run.steps, [e["step"] for e in run.evaluations]
         (4, [2, 4])
+    """
+    stages = [CapacityStage(n, recipe.variant) for n in recipe.curriculum]
+    return train_stages(model, stages, recipe, log=log, log_path=log_path)
+
+
+def train_stages(model: ARMTForCausalLM, stages: Sequence, recipe: CapacityRecipe, *,
+                 log: Callable[[dict], None] | None = None, log_path: str | None = None) -> CapacityRun:
+    """Train ``model`` through ``stages`` in order, each until its exact match on fresh samples
+    reaches ``recipe.advance_at`` (then the next) or its step limit or the time budget is spent
+    (then training stops). The optimiser, budget and evaluation settings come from ``recipe``
+    (its ``curriculum`` and ``variant`` are the stages' business here).
+
+    A stage is any object with ``key`` (names it in :attr:`CapacityRun.step_seconds`),
+    ``fields`` (a dict merged into its log records), ``batch(batch_size, generator)`` (a dict
+    with ``input_ids`` and ``labels``, only the answer labelled) and
+    ``evaluate(model, num_samples, seed)`` (exact match), and optionally ``penalise_writes``
+    (see :attr:`CapacityRecipe.write_penalty`): :class:`CapacityStage`, or
+    :class:`armt.training.length.NeedleStage`.
     """
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -224,23 +274,35 @@ def train_capacity(model: ARMTForCausalLM, recipe: CapacityRecipe, *,
             sink.write(json.dumps(record) + "\n")
             sink.flush()
 
+    penalise = recipe.write_penalty > 0 and model.config.use_memory and model.config.memory == "associative"
+    if penalise and model.config.wavefront:
+        raise ValueError("write_penalty needs the sequential segment loop (the wavefront does not go through the "
+                         "memories' writes); build the model with wavefront=False.")
     try:
         model.train()
-        for n in recipe.curriculum:
-            task = CapacityConfig(num_pairs=n, variant=recipe.variant)
+        for stage in stages:
             stage_start, stage_steps, passed, best = time.perf_counter(), 0, False, 0.0
-            step_time, losses = [], []
+            step_time, losses, betas = [], [], []
             while True:
                 if recipe.max_steps_per_stage is not None and stage_steps >= recipe.max_steps_per_stage:
                     break
                 if time.perf_counter() - start_time >= recipe.time_budget_s:
                     break
-                batch = capacity_batch(task, recipe.batch_size, gen)
+                batch = stage.batch(recipe.batch_size, gen)
                 t0 = time.perf_counter()
-                # ARMTConfig.wavefront covers passes without gradients; training asks per call
-                out = model(batch["input_ids"].to(device), labels=batch["labels"].to(device),
-                            output_only_last_segment=True, wavefront=model.config.wavefront or None)
-                out.loss.backward()
+                strengths: list[Tensor] = []
+                watched = penalise and getattr(stage, "penalise_writes", True)
+                with watch_memory(model, on_write=lambda layer, old, k, beta, new: strengths.append(beta.mean())) \
+                        if watched else nullcontext():
+                    # ARMTConfig.wavefront covers passes without gradients; training asks per call
+                    out = model(batch["input_ids"].to(device), labels=batch["labels"].to(device),
+                                output_only_last_segment=True, wavefront=model.config.wavefront or None)
+                loss = out.loss
+                if strengths:
+                    strength = torch.stack(strengths).mean()
+                    loss = loss + recipe.write_penalty * strength
+                    betas.append(strength.item())
+                loss.backward()
                 if recipe.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
                 opt.step()
@@ -251,25 +313,26 @@ def train_capacity(model: ARMTForCausalLM, recipe: CapacityRecipe, *,
                 stage_steps += 1
                 run.steps += 1
                 if stage_steps % recipe.eval_every == 0:
-                    em = evaluate_capacity(model, [n], num_samples=recipe.eval_samples, variant=recipe.variant,
-                                           seed=recipe.seed + 1_000 + run.steps)[n]
+                    em = stage.evaluate(model, recipe.eval_samples, recipe.seed + 1_000 + run.steps)
                     best = max(best, em)
-                    record = {"step": run.steps, "num_pairs": n, "stage_step": stage_steps,
+                    record = {"step": run.steps, **stage.fields, "stage_step": stage_steps,
                               "loss": sum(losses) / len(losses), "exact_match": em,
                               "step_s": sorted(step_time)[len(step_time) // 2],
                               "elapsed_s": round(time.perf_counter() - start_time, 1)}
-                    losses = []
+                    if betas:
+                        record["write_strength"] = sum(betas) / len(betas)
+                    losses, betas = [], []
                     run.evaluations.append(record)
                     emit(record)
                     if em >= recipe.advance_at:
                         passed = True
                         break
             if step_time:
-                run.step_seconds[n] = sorted(step_time)[len(step_time) // 2]
-            stage = {"num_pairs": n, "steps": stage_steps, "passed": passed, "best_exact_match": best,
-                     "seconds": round(time.perf_counter() - stage_start, 1)}
-            run.stages.append(stage)
-            emit({"stage_done": stage})
+                run.step_seconds[stage.key] = sorted(step_time)[len(step_time) // 2]
+            done = {**stage.fields, "steps": stage_steps, "passed": passed, "best_exact_match": best,
+                    "seconds": round(time.perf_counter() - stage_start, 1)}
+            run.stages.append(done)
+            emit({"stage_done": done})
             if not passed:
                 break
     finally:

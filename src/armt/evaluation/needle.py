@@ -1,0 +1,157 @@
+"""Exact match on the needle task (:mod:`armt.data.needle`) at any number of segments, and its
+curriculum stages for :func:`armt.training.capacity.train_stages`.
+
+The context is read in chunks of whole segments at constant memory (:meth:`armt.ARMTForCausalLM.read`,
+along the diagonals for ARMT), then the query segment runs on the memory that came out and its
+value is scored. Samples are fixed by a seed, so models are compared on the same haystacks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ..data.needle import DISTRACTORS, NeedleConfig, TextStream, fixed_needle_batch, needle_batch
+from ..wavefront import wavefront_blocker
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion ``correct / n``.
+
+    Example:
+        >>> [round(x, 3) for x in wilson_interval(8, 10)]
+        [0.49, 0.943]
+    """
+    if n <= 0:
+        raise ValueError(f"n must be >= 1, got {n}.")
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _reads_nothing(model) -> bool:
+    """The no-memory model without a window carries nothing across segments: its answer depends on
+    the query segment alone, so the context need not be read (tested equal)."""
+    return not model.config.use_memory and not model.config.sliding_window
+
+
+@torch.no_grad()
+def needle_predictions(model, input_ids: Tensor, config: NeedleConfig, *, wipe_memory: bool = False,
+                       chunk_segments: int = 1024, wavefront: bool | None = None) -> Tensor:
+    """The model's answer ``(B, value_len)`` to each sample of ``input_ids`` ``(B, L)``.
+
+    Args:
+        model: an :class:`armt.ARMTForCausalLM` whose segment size is ``config.segment_size``.
+        wipe_memory: answer the query with an empty memory (the control: above chance means the
+            answer came through the memory).
+        chunk_segments: segments read per call; bounds the memory use of long inputs.
+        wavefront: read along the diagonals (see :meth:`armt.ARMTForCausalLM.read`); ``None``
+            uses it for the associative memory where it applies.
+    """
+    S = config.segment_size
+    if model.config.segment_size != S:
+        raise ValueError(f"the model's segment_size={model.config.segment_size} differs from the task's {S}; "
+                         "build the model for the task (CapacityModelSpec.build(task)).")
+    if input_ids.shape[1] != config.length:
+        raise ValueError(f"input_ids has {input_ids.shape[1]} tokens, the task {config.length}.")
+    was_training = model.training
+    model.eval()
+    try:
+        context, query = input_ids[:, :-S], input_ids[:, -S:]
+        memory = None
+        if not wipe_memory and not _reads_nothing(model):
+            if wavefront is None:
+                wavefront = wavefront_blocker(model) is None
+            step = chunk_segments * S
+            memory = model.read((context[:, i:i + step] for i in range(0, context.shape[1], step)),
+                                wavefront=wavefront).memory
+        device = model.cell.memory_tokens.device
+        logits = model(query.to(device), memory=memory, output_only_last_segment=True).logits
+        at = config.key_len  # the '?' predicts the value's first symbol
+        return logits[:, at:at + config.value_len].argmax(-1).cpu()
+    finally:
+        model.train(was_training)
+
+
+def evaluate_needle(model, config: NeedleConfig, *, num_samples: int = 64, seed: int = 12345,
+                    text: TextStream | None = None, wipe_memory: bool = False, batch_size: int = 64,
+                    chunk_segments: int = 1024) -> dict:
+    """Exact match of ``model`` on ``num_samples`` fixed samples of ``config``.
+
+    Returns ``{"exact_match", "correct", "n", "interval"}`` (the 95% Wilson interval).
+
+    Example:
+        >>> from armt.training.capacity import CapacityModelSpec
+        >>> model = CapacityModelSpec(layers=1, hidden=32, heads=2, intermediate=64).build()
+        >>> r = evaluate_needle(model, NeedleConfig(num_facts=1, num_segments=3), num_samples=4)
+        >>> r["n"], 0 <= r["exact_match"] <= 1
+        (4, True)
+    """
+    data = fixed_needle_batch(config, num_samples, seed, text)
+    start = int(data["answer_start"][0])
+    correct = 0
+    for i in range(0, num_samples, batch_size):
+        ids = data["input_ids"][i:i + batch_size]
+        pred = needle_predictions(model, ids, config, wipe_memory=wipe_memory, chunk_segments=chunk_segments)
+        correct += int((pred == ids[:, start:start + config.value_len]).all(dim=1).sum())
+    return {"exact_match": correct / num_samples, "correct": correct, "n": num_samples,
+            "interval": list(wilson_interval(correct, num_samples))}
+
+
+# facts first (every segment a fact, as the capacity recipe that learns reliably), then distractors
+DEFAULT_STAGES = ((1, 1), (2, 2), (4, 4), (4, 8), (4, 16))
+
+
+class NeedleStage:
+    """One curriculum stage: ``num_facts`` facts among ``num_segments`` segments; a batch is split
+    evenly among the ``distractors`` kinds (a model trained on both is evaluated on each).
+
+    Example:
+        >>> stage = NeedleStage(2, 4)
+        >>> stage.batch(4, torch.Generator().manual_seed(0))["input_ids"].shape
+        torch.Size([4, 20])
+    """
+
+    def __init__(self, num_facts: int, num_segments: int, *, distractors: Sequence[str] = ("symbols",),
+                 variant: str = "remember", text: TextStream | None = None):
+        kinds = tuple(distractors)
+        if not kinds or any(k not in DISTRACTORS for k in kinds):
+            raise ValueError(f"distractors={distractors!r}: give one or more of {DISTRACTORS}.")
+        self.tasks = [NeedleConfig(num_facts=num_facts, num_segments=num_segments, distractors=k, variant=variant)
+                      for k in kinds]
+        if "text" in kinds and text is None:
+            raise ValueError("distractors 'text' needs text=TextStream(...).")
+        self.text = text
+        self.key = f"K{num_facts}xM{num_segments}"
+        # with no distractors every write is needed: CapacityRecipe.write_penalty waits for them
+        self.penalise_writes = num_segments > num_facts
+        self.fields = {"num_facts": num_facts, "num_segments": num_segments}
+
+    def _split(self, n: int) -> list[int]:
+        k = len(self.tasks)
+        return [n // k + (i < n % k) for i in range(k)]
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> dict[str, Tensor]:
+        parts = [needle_batch(t, n, generator, self.text) for t, n in zip(self.tasks, self._split(batch_size)) if n]
+        return {key: torch.cat([p[key] for p in parts]) for key in ("input_ids", "labels")}
+
+    def evaluate(self, model, num_samples: int, seed: int) -> float:
+        total = 0
+        for task, n in zip(self.tasks, self._split(num_samples)):
+            if n:
+                total += evaluate_needle(model, task, num_samples=n, seed=seed, text=self.text)["correct"]
+        return total / num_samples
+
+
+def needle_stages(stages: Sequence[tuple[int, int]] = DEFAULT_STAGES, **kwargs) -> list[NeedleStage]:
+    """:class:`NeedleStage` for each ``(num_facts, num_segments)``; ``kwargs`` go to every stage.
+
+    Example:
+        >>> [s.key for s in needle_stages([(1, 1), (4, 16)])]
+        ['K1xM1', 'K4xM16']
+    """
+    return [NeedleStage(k, m, **kwargs) for k, m in stages]

@@ -1,0 +1,98 @@
+"""Needle evaluation at any length, the length benchmark and its outputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from armt.data.needle import NeedleConfig, fixed_needle_batch
+from armt.evaluation.length import length_table, run_length_benchmark, write_length
+from armt.evaluation.needle import NeedleStage, evaluate_needle, needle_predictions, wilson_interval
+from armt.training.capacity import CapacityModelSpec, CapacityRecipe, train_stages
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = dict(layers=1, hidden=32, heads=2, intermediate=64)
+
+
+def _reference_answers(model, ids, cfg):
+    """The plain way: the whole sample through the model in one call, the answer's logits read off."""
+    with torch.no_grad():
+        logits = model(ids).logits
+    return logits[:, -cfg.value_len - 1:-1].argmax(-1)
+
+
+@pytest.mark.parametrize("kind", ["armt", "rmt", "none"])
+def test_chunked_reading_answers_as_one_forward_pass(kind):
+    model = CapacityModelSpec(kind=kind, **SMALL).build().eval()
+    if kind == "armt":
+        torch.manual_seed(1)
+        for mem in model.cell.memory_layers:  # a live memory, so that reading matters
+            torch.nn.init.normal_(mem.W_mv.weight, std=0.3)
+    cfg = NeedleConfig(num_facts=2, num_segments=23)
+    ids = fixed_needle_batch(cfg, 8, 0)["input_ids"]
+    want = _reference_answers(model, ids, cfg)
+    for chunk in (1, 5, 64):
+        assert torch.equal(needle_predictions(model, ids, cfg, chunk_segments=chunk), want)
+    if kind == "armt":  # the wiped control differs from the live memory
+        wiped = needle_predictions(model, ids, cfg, wipe_memory=True)
+        assert torch.equal(wiped, _reference_answers(model, ids[:, -4:], NeedleConfig(num_facts=1, num_segments=1)))
+
+
+def test_a_model_for_another_segment_size_is_refused():
+    model = CapacityModelSpec(**SMALL).build()
+    cfg = NeedleConfig(num_facts=1, num_segments=3, key_len=3)
+    with pytest.raises(ValueError, match="segment_size=4 differs from the task's 5"):
+        needle_predictions(model, fixed_needle_batch(cfg, 1, 0)["input_ids"], cfg)
+
+
+def test_wilson_interval_contains_the_estimate_and_narrows():
+    lo, hi = wilson_interval(32, 64)
+    assert lo < 0.5 < hi
+    lo2, hi2 = wilson_interval(320, 640)
+    assert hi2 - lo2 < hi - lo
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+
+
+def test_a_needle_stage_learns_one_fact_and_the_wiped_control_does_not():
+    """One fact one segment back: learned in a few hundred steps, and only through the memory."""
+    model = CapacityModelSpec(layers=2, hidden=64, heads=2, intermediate=128, d_mem=16).build(
+        NeedleConfig(num_facts=1, num_segments=1))
+    recipe = CapacityRecipe(max_steps_per_stage=400, eval_every=50, eval_samples=128, learning_rate=3e-3,
+                            warmup_steps=20, advance_at=0.95)
+    run = train_stages(model, [NeedleStage(1, 1)], recipe)
+    assert run.stages[0]["passed"], run.evaluations
+    cfg = NeedleConfig(num_facts=1, num_segments=1)
+    assert evaluate_needle(model, cfg, num_samples=128)["exact_match"] >= 0.9
+    assert evaluate_needle(model, cfg, num_samples=128, wipe_memory=True)["exact_match"] < 0.2
+
+
+def test_benchmark_skips_lengths_after_chance_and_writes_its_files(tmp_path):
+    recipe = CapacityRecipe(max_steps_per_stage=2, eval_every=2, eval_samples=8)
+    res = run_length_benchmark(["none"], recipe=recipe, model=CapacityModelSpec(**SMALL), stages=[(1, 1)],
+                               distractors=["symbols"], eval_segments=[2, 4, 8, 16], eval_samples=64,
+                               stop_after_chance=2, log=lambda s: None)
+    series = res["models"]["none"]["exact_match"]["symbols"]
+    assert "exact_match" in series["2"] and "exact_match" in series["4"]  # untrained: at chance twice
+    assert "skipped" in series["8"] and "skipped" in series["16"]
+    assert "chance (not run)" in length_table(res)
+    paths = write_length(res, tmp_path)
+    assert json.loads(paths[0].read_text())["chance"] == 1 / 16 and paths[2].stat().st_size > 0
+    with pytest.raises(FileExistsError, match="overwrite"):
+        write_length(res, tmp_path)
+
+
+def test_benchmark_script_smoke(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "length.py"), "--smoke", "--models", "armt,none",
+                          "--out", str(tmp_path), "--save-models", str(tmp_path / "models"),
+                          "--option", "write_gate=hard", "--text-source", "builtin"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads((tmp_path / "length.json").read_text())
+    assert res["model"]["options"] == [["write_gate", "hard"]]
+    assert "built-in" in res["text_source"]
+    assert (tmp_path / "models" / "length" / "armt" / "armt_config.json").exists()

@@ -50,3 +50,14 @@ def test_the_config_is_a_frozen_value():
     assert model.is_gradient_checkpointing and not cfg.gradient_checkpointing  # a model flag
     model.gradient_checkpointing_disable()
     assert not model.is_gradient_checkpointing
+
+
+def test_parse_option_reads_json_values_and_refuses_unknown_fields():
+    from armt.config import parse_option
+
+    assert parse_option("use_sink=true") == ("use_sink", True)
+    assert parse_option("memory_dtype=float32") == ("memory_dtype", "float32")
+    with pytest.raises(ValueError, match="ARMTConfig field"):
+        parse_option("d_memory=32")
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        parse_option("write_gate")

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-import armt
 from armt.inspection import inspect_memory
 from armt.ops import fused
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -262,6 +263,10 @@ def with_run_options(config: ARMTConfig, options: dict[str, Any]) -> ARMTConfig:
     return dataclasses.replace(config, **options)
 
 
+class OptionError(ValueError, argparse.ArgumentTypeError):
+    """A bad ``NAME=VALUE`` option: a ``ValueError`` whose message argparse also shows as it is."""
+
+
 def parse_option(text: str) -> tuple[str, Any]:
     """``"NAME=VALUE"`` -> ``(NAME, VALUE)`` for an :class:`ARMTConfig` field given on a command
     line; the value is read as JSON where it parses (numbers, true/false, null), else kept as text.
@@ -272,7 +277,7 @@ def parse_option(text: str) -> tuple[str, Any]:
     """
     name, sep, value = text.partition("=")
     if not sep or not name or name not in _OPTION_NAMES:
-        raise ValueError(f"{text!r} is not NAME=VALUE with an ARMTConfig field as NAME, e.g. write_gate=hard; the "
+        raise OptionError(f"{text!r} is not NAME=VALUE with an ARMTConfig field as NAME, e.g. write_gate=hard; the "
                          f"fields are {sorted(_OPTION_NAMES)}.")
     try:
         return name, json.loads(value)

@@ -27,8 +27,36 @@ from ..checks import check_positive_int
 VARIANTS = ("remember", "rewrite")
 
 
+class PairTokens:
+    """Token ids of the key-value tasks (capacity, needle), from ``num_symbols``, ``key_len`` and
+    ``value_len``: symbols ``0 .. num_symbols - 1``, then ``:`` and ``?``."""
+
+    num_symbols: int
+    key_len: int
+    value_len: int
+
+    @property
+    def colon(self) -> int:
+        """Token id of ``:`` (between key and value in a pair segment)."""
+        return self.num_symbols
+
+    @property
+    def ask(self) -> int:
+        """Token id of ``?`` (between key and value in the query segment)."""
+        return self.num_symbols + 1
+
+    @property
+    def vocab_size(self) -> int:
+        return self.num_symbols + 2
+
+    @property
+    def segment_size(self) -> int:
+        """Tokens of one pair segment (and of the query segment): key, separator, value."""
+        return self.key_len + 1 + self.value_len
+
+
 @dataclass(frozen=True)
-class CapacityConfig:
+class CapacityConfig(PairTokens):
     """Shape of the capacity-task samples.
 
     Args:
@@ -73,25 +101,6 @@ class CapacityConfig:
     @property
     def num_keys(self) -> int:
         return self.num_symbols ** self.key_len
-
-    @property
-    def colon(self) -> int:
-        """Token id of ``:`` (between key and value in a pair segment)."""
-        return self.num_symbols
-
-    @property
-    def ask(self) -> int:
-        """Token id of ``?`` (between key and value in the query segment)."""
-        return self.num_symbols + 1
-
-    @property
-    def vocab_size(self) -> int:
-        return self.num_symbols + 2
-
-    @property
-    def segment_size(self) -> int:
-        """Tokens of one pair segment (and of the query segment): key, separator, value."""
-        return self.key_len + 1 + self.value_len
 
     @property
     def length(self) -> int:

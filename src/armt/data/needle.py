@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from ..checks import check_positive_int
-from .capacity import VARIANTS
+from .capacity import VARIANTS, PairTokens
 
 DISTRACTORS = ("symbols", "text")
 
@@ -100,7 +100,7 @@ class TextStream:
 
 
 @dataclass(frozen=True)
-class NeedleConfig:
+class NeedleConfig(PairTokens):
     """Shape of the needle samples.
 
     Args:
@@ -143,23 +143,6 @@ class NeedleConfig:
         if self.variant == "remember" and self.num_facts > self.num_symbols ** self.key_len:
             raise ValueError(f"num_facts={self.num_facts} distinct keys do not exist with num_symbols="
                              f"{self.num_symbols} and key_len={self.key_len}; use variant='rewrite' or longer keys.")
-
-    @property
-    def colon(self) -> int:
-        return self.num_symbols
-
-    @property
-    def ask(self) -> int:
-        return self.num_symbols + 1
-
-    @property
-    def vocab_size(self) -> int:
-        return self.num_symbols + 2
-
-    @property
-    def segment_size(self) -> int:
-        """Tokens of every segment: key, separator, value."""
-        return self.key_len + 1 + self.value_len
 
     @property
     def length(self) -> int:

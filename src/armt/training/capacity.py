@@ -251,7 +251,7 @@ def train_stages(model: ARMTForCausalLM, stages: Sequence, recipe: CapacityRecip
     with ``input_ids`` and ``labels``, only the answer labelled) and
     ``evaluate(model, num_samples, seed)`` (exact match), and optionally ``penalise_writes``
     (see :attr:`CapacityRecipe.write_penalty`): :class:`CapacityStage`, or
-    :class:`armt.training.length.NeedleStage`.
+    :class:`armt.evaluation.needle.NeedleStage`.
     """
     decay, no_decay = [], []
     for name, p in model.named_parameters():

@@ -47,7 +47,7 @@ def text_symbols(text: str, num_symbols: int = 16) -> np.ndarray:
 
     Example:
         >>> text_symbols("The tea.", 16).tolist()
-        [7, 2, 1, 0, 1, 1, 2, 0]
+        [2, 8, 1, 0, 2, 1, 3, 0]
     """
     table = np.zeros(256, dtype=np.int64)  # every byte that is not a letter: the space's symbol
     is_letter = np.zeros(256, dtype=bool)

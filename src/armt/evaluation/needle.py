@@ -8,7 +8,6 @@ value is scored. Samples are fixed by a seed, so models are compared on the same
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -16,21 +15,7 @@ from torch import Tensor
 
 from ..data.needle import DISTRACTORS, NeedleConfig, TextStream, fixed_needle_batch, needle_batch
 from ..wavefront import wavefront_blocker
-
-
-def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion ``correct / n``.
-
-    Example:
-        >>> [round(x, 3) for x in wilson_interval(8, 10)]
-        [0.49, 0.943]
-    """
-    if n <= 0:
-        raise ValueError(f"n must be >= 1, got {n}.")
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+from .reports import wilson_interval
 
 
 def _reads_nothing(model) -> bool:

@@ -9,7 +9,7 @@ M = 16 .. 16,384 segments (1x to 1,024x the longest training input) on both dist
 with 95% intervals and the memory-wiped control, and writes length.json / .md / .png to ``--out``.
 
     python benchmarks/length.py [--budget-min 7] [--out docs/length]
-    python benchmarks/length.py --models armt --option write_gate=hard --write-penalty 0.1 --prefix length_hard
+    python benchmarks/length.py --models armt --option write_gate=hard --write-penalty 0.5 --hold-last --prefix length_hold
     python benchmarks/length.py --smoke     # seconds: a tiny model, two steps (a test of this script)
 """
 
@@ -46,6 +46,11 @@ def main(argv=None) -> int:
     p.add_argument("--advance-at", type=float, default=0.9, help="exact match that ends a stage")
     p.add_argument("--write-penalty", type=float, default=0.0,
                    help="add this times the mean write strength beta to the training loss")
+    p.add_argument("--write-margin", type=float, default=0.0,
+                   help="with --option write_gate=hard: the penalty counts a gate as open until its input is "
+                        "4 x this below the shut point")
+    p.add_argument("--hold-last", action="store_true",
+                   help="train the last stage for the rest of the budget once it passes (default: stop there)")
     p.add_argument("--lr", type=float, default=CapacityRecipe.learning_rate)
     p.add_argument("--batch-size", type=int, default=CapacityRecipe.batch_size)
     p.add_argument("--seed", type=int, default=0, help="model and data seed")
@@ -80,12 +85,14 @@ def main(argv=None) -> int:
         shared = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gutenberg"
         text_source = str(shared) if shared.is_dir() else "builtin"
     recipe = CapacityRecipe(time_budget_s=args.budget_min * 60, learning_rate=args.lr, batch_size=args.batch_size,
-                            seed=args.seed, advance_at=args.advance_at, write_penalty=args.write_penalty)
+                            seed=args.seed, advance_at=args.advance_at, write_penalty=args.write_penalty,
+                            write_margin=args.write_margin, hold_last=args.hold_last)
     model = CapacityModelSpec(seed=args.seed, options=tuple(args.option))
     eval_samples, long_samples = args.eval_samples, args.long_samples
     if args.smoke:
         recipe = CapacityRecipe(max_steps_per_stage=2, eval_every=2, eval_samples=8, seed=args.seed,
-                                write_penalty=args.write_penalty)
+                                write_penalty=args.write_penalty, write_margin=args.write_margin,
+                                hold_last=args.hold_last)
         model = CapacityModelSpec(layers=1, hidden=32, heads=2, intermediate=64, seed=args.seed,
                                   options=tuple(args.option))
         stages, segments, eval_samples, long_samples = stages[:2], segments[:2], 8, 8

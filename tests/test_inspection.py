@@ -90,3 +90,23 @@ def test_the_command_on_a_needle_model(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert main(args[:4] + ["needle:2by3", "--out", str(tmp_path / "p")]) == 2
     assert "needle:KxM" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("gate", ["sigmoid", "hard"])
+def test_watch_memory_gives_the_gate_input_of_every_write(gate):
+    from armt import ARMTConfig, ARMTForCausalLM
+    from armt.inspection import watch_memory
+    from armt.tiny import tiny_base_model
+
+    model = ARMTForCausalLM(tiny_base_model("gpt2", layers=2, hidden=32),
+                            ARMTConfig(num_mem_tokens=2, d_mem=4, segment_size=8, write_gate=gate))
+    with torch.no_grad():
+        for mem in model.cell.memory_layers:
+            mem.W_mb.weight.normal_(std=2.0)
+    xs, betas = [], []
+    with watch_memory(model, on_write=lambda layer, old, k, beta, new: betas.append(beta),
+                      on_gate=lambda layer, x: xs.append(x)):
+        model(torch.randint(1000, (1, 24)))
+    assert len(xs) == len(betas) == 6
+    for x, beta in zip(xs, betas):
+        torch.testing.assert_close(fused.gate(x, gate), beta)

@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "armt"
 
 # lowest first; a module may import its own rank only where no cycle follows (checked below)
 RANKS = [
-    ["checks", "adapters"],
+    ["checks", "adapters", "files"],
     ["config"],
     ["ops", "state"],
     ["padding", "layers", "targets", "window", "bases", "tiny"],

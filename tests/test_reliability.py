@@ -237,3 +237,341 @@ def test_data_parallel_replicas_are_refused_with_the_fix(tiny_armt):
         model(torch.randint(50, (1, 12)))
     model._is_replica = False
     assert model(torch.randint(50, (1, 12))).logits.shape[:2] == (1, 12)
+
+
+# second pass: cases a new user and an adversarial tester tried --------------------------------
+
+
+def _live(model):
+    """Random memory weights everywhere, so that every difference shows in the state."""
+    with torch.no_grad():
+        for p in model.cell.memory_layers.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+@pytest.mark.parametrize("alignment", ["right", "center"])
+def test_reading_a_stream_refuses_a_model_that_cuts_segments_another_way(tiny_armt, alignment):
+    model = _live(tiny_armt("gpt2", segment_alignment=alignment))
+    ids = _ids(17, 1)
+    with pytest.raises(ValueError, match="segment_alignment='left' to read"):
+        model.read(ids)
+    # accepted when asked for: then it is the left cut, exactly
+    left = tiny_armt("gpt2")
+    left.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        got = model.read(ids, segment_alignment="left").memory.layers[0].A
+        assert torch.equal(got, left(ids).memory.layers[0].A)
+
+
+@pytest.mark.parametrize("value", [150, -5])
+def test_labels_outside_the_vocabulary_are_refused(tiny_armt, value):
+    labels = torch.full((2, 20), -100)
+    labels[:, 3] = value
+    with pytest.raises(ValueError, match=f"labels hold {value}, outside the model's vocabulary 0..98"):
+        tiny_armt("gpt2")(_ids(), labels=labels)
+
+
+@pytest.mark.parametrize("bad, match", [([[1, 2, 500]], "from 1 to 500"), ([[1, -1, 3]], "from -1 to 3"),
+                                        (torch.ones(1, 9, dtype=torch.bool), "torch.bool")])
+def test_reading_refuses_ids_outside_the_vocabulary(tiny_armt, bad, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_armt("gpt2").read(torch.as_tensor(bad))
+
+
+def test_a_state_of_the_other_memory_kind_is_refused_everywhere(tiny_armt):
+    armt_state = tiny_armt("gpt2")(_ids(20, 1)).memory
+    rmt = tiny_armt("gpt2", memory="tokens")
+    for call in (lambda: rmt(_ids(20, 1), memory=armt_state), lambda: rmt.read(_ids(20, 1), memory=armt_state),
+                 lambda: rmt.generate(_ids(10, 1), memory=armt_state, max_new_tokens=2)):
+        with pytest.raises(ValueError, match="memory='tokens'"):
+            call()
+    rmt_state = rmt(_ids(20, 1)).memory
+    with pytest.raises(ValueError, match="RMT memory tokens"):
+        tiny_armt("gpt2")(_ids(20, 1), memory=rmt_state)
+
+
+def test_forged_or_misplaced_state_files_get_a_message(tiny_armt, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_armt("gpt2")
+    state = model(_ids(20, 1)).memory
+    with pytest.raises(FileNotFoundError, match="does not exist; create it first"):
+        state.save(tmp_path / "missing" / "s.safetensors")
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        state.save(tmp_path)
+    state.save(tmp_path / "s.safetensors")
+    tensors = load_file(tmp_path / "s.safetensors")
+    meta = safe_open(str(tmp_path / "s.safetensors"), "pt").metadata()
+    save_file({k: v for k, v in tensors.items() if k != "layer1.A"}, str(tmp_path / "m.safetensors"), metadata=meta)
+    with pytest.raises(ValueError, match=r"not a complete memory state .*layer1.A"):
+        MemoryState.load(tmp_path / "m.safetensors")
+    save_file(tensors, str(tmp_path / "b.safetensors"), metadata={**meta, "segments": "x"})
+    with pytest.raises(ValueError, match="broken metadata"):
+        MemoryState.load(tmp_path / "b.safetensors")
+    save_file({**tensors, "layer0.z": torch.zeros(1, 3, dtype=tensors["layer0.A"].dtype)},
+              str(tmp_path / "z.safetensors"), metadata=meta)
+    with pytest.raises(ValueError, match=r"memory.layers\[0\].z is .* expected"):
+        model(_ids(20, 1), memory=MemoryState.load(tmp_path / "z.safetensors"))
+
+
+def test_a_state_written_by_another_model_is_refused_unless_asked(tiny_armt, tmp_path):
+    a, b = tiny_armt("gpt2", seed=0), tiny_armt("gpt2", seed=1)  # same shapes, other weights
+    state = a(_ids(20, 1)).memory
+    state.save(tmp_path / "a.safetensors", model=a)
+    assert MemoryState.load(tmp_path / "a.safetensors", model=a).segments == state.segments
+    # the same model in another dtype is the same model; another seed is not
+    from armt.state import _signature_differs
+
+    import copy
+
+    assert _signature_differs(a.signature(), copy.deepcopy(a).to(torch.bfloat16).signature()) == ""
+    assert _signature_differs(a.signature(), b.signature()) == "weights"
+    with pytest.raises(ValueError, match="written by another model .*weights"):
+        MemoryState.load(tmp_path / "a.safetensors", model=b)
+    assert MemoryState.load(tmp_path / "a.safetensors", model=b, check_model=False).segments == state.segments
+    state.save(tmp_path / "plain.safetensors")  # no model recorded: nothing to compare
+    assert MemoryState.load(tmp_path / "plain.safetensors", model=b) is not None
+
+
+def test_generate_refuses_sampling_settings_out_of_range(tiny_armt):
+    model = tiny_armt("gpt2")
+    for bad in ({"top_p": 5.0}, {"top_p": 0.0}, {"temperature": 0.0}, {"top_k": -1}, {"repetition_penalty": -1.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            model.generate(_ids(10, 1), do_sample=True, max_new_tokens=2, **bad)
+
+
+def test_float16_models_keep_their_memory_in_float32(tiny_base):
+    model = ARMTForCausalLM(tiny_base("gpt2"), ARMTConfig(num_mem_tokens=2, d_mem=8, segment_size=8)).half()
+    _live(model)
+    with torch.no_grad():
+        state = model.read(_ids(64, 1)).memory
+    assert state.layers[0].A.dtype == torch.float32 and not state.non_finite()
+    bf16 = ARMTForCausalLM(tiny_base("gpt2"), ARMTConfig(num_mem_tokens=2, d_mem=8, segment_size=8)).bfloat16()
+    assert bf16.read(_ids(16, 1)).memory.layers[0].A.dtype == torch.bfloat16  # bf16's range suffices
+
+
+def test_save_pretrained_over_a_saved_base_leaves_no_stale_base(tiny_armt, tmp_path):
+    model = tiny_armt("gpt2")
+    model.save_pretrained(tmp_path / "m", save_base=True)
+    (tmp_path / "m" / "mine.txt").write_text("keep")
+    model.save_pretrained(tmp_path / "m", overwrite=True)
+    names = {p.name for p in (tmp_path / "m").iterdir()}
+    assert "model.safetensors" not in names and "config.json" not in names  # the old base is gone
+    assert "mine.txt" in names and not list(tmp_path.glob(".m.saving-*"))
+    with pytest.raises(ValueError, match="holds no base model"):
+        ARMTForCausalLM.from_pretrained(tmp_path / "m")
+
+
+def test_a_save_cut_short_refuses_to_load_and_files_get_the_umask_modes(tiny_armt, tmp_path, monkeypatch):
+    import armt.saving as saving
+
+    model = tiny_armt("gpt2")
+    model.save_pretrained(tmp_path / "m", save_base=True)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for p in (tmp_path / "m").iterdir():
+        assert p.stat().st_mode & 0o777 == 0o666 & ~mask, p
+    assert (tmp_path / "m").stat().st_mode & 0o777 == 0o777 & ~mask
+
+    def killed(staging, out, files):  # a kill in the middle of replacing the files
+        (out / saving.CONFIG_NAME).unlink()
+        os.replace(staging / saving.WEIGHTS_NAME, out / saving.WEIGHTS_NAME)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(saving, "_replace_files", killed)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_armt("gpt2", seed=3).save_pretrained(tmp_path / "m", save_base=True, overwrite=True)
+    with pytest.raises(FileNotFoundError, match="a save was cut short"):
+        ARMTForCausalLM.from_pretrained(tmp_path / "m")
+
+
+def test_overwrite_refuses_user_files_deep_inside_a_run(tmp_path):
+    run = tmp_path / "run"
+    train(_run(run))
+    for inner in ("stage1-1seg/notes.txt", "best/mine.txt", "stage1-1seg/best/x.bin"):
+        (run / inner).write_text("mine")
+        with pytest.raises(ValueError, match=inner.split("/")[-1]):
+            train(_run(run), overwrite=True)
+        assert (run / inner).exists()
+        os.remove(run / inner)
+    train(_run(run), overwrite=True)
+
+
+def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path):
+    folder = tmp_path / "mine"
+    (folder / "best").mkdir(parents=True)
+    (folder / "best" / "model.safetensors").write_text("precious")
+    with pytest.raises(FileNotFoundError, match="not an armt run"):
+        train(_run(folder), resume=True)
+    with pytest.raises(FileNotFoundError, match="holds no run"):
+        train(_run(tmp_path / "new"), resume=True)
+    assert (folder / "best" / "model.safetensors").read_text() == "precious"
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"data": {"options": {"key_lenn": 1}}}, "key_lenn"),
+    ({"training": {"per_device_train_batch_size": 0}}, "per_device_train_batch_size"),
+    ({"model": {"tiny": {"family": "bert"}}}, "tiny family"),
+    ({"armt": {"segment_size": 100000}}, "segment_size"),
+    ({"custom_metrics": ["armt.nothing:here"]}, "armt.nothing"),
+    ({"model": {"tiny": {"layers": 0}}}, "model.tiny.layers must be a positive integer"),
+    ({"model": {"tiny": {"hidden": -32}}}, "model.tiny.hidden must be a positive integer"),
+    ({"data": {"num_segments": 4}}, "data.num_segments is ignored beside a curriculum"),
+])
+def test_config_errors_leave_nothing_behind(tmp_path, change, match):
+    values = _run(tmp_path / "run").to_dict()
+    for section, fields in change.items():
+        if isinstance(fields, dict):
+            for key, value in fields.items():
+                target = values[section]
+                if isinstance(value, dict):
+                    target[key] = {**(target.get(key) or {}), **value}
+                else:
+                    target[key] = value
+        else:
+            values[section] = fields
+    with pytest.raises((ValueError, ImportError), match=match):
+        train(RunConfig.from_dict(values))
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_falls_back_over_a_checkpoint_with_a_truncated_trainer_state(tmp_path):
+    from armt.training.run import _latest_checkpoint
+
+    stage = tmp_path / "stage1-1seg"
+    for step in (2, 4):
+        ck = stage / f"checkpoint-{step}"
+        ck.mkdir(parents=True)
+        for name in ("armt_config.json", "armt_model.safetensors"):
+            (ck / name).write_text("x")
+        (ck / "trainer_state.json").write_text('{"global_step": %d}' % step)
+    (stage / "checkpoint-4" / "trainer_state.json").write_text('{"global_st')
+    assert _latest_checkpoint(stage) == str(stage / "checkpoint-2")
+
+
+def test_output_dirs_expand_the_home_and_refuse_files_and_links(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    train(_run("~/runs/a"))
+    assert (tmp_path / "runs" / "a" / "best").is_dir() and not os.path.exists("~")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="is a file"):
+        train(_run(tmp_path / "file"))
+    (tmp_path / "link").symlink_to(tmp_path / "runs" / "a")
+    with pytest.raises(ValueError, match="symbolic link"):
+        train(_run(tmp_path / "link"), overwrite=True)
+    assert (tmp_path / "runs" / "a" / "best").is_dir()
+
+
+@pytest.fixture
+def cli_model(tiny_base, tmp_path):
+    """A saved llama-family ARMT model with its own small tokenizer, and a text to read."""
+    from armt.data.tokenizer import train_bpe_tokenizer
+
+    text = "".join(f"Mary went to the kitchen {i} times. John took the apple.\n" for i in range(60))
+    (tmp_path / "book.txt").write_text(text)
+    tok = train_bpe_tokenizer([text], vocab_size=300)
+    model = ARMTForCausalLM(tiny_base("llama", vocab=len(tok)), ARMTConfig(num_mem_tokens=2, d_mem=8, segment_size=32))
+    model.save_pretrained(tmp_path / "model", save_base=True)
+    tok.save_pretrained(tmp_path / "model")
+    return tmp_path / "model", tmp_path / "book.txt", tok
+
+
+def _cli(args, capsys):
+    from armt.cli import main
+
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:  # argparse's own refusals
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--threads", "0"], "--threads: must be an integer >= 1, got 0"),
+    (["--threads", "-1"], "--threads: must be an integer >= 1, got -1"),
+    (["--encoding", "nonsense"], "'nonsense' is not a text encoding"),
+    (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "nowhere"], "--device"),
+    (["--chunk-chars", "0"], "--chunk-chars: must be an integer >= 1"),
+])
+def test_read_flags_out_of_range_get_one_line(cli_model, tmp_path, capsys, extra, match):
+    model_dir, book, _ = cli_model
+    code, text = _cli(["read", "--model", model_dir, "--input", book, "--save-memory", tmp_path / "m.safetensors",
+                       "--quiet", *extra], capsys)
+    assert code == 2 and match in text and "Traceback" not in text
+
+
+def test_read_refuses_a_folder_as_memory_file_before_reading(cli_model, tmp_path, capsys):
+    model_dir, book, _ = cli_model
+    (tmp_path / "dir").mkdir()
+    code, text = _cli(["read", "--model", model_dir, "--input", book, "--save-memory", tmp_path / "dir", "--overwrite",
+                       "--quiet"], capsys)
+    assert code == 2 and "is a folder" in text
+
+
+def test_read_refuses_a_tokenizer_larger_than_the_vocabulary(cli_model, tiny_base, tmp_path, capsys):
+    model_dir, book, tok = cli_model
+    small = ARMTForCausalLM(tiny_base("llama", vocab=50), ARMTConfig(num_mem_tokens=2, d_mem=8, segment_size=32))
+    small.save_pretrained(tmp_path / "small", save_base=True)
+    code, text = _cli(["read", "--model", tmp_path / "small", "--tokenizer", model_dir, "--input", book,
+                       "--save-memory", tmp_path / "s.safetensors", "--quiet"], capsys)
+    assert code == 2 and f"the tokenizer has {len(tok)} tokens but the model's vocabulary has 50" in text
+
+
+def test_generate_with_another_models_memory_is_refused_unless_asked(cli_model, tiny_base, tmp_path, capsys):
+    model_dir, book, tok = cli_model
+    assert _cli(["read", "--model", model_dir, "--input", book, "--save-memory", tmp_path / "a.safetensors",
+                 "--quiet"], capsys)[0] == 0
+    other = ARMTForCausalLM(tiny_base("llama", vocab=len(tok), seed=5),
+                            ARMTConfig(num_mem_tokens=2, d_mem=8, segment_size=32))
+    other.save_pretrained(tmp_path / "other", save_base=True)
+    tok.save_pretrained(tmp_path / "other")
+    ask = ["generate", "--model", tmp_path / "other", "--memory", tmp_path / "a.safetensors", "--prompt", "Mary",
+           "--max-new-tokens", "2"]
+    code, text = _cli(ask, capsys)
+    assert code == 2 and "written by another model" in text and "--any-model" in text
+    assert _cli(ask + ["--any-model"], capsys)[0] == 0
+    code, text = _cli(["generate", "--model", model_dir, "--prompt", "Mary", "--do-sample", "--top-p", "5"], capsys)
+    assert code == 2 and "--top-p: must be in (0, 1], got 5" in text
+
+
+def test_converter_and_exporter_errors_get_one_line(tiny_base, tmp_path, capsys):
+    tiny_base("gpt2").config.save_pretrained(tmp_path / "cfg")
+    ckpt = tmp_path / "ck.pt"
+    torch.save({"w": torch.zeros(1000)}, ckpt)
+    ckpt.write_bytes(ckpt.read_bytes()[:300])  # truncated
+    code, text = _cli(["convert-official", ckpt, tmp_path / "out", "--base", tmp_path / "cfg"], capsys)
+    assert code == 2 and "ck.pt" in text and "Traceback" not in text
+    torch.save({"w": torch.zeros(3)}, ckpt)
+    code, text = _cli(["convert-official", ckpt, tmp_path / "out", "--base", tmp_path / "nonexistent"], capsys)
+    assert code == 2 and "nonexistent" in text and "Traceback" not in text
+    (tmp_path / "file").write_text("x")
+    code, text = _cli(["export-base", tmp_path / "cfg", tmp_path / "file"], capsys)
+    assert code == 2 and "is a file" in text
+
+
+@pytest.mark.parametrize("args, match", [
+    (["reading-demo", "--tokens", "-5"], "--tokens: must be an integer >= 1, got -5"),
+    (["train", "--armt.segment_size", "abc"], "segment_size must be an int"),
+    (["train", "--model.tiny.hidden", "-32"], "model.tiny.hidden must be a positive integer"),
+    (["train", "--threads", "-1"], "--threads: must be an integer >= 0"),
+    (["train", "--curriculum.7.max_steps", "3"], "curriculum is a list of 3"),
+])
+def test_command_line_config_errors_get_one_line(tmp_path, capsys, args, match):
+    code, text = _cli(args + (["--training.output_dir", tmp_path / "run"] if args[0] == "train" else []), capsys)
+    assert code == 2 and match in text and "Traceback" not in text
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_non_finite_training_loss_is_one_line(tmp_path, capsys, monkeypatch):
+    from armt.training.trainer import ARMTTrainer
+
+    def explode(self, *args, **kwargs):
+        raise FloatingPointError("training loss is nan at step 0: ...")
+
+    monkeypatch.setattr(ARMTTrainer, "compute_loss", explode)
+    code, text = _cli(["train", "--training.output_dir", tmp_path / "run", "--training.report_to", "[]",
+                       "--curriculum", "[{num_segments: 1, max_steps: 1}]"], capsys)
+    assert code == 2 and "error: training loss is nan" in text

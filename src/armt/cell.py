@@ -18,6 +18,7 @@ from .config import ARMTConfig
 from .layers import AssociativeMemory
 from .state import LayerMemory, MemoryState
 from .targets import find_decoder_layers
+from .checks import InputTypeError
 
 
 def _position_limit(runner: nn.Module) -> int | None:
@@ -73,7 +74,7 @@ class ARMTCell(nn.Module):
         self._decoder_layers = list(layers)
         embeddings = base_model.get_input_embeddings()
         if embeddings is None or not hasattr(embeddings, "weight"):
-            raise TypeError(
+            raise InputTypeError(
                 f"{type(base_model).__name__} has no input embeddings; ARMT needs a causal LM "
                 "with get_input_embeddings()."
             )
@@ -181,13 +182,20 @@ class ARMTCell(nn.Module):
         if memory is None:
             return
         if not isinstance(memory, MemoryState):
-            raise TypeError(f"memory must be a MemoryState or None, got {type(memory).__name__}.")
+            raise InputTypeError(f"memory must be a MemoryState or None, got {type(memory).__name__}.")
         if len(memory.layers) != self.num_layers:
             raise ValueError(
                 f"memory has {len(memory.layers)} layers but this model has {self.num_layers}; "
                 "it was made by another model."
             )
         associative = self.config.use_memory and not self.token_memory
+        if self.token_memory and memory.tokens is None:
+            raise ValueError("memory holds no RMT memory tokens but this model has memory='tokens': the state comes "
+                             "from an ARMT (associative) model or another config. Pass memory=None to start afresh.")
+        if not self.token_memory and memory.tokens is not None:
+            raise ValueError("memory holds RMT memory tokens but this model has memory="
+                             f"{self.config.memory!r}, use_memory={self.config.use_memory}: the state comes "
+                             "from another config.")
         want_dtype = self.memory_layers[0].state_dtype if associative else None
         want_dtype = want_dtype or self.memory_tokens.dtype
         tensors = [m.A for m in memory.layers if associative] + ([memory.tokens] if self.token_memory else [])
@@ -198,16 +206,11 @@ class ARMTCell(nn.Module):
             )
         if self.token_memory:
             want = (batch_size, self.num_mem_tokens, self.d_model)
-            if memory.tokens is None or tuple(memory.tokens.shape) != want:
-                got = None if memory.tokens is None else tuple(memory.tokens.shape)
+            if tuple(memory.tokens.shape) != want:
                 raise ValueError(
-                    f"memory.tokens has shape {got}, expected {want} (memory='tokens'): the state comes "
-                    "from another config or batch size. Pass memory=None to start afresh."
+                    f"memory.tokens has shape {tuple(memory.tokens.shape)}, expected {want} (memory='tokens'): the "
+                    "state comes from another config or batch size. Pass memory=None to start afresh."
                 )
-        elif memory.tokens is not None:
-            raise ValueError("memory holds RMT memory tokens but this model has memory="
-                             f"{self.config.memory!r}, use_memory={self.config.use_memory}: the state comes "
-                             "from another config.")
         use_memory = associative
         expected = self.memory_layers[0].empty_shape(batch_size, self.d_model) if use_memory else (batch_size, 0)
         for i, m in enumerate(memory.layers):
@@ -225,6 +228,11 @@ class ARMTCell(nn.Module):
                 raise ValueError(
                     f"memory.layers[{i}].z is {'missing' if m.z is None else 'present'} but "
                     f"use_denom={self.config.use_denom}: the state comes from another config."
+                )
+            elif m.z is not None and (tuple(m.z.shape) != expected[:-1] or m.z.dtype != m.A.dtype):
+                raise ValueError(
+                    f"memory.layers[{i}].z is {m.z.dtype} {tuple(m.z.shape)}, expected {m.A.dtype} {expected[:-1]}: "
+                    "the state was not made by this model. Pass memory=None to start afresh."
                 )
         windowed = memory.window_mask is not None
         if windowed != self.config.sliding_window:

@@ -8,6 +8,60 @@ import time
 from collections.abc import Sequence
 
 
+def _int_at_least(minimum: int):
+    """An argparse type: an integer >= ``minimum`` (argparse names the flag in its message)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _float_in(low: float, high: float, *, low_open: bool = True):
+    """An argparse type: a float in (low, high] (or [low, high] with ``low_open=False``)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not ((value > low if low_open else value >= low) and value <= high):
+            bracket = "(" if low_open else "["
+            raise argparse.ArgumentTypeError(f"must be in {bracket}{low:g}, {high:g}], got {value:g}")
+        return value
+    return parse
+
+
+def _encoding(text: str) -> str:
+    import codecs
+
+    try:
+        codecs.lookup(text)
+    except LookupError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a text encoding Python knows; use e.g. utf-8 or "
+                                         "latin-1") from None
+    return text
+
+
+def _device(text: str) -> str:
+    if text == "cpu":
+        return text
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r} asked for, but torch sees no CUDA GPU here; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r} asked for, but MPS is not available here; use --device cpu")
+    return text
+
+
 def _demo(args: argparse.Namespace) -> int:
     import torch
 
@@ -123,7 +177,11 @@ def _load(args: argparse.Namespace, tokenizer: bool = True):
     model = ARMTForCausalLM.from_pretrained(args.model, base_model=args.base, **_base_kwargs(args)).eval()
     if args.dtype != "auto":
         model.to(getattr(torch, args.dtype))
-    return model.to(args.device), load_tokenizer(args.model, args.tokenizer) if tokenizer else None
+    tok = load_tokenizer(args.model, args.tokenizer) if tokenizer else None
+    if tok is not None and len(tok) > model.vocab_size:
+        raise ValueError(f"the tokenizer has {len(tok):,} tokens but the model's vocabulary has {model.vocab_size:,}: "
+                         "ids past it mean nothing to the model. Pass the model's own tokenizer with --tokenizer.")
+    return model.to(args.device), tok
 
 
 def _base_kwargs(args: argparse.Namespace) -> dict:
@@ -148,6 +206,9 @@ def _read(args: argparse.Namespace) -> int:
     from .state import MemoryState
     from .streaming import iter_text_tokens
 
+    if os.path.isdir(args.save_memory):
+        raise IsADirectoryError(f"--save-memory {args.save_memory} is a folder; give a file name such as "
+                                f"{os.path.join(args.save_memory, 'memory.safetensors')}.")
     if os.path.exists(args.save_memory) and not args.overwrite:
         raise FileExistsError(f"{args.save_memory} exists; pass --overwrite to replace it.")
     folder = os.path.dirname(os.path.abspath(args.save_memory))
@@ -156,7 +217,8 @@ def _read(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.input):
         raise FileNotFoundError(f"--input {args.input} is not a file.")
     model, tokenizer = _load(args)
-    memory = MemoryState.load(args.memory, device=args.device) if args.memory else None
+    memory = (MemoryState.load(args.memory, device=args.device, model=model, check_model=not args.any_model)
+              if args.memory else None)
     start = time.perf_counter()
     # a byte count is a good enough bar total for most tokenizers (~4 bytes per token)
     total = os.path.getsize(args.input) // 4
@@ -171,7 +233,7 @@ def _read(args: argparse.Namespace) -> int:
     took = time.perf_counter() - start
     if result.memory is None:
         raise ValueError(f"--input {args.input} holds no tokens.")
-    result.memory.save(args.save_memory, overwrite=args.overwrite)
+    result.memory.save(args.save_memory, overwrite=args.overwrite, model=model)
     line = (f"read {result.tokens:,} tokens in {took:.1f}s ({result.tokens / took:,.0f} tokens/s), "
             f"{result.memory.segments} segments in memory, peak RSS {_peak_rss_mib():,.0f} MiB; "
             f"memory saved to {args.save_memory}")
@@ -190,7 +252,8 @@ def _generate(args: argparse.Namespace) -> int:
     from .state import MemoryState
 
     model, tokenizer = _load(args)
-    memory = MemoryState.load(args.memory, device=args.device) if args.memory else None
+    memory = (MemoryState.load(args.memory, device=args.device, model=model, check_model=not args.any_model)
+              if args.memory else None)
     ids = tokenizer(args.prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to(args.device)
     if ids.shape[1] == 0:
         raise ValueError("--prompt is empty; give the question or text to continue.")
@@ -282,11 +345,14 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="a GGUF file inside --base (or its path): the base is de-quantised from it")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer name or path (default: the one saved in --model, else the base's)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--device", type=_device, default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="dtype of the model")
     p.add_argument("--memory", default=None, help="memory state (.safetensors) to start from")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--any-model", action="store_true",
+                   help="use a --memory state that another model wrote (refused by default: it means nothing to "
+                        "this one)")
+    p.add_argument("--threads", type=_int_at_least(1), default=2, help="torch CPU threads")
 
 
 # babilong ------------------------------------------------------------------------------
@@ -324,7 +390,8 @@ def _babilong_eval(args: argparse.Namespace) -> int:
     from .state import MemoryState
 
     model, tokenizer = _load(args)
-    memory = MemoryState.load(args.memory, device=args.device) if args.memory else None
+    memory = (MemoryState.load(args.memory, device=args.device, model=model, check_model=not args.any_model)
+              if args.memory else None)
     prompt = BabilongPrompt(question_prefix=_unescape(args.question_prefix),
                             answer_prefix=_unescape(args.answer_prefix))
     run = evaluate_babilong(model, tokenizer, tasks=args.tasks, lengths=args.lengths, n_samples=args.n,
@@ -344,7 +411,7 @@ def _add_babilong_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default="qa1,qa2,qa3,qa4,qa5", help="comma-separated bAbI tasks, qa1 .. qa20")
     p.add_argument("--lengths", default="0k,1k,2k,4k,8k,16k",
                    help="comma-separated context lengths in tokens: 0k (facts only), 1k, ..., 1M, 10M or numbers")
-    p.add_argument("--n", type=int, default=100, help="samples per task and length")
+    p.add_argument("--n", type=_int_at_least(1), default=100, help="samples per task and length")
     p.add_argument("--babi", default=None,
                    help="bAbI questions: a folder holding en/ of bAbI v1.2, 'builtin' (generated qa1-qa5 style "
                         "stories), or 'hf[:NAME]' (published BABILong sets, eval only); default $ARMT_BABI_DIR, "
@@ -362,7 +429,7 @@ def _add_babilong_data_args(p: argparse.ArgumentParser) -> None:
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in training.output_dir")
     p.add_argument("--overwrite", action="store_true", help="delete an existing run in training.output_dir first")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=_int_at_least(0), default=0, help="torch CPU threads (0: torch's default)")
     p.set_defaults(func=_train)
 
 
@@ -420,7 +487,7 @@ def _add_babilong_parsers(sub) -> None:
                                         "heatmap and predictions, resuming pairs already done")
     _add_model_args(ev)
     _add_babilong_data_args(ev)
-    ev.add_argument("--max-new-tokens", type=int, default=16, help="tokens generated per answer")
+    ev.add_argument("--max-new-tokens", type=_int_at_least(1), default=16, help="tokens generated per answer")
     ev.add_argument("--question-prefix", default="\\n",
                     help="text between the context and the question (\\n and \\t are a line break and a tab; "
                          "default: a line break)")
@@ -553,10 +620,10 @@ def _add_perplexity_parser(sub) -> None:
                     help="which of --books to use: a count or fraction of the last titles, comma-separated titles, "
                          "or 'all' (default: the run's data.options.held_out_books); a book a run trained on is "
                          "refused")
-    pp.add_argument("--num-segments", type=int, default=4, help="segments per evaluation window")
-    pp.add_argument("--max-windows", type=int, default=None,
+    pp.add_argument("--num-segments", type=_int_at_least(1), default=4, help="segments per evaluation window")
+    pp.add_argument("--max-windows", type=_int_at_least(1), default=None,
                     help="evaluate at most this many windows, spread evenly over the books (default: all)")
-    pp.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    pp.add_argument("--batch-size", type=_int_at_least(1), default=8, help="windows per forward pass")
     pp.add_argument("--base-bounds", action="store_true",
                     help="also evaluate the plain base model with the whole window in context (the ceiling) and "
                          "with each segment alone (the floor), and report the share of that gap each model closes")
@@ -575,10 +642,10 @@ def _add_perplexity_parser(sub) -> None:
                     help="a GGUF file inside --base (or its path): the base is de-quantised from it")
     pp.add_argument("--tokenizer", default=None,
                     help="tokenizer name or path (default: the one saved in --model)")
-    pp.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    pp.add_argument("--device", type=_device, default="cpu", help="torch device, e.g. cpu or cuda")
     pp.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                     help="dtype of the models")
-    pp.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    pp.add_argument("--threads", type=_int_at_least(1), default=2, help="torch CPU threads")
     pp.add_argument("--quiet", action="store_true", help="no progress bars")
     pp.set_defaults(func=_perplexity)
 
@@ -589,21 +656,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train a tiny ARMT for a few minutes and show that its memory stores "
                           "and retrieves key-value pairs (against the same weights with the memory wiped)")
-    demo.add_argument("--minutes", type=float, default=5.0, help="training budget")
+    demo.add_argument("--minutes", type=_float_in(0.0, float("inf")), default=5.0, help="training budget")
     demo.add_argument("--out", default="armt-demo", help="folder for demo.json/.md/.png")
     demo.add_argument("--overwrite", action="store_true", help="replace the files of an earlier demo")
     demo.add_argument("--seed", type=int, default=0, help="model and data seed")
-    demo.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    demo.add_argument("--threads", type=_int_at_least(1), default=2, help="torch CPU threads")
     demo.set_defaults(func=_demo)
 
     demo = sub.add_parser("reading-demo", help="wrap a small random model and read a long input through it "
                           "(identity with the base model, speed, constant state size)")
     demo.add_argument("--family", default="gpt2", choices=["gpt2", "llama"], help="base model family")
-    demo.add_argument("--tokens", type=int, default=16384, help="length of the random input")
-    demo.add_argument("--segment-size", type=int, default=128, help="real tokens per segment")
-    demo.add_argument("--mem-tokens", type=int, default=16, help="memory tokens per segment")
-    demo.add_argument("--d-mem", type=int, default=32, help="memory key width before DPFP")
-    demo.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    demo.add_argument("--tokens", type=_int_at_least(1), default=16384, help="length of the random input")
+    demo.add_argument("--segment-size", type=_int_at_least(1), default=128, help="real tokens per segment")
+    demo.add_argument("--mem-tokens", type=_int_at_least(1), default=16, help="memory tokens per segment")
+    demo.add_argument("--d-mem", type=_int_at_least(1), default=32, help="memory key width before DPFP")
+    demo.add_argument("--threads", type=_int_at_least(1), default=2, help="torch CPU threads")
     demo.set_defaults(func=_reading_demo)
 
     exp = sub.add_parser("export-base", help="write a base model (e.g. from a GGUF file) as an ordinary Hugging "
@@ -622,8 +689,8 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("output", help="directory to write (ARMT config + weights + base model)")
     conv.add_argument("--base", required=True,
                       help="Hub name or local directory of the base model's config (its weights are not used)")
-    conv.add_argument("--segment-size", type=int, default=512, help="segment size the checkpoint was trained with")
-    conv.add_argument("--n-heads", type=int, default=1, help="memory heads (needed only with gating)")
+    conv.add_argument("--segment-size", type=_int_at_least(1), default=512, help="segment size the checkpoint was trained with")
+    conv.add_argument("--n-heads", type=_int_at_least(1), default=1, help="memory heads (needed only with gating)")
     conv.add_argument("--segment-alignment", default="left", choices=["left", "right", "center"],
                       help="how inputs are split into segments")
     conv.add_argument("--no-denom", action="store_true", help="the checkpoint was trained with use_denom=False")
@@ -636,9 +703,9 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--input", required=True, help="text file to read (streamed, never loaded whole)")
     rd.add_argument("--save-memory", required=True, help="where to write the memory state (.safetensors)")
     rd.add_argument("--overwrite", action="store_true", help="replace an existing --save-memory file")
-    rd.add_argument("--encoding", default="utf-8", help="text encoding of --input")
+    rd.add_argument("--encoding", type=_encoding, default="utf-8", help="text encoding of --input")
     rd.add_argument("--loss", action="store_true", help="also report the language-model loss of the text")
-    rd.add_argument("--chunk-chars", type=int, default=1 << 20, help="characters tokenized at a time")
+    rd.add_argument("--chunk-chars", type=_int_at_least(1), default=1 << 20, help="characters tokenized at a time")
     rd.add_argument("--wavefront", action="store_true",
                     help="write all layers at once along the diagonals (same memory, fewer operations; "
                          "not with --loss, peft adapters or the sliding window)")
@@ -648,12 +715,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate text after a prompt, reading a saved memory state")
     _add_model_args(gen)
     gen.add_argument("--prompt", required=True, help="text to continue, e.g. a question about what was read")
-    gen.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate")
+    gen.add_argument("--max-new-tokens", type=_int_at_least(1), default=64, help="tokens to generate")
     gen.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
-    gen.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens")
-    gen.add_argument("--repetition-penalty", type=float, default=1.0, help="HF repetition penalty")
+    gen.add_argument("--temperature", type=_float_in(0.0, float("inf")), default=1.0, help="sampling temperature")
+    gen.add_argument("--top-p", type=_float_in(0.0, 1.0), default=1.0, help="nucleus sampling threshold")
+    gen.add_argument("--top-k", type=_int_at_least(0), default=50, help="sample among the k most likely tokens")
+    gen.add_argument("--repetition-penalty", type=_float_in(0.0, float("inf")), default=1.0, help="HF repetition penalty")
     gen.add_argument("--seed", type=int, default=0, help="random seed for sampling")
     gen.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     gen.set_defaults(func=_generate)
@@ -667,8 +734,8 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--out", default="inspect", help="folder for <prefix>.json and <prefix>.png")
     ins.add_argument("--prefix", default="memory")
     ins.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    ins.add_argument("--encoding", default="utf-8", help="text encoding of --input")
-    ins.add_argument("--max-chars", type=int, default=1 << 20, help="read at most this many characters of --input")
+    ins.add_argument("--encoding", type=_encoding, default="utf-8", help="text encoding of --input")
+    ins.add_argument("--max-chars", type=_int_at_least(1), default=1 << 20, help="read at most this many characters of --input")
     ins.add_argument("--seed", type=int, default=0, help="which needle sample")
     ins.add_argument("--books", default="builtin",
                      help="folder of .txt books for needle:KxM:text (default: built-in generated prose)")
@@ -711,7 +778,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv[1:]
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as err:
+    except (ValueError, OSError, ImportError, FloatingPointError) as err:  # OSError: bad paths
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .checks import check_positive_int
+from .checks import InputTypeError, check_positive_int
 
 ALIGNMENTS = ("left", "right", "center")
 MEMORY_DTYPES = ("float32", "float64", "bfloat16", "float16")
@@ -48,7 +48,8 @@ class ARMTConfig:
             (what the official code does when asked for the last segment's output).
         memory_dtype: dtype of the memory state (``A``, ``z``) and of the read/write maths,
             e.g. ``"float32"`` for a bf16 model over millions of tokens; ``None`` follows the
-            base model's dtype.
+            base model's dtype, except float16, where the state is float32 (float16's range is
+            passed within tens of thousands of tokens).
         sliding_window: every segment also attends to the keys and values of the previous
             segment's real tokens (kept detached in the memory state; not its memory tokens nor
             its sink): token ``i`` sees the window of ``segment_size`` tokens that ends right
@@ -173,7 +174,7 @@ class ARMTConfig:
         for name in ("correction", "use_denom", "gating", "use_sink", "gradient_checkpointing",
                      "last_segment_loss_only", "sliding_window", "use_memory", "wavefront"):
             if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}.")
+                raise InputTypeError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         object.__setattr__(self, "_frozen", True)
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -86,6 +86,21 @@ def _eos_ids(defaults: dict) -> set[int]:
     return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
 
 
+def _check_sampling(hf_kwargs: dict) -> None:
+    """Refuse sampling settings outside their ranges (Hugging Face only warns about some and
+    then samples from something else than asked)."""
+    ranges = {"top_p": (0.0, 1.0, "a probability in (0, 1]"), "temperature": (0.0, None, "a number > 0"),
+              "repetition_penalty": (0.0, None, "a number > 0"), "min_p": (-1e-12, 1.0, "a probability in [0, 1]"),
+              "typical_p": (0.0, 1.0, "a probability in (0, 1]")}
+    for key, (low, high, what) in ranges.items():
+        value = hf_kwargs.get(key)
+        if value is not None and not (value > low and (high is None or value <= high)):
+            raise ValueError(f"generate(..., {key}={value!r}): {key} must be {what}.")
+    top_k = hf_kwargs.get("top_k")
+    if top_k is not None and (isinstance(top_k, bool) or int(top_k) != top_k or top_k < 0):
+        raise ValueError(f"generate(..., top_k={top_k!r}): top_k must be an integer >= 0 (0: no limit).")
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -110,6 +125,7 @@ def generate(
                 f"generate(..., {key}={hf_kwargs[key]}) is not supported by ARMT generation (the memory is "
                 "one state per row); use greedy search or sampling, and repeat rows to get several samples."
             )
+    _check_sampling(hf_kwargs)
     for key in ("inputs_embeds", "past_key_values", "cache", "max_length", "return_dict_in_generate"):
         if hf_kwargs.get(key) not in (None, False):
             raise ValueError(

@@ -111,11 +111,13 @@ def default_marks(num_segments: int, dense: int = 64, per_octave: int = 8) -> li
 
 
 @contextmanager
-def watch_memory(model, on_read: Callable | None = None, on_write: Callable | None = None) -> Iterator[None]:
+def watch_memory(model, on_read: Callable | None = None, on_write: Callable | None = None,
+                 on_gate: Callable | None = None) -> Iterator[None]:
     """Call ``on_read(layer, hidden, out)`` after every memory read and
     ``on_write(layer, memory_before, k, beta, memory_after)`` after every write of ``model``'s
     associative memories (the sequential segment loop; the wavefront does not go through them)
-    while the context is open. The tensors keep their gradients, so a training loss can use them
+    while the context is open; ``on_gate(layer, x)`` gets the write strength's input before the
+    gate (``beta = gate(x)``, ``(B, H, M, 1 or d_model / H)``). The tensors keep their gradients, so a training loss can use them
     (:class:`armt.training.capacity.CapacityRecipe` ``write_penalty``). The memories' own methods
     are back when the context ends.
 
@@ -143,7 +145,10 @@ def watch_memory(model, on_read: Callable | None = None, on_write: Callable | No
             return out
 
         def watched_write(mem_out: Tensor, memory):
-            k, v, beta = mem.write_features(F.linear(mem_out, *mem.write_projection()))  # (B, H, M, .)
+            kvb = F.linear(mem_out, *mem.write_projection())
+            if on_gate is not None:
+                on_gate(index, mem._heads(kvb[..., -mem.W_mb.out_features:]))
+            k, v, beta = mem.write_features(kvb)  # (B, H, M, .)
             new = mem.write_features_into(k, v, beta, memory)
             if on_write is not None:
                 on_write(index, memory, k, beta, new)

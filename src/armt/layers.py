@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from .config import ARMTConfig
 from .ops import fused
 from .state import LayerMemory
+from .checks import InputTypeError
 
 
 class SegmentRecord:
@@ -64,7 +65,15 @@ class AssociativeMemory(nn.Module):
         self.W_mb = nn.Linear(d_model, d_model if config.gating else config.n_heads, **kw)
         nn.init.zeros_(self.W_mv.weight)
         # the state may be kept wider than the model (bf16 model, float32 memory over long streams)
-        self.state_dtype = None if config.memory_dtype is None else getattr(torch, config.memory_dtype)
+        self._memory_dtype = None if config.memory_dtype is None else getattr(torch, config.memory_dtype)
+
+    @property
+    def state_dtype(self) -> torch.dtype | None:
+        """dtype of the state and of the read/write maths (``None``: the model's own)."""
+        if self._memory_dtype is not None:
+            return self._memory_dtype
+        # float16's range (65,504) is passed by A's entries within tens of thousands of tokens
+        return torch.float32 if self.W_mk.weight.dtype == torch.float16 else None
 
     def _heads(self, x: Tensor) -> Tensor:
         B, T, D = x.shape
@@ -149,7 +158,7 @@ class AssociativeMemory(nn.Module):
                 )
             hidden = output[0] if isinstance(output, (tuple, list)) else output
             if not isinstance(hidden, Tensor):
-                raise TypeError(
+                raise InputTypeError(
                     f"{type(module).__name__} returned {type(output).__name__}; ARMT expects a tensor "
                     "or a tuple whose first item is the hidden states."
                 )

@@ -13,6 +13,7 @@ from transformers.utils import ModelOutput
 from . import generation, saving, streaming
 from .adapters import has_adapters
 from .cell import ARMTCell
+from .checks import InputTypeError, check_labels, check_token_ids
 from .config import ARMTConfig
 from .padding import PaddingPlan
 from .segments import iter_segments, segment_bounds
@@ -82,7 +83,7 @@ class ARMTForCausalLM(nn.Module):
         if config is None:
             config = ARMTConfig()
         if not isinstance(config, ARMTConfig):
-            raise TypeError(f"config must be an ARMTConfig, got {type(config).__name__}.")
+            raise InputTypeError(f"config must be an ARMTConfig, got {type(config).__name__}.")
         self.config = config
         self.cell = ARMTCell(base_model, config)
         # a flag of the model, not of its (frozen) config: the Trainer switches it on and off
@@ -96,7 +97,7 @@ class ARMTForCausalLM(nn.Module):
     def wavefront_plan(self) -> Wavefront:
         """The :class:`armt.wavefront.Wavefront` of the current weights: rebuilt only when a
         weight changed (an optimizer step, ``load_state_dict``), since it holds stacked copies."""
-        key = tuple((id(p), p._version) for p in self.parameters())
+        key = tuple((id(p), p._version, p.dtype, p.device, p.data_ptr()) for p in self.parameters())
         if self._wavefront_cache is None or self._wavefront_cache[0] != key:
             with torch.no_grad():
                 self._wavefront_cache = (key, Wavefront(self))
@@ -105,6 +106,23 @@ class ARMTForCausalLM(nn.Module):
     @property
     def base_model(self) -> nn.Module:
         return self.cell.base_model
+
+    def signature(self) -> dict:
+        """What a saved memory state records about this model (see
+        :func:`armt.saving.model_signature`): ``state.save(path, model=model)`` writes it and
+        ``MemoryState.load(path, model=model)`` refuses a state written by another model."""
+        return saving.model_signature(self)
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the input embedding: token ids must lie in ``0 .. vocab_size - 1``."""
+        return self.base_model.get_input_embeddings().weight.shape[0]
+
+    @property
+    def output_vocab_size(self) -> int:
+        """Width of the logits: labels must lie in ``0 .. output_vocab_size - 1`` (or be -100)."""
+        head = self.base_model.get_output_embeddings()
+        return getattr(head, "out_features", None) or self.vocab_size
 
     # saving ---------------------------------------------------------------------------
     def save_pretrained(self, save_directory, *, save_base: bool = False, overwrite: bool = False) -> None:
@@ -270,15 +288,8 @@ class ARMTForCausalLM(nn.Module):
                     "input_ids must be an integer tensor of shape (batch, length), got "
                     f"{getattr(input_ids, 'shape', type(input_ids).__name__)}."
                 )
-            if input_ids.dtype == torch.bool:
-                raise ValueError("input_ids must hold token ids (integers), got a bool tensor.")
             B, L = input_ids.shape
-            vocab = self.base_model.get_input_embeddings().weight.shape[0]
-            if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
-                raise ValueError(
-                    f"input_ids hold ids from {int(input_ids.min())} to {int(input_ids.max())} but the model's "
-                    f"vocabulary is 0..{vocab - 1}; check the tokenizer (padding with -100 belongs in labels)."
-                )
+            check_token_ids(input_ids, self.vocab_size)
         else:
             if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.cell.d_model:
                 raise ValueError(
@@ -293,8 +304,8 @@ class ARMTForCausalLM(nn.Module):
                 raise ValueError(f"{name} has shape {tuple(t.shape)} but the input is {(B, L)}; they must match.")
         if attention_mask is not None and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
             raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token) values.")
-        if labels is not None and labels.is_floating_point():
-            raise ValueError("labels must hold token ids (integers), with -100 for ignored positions.")
+        if labels is not None:
+            check_labels(labels, self.output_vocab_size)
         self.cell.check_memory(memory, B)
         return B, L
 

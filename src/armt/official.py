@@ -26,14 +26,18 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint {path!r} does not exist.")
     if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(path)
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"{path!r} is not a readable safetensors file ({err}); it may be truncated.") from None
     import pickle
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(
             f"{path!r} is not a PyTorch checkpoint that can be opened safely ({first}). Only plain tensors are "
@@ -160,6 +164,7 @@ def load_official_checkpoint(
             )
         config = replace(config, **inferred)
     model = ARMTForCausalLM(base_model, config)
+    base_sd = _rename_heads(base_sd, set(base_model.state_dict()))
     try:
         missing, unexpected = base_model.load_state_dict(base_sd, strict=False)
     except RuntimeError as err:  # shape mismatches
@@ -177,6 +182,21 @@ def load_official_checkpoint(
         )
     model.cell.load_armt_state_dict(armt_sd, "The checkpoint's ARMT weights")
     return model
+
+
+# the same output head under the names of different transformers versions (GPT-NeoX: 4.x
+# "embed_out", 5.x "lm_head")
+_HEAD_NAMES = (("embed_out.weight", "lm_head.weight"),)
+
+
+def _rename_heads(state: dict[str, Tensor], wanted: set[str]) -> dict[str, Tensor]:
+    """``state`` with each head weight renamed to the name ``wanted`` (the model's) uses."""
+    state = dict(state)
+    for a, b in _HEAD_NAMES:
+        for old, new in ((a, b), (b, a)):
+            if old in state and old not in wanted and new in wanted and new not in state:
+                state[new] = state.pop(old)
+    return state
 
 
 def _tied_names(model: nn.Module) -> set[str]:

@@ -7,6 +7,8 @@ import hashlib
 from dataclasses import replace
 import json
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from torch import nn
 from .bases import load_base_model
 from .adapters import has_adapters, unwrap_adapters
 from .config import ARMTConfig, with_run_options
+from .files import give_umask_modes
 
 CONFIG_NAME = "armt_config.json"
 WEIGHTS_NAME = "armt_model.safetensors"
@@ -34,6 +37,31 @@ def base_config_hash(config) -> str | None:
         return None
     values = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE and not k.startswith("_")}
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def model_signature(model, samples: int = 64) -> dict:
+    """What a saved memory state records about the model that wrote it: hashes of the ARMT
+    config (run-time options left out) and of the base's architecture, and a few weights
+    (every ARMT tensor and ``samples`` base tensors, one value each, at a fixed position).
+    The values survive a change of dtype, so :func:`signatures_match` compares them loosely.
+
+    Example:
+        ``state.save("mem.safetensors", model=model)`` records it; ``MemoryState.load(...,
+        model=other)`` refuses a state whose signature is not ``other``'s.
+    """
+    from .config import RUN_OPTIONS
+
+    armt = {k: v for k, v in model.config.to_dict().items() if k not in RUN_OPTIONS}
+    tensors = sorted(model.cell.armt_state_dict().items())
+    base = sorted((k, p) for k, p in unwrap_adapters(model.base_model).named_parameters() if p.numel())
+    step = max(1, len(base) // samples)
+    values = []
+    for _, t in tensors + base[::step][:samples]:
+        flat = t.detach().reshape(-1)
+        values.append(round(float(flat[(flat.numel() * 7) // 11]), 6))
+    return {"config": hashlib.sha256(json.dumps(armt, sort_keys=True, default=str).encode()).hexdigest()[:16],
+            "base": base_config_hash(getattr(unwrap_adapters(model.base_model), "config", None)),
+            "weights": values}
 
 
 def _resolvable(name: str) -> str:
@@ -61,19 +89,26 @@ def save_pretrained(model, save_directory: str | os.PathLike, *, save_base: bool
     """Write ``armt_config.json`` and ``armt_model.safetensors`` (ARMT weights only); with
     ``save_base`` also the base model via its own ``save_pretrained``. A peft-wrapped base
     also gets its adapter weights in ``adapter/``. An existing ARMT directory is replaced only
-    with ``overwrite=True``."""
+    with ``overwrite=True``.
+
+    Everything is written into a hidden folder beside ``save_directory`` first. A new directory
+    then appears whole (one rename). An existing one loses its ``armt_config.json`` first (so
+    a save cut short by a kill leaves a folder that refuses to load instead of mixing old and
+    new weights), then the files an earlier save recorded and this one does not write (e.g. a
+    base saved before and not now), and gets the new files, the config last. Files armt did
+    not write stay. Files get the permissions of the user's umask, like any file they write.
+    """
     from safetensors.torch import save_file
 
-    out = Path(save_directory)
+    out = Path(save_directory).expanduser()
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file, not a folder; choose a folder for the model.")
     if (out / CONFIG_NAME).exists() and not overwrite:
         raise FileExistsError(f"{out} already holds an ARMT model; pass overwrite=True to replace it.")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         # e.g. a Hugging Face model folder: save_base would replace its config.json and weights
         raise FileExistsError(f"{out} is not empty ({', '.join(sorted(p.name for p in out.iterdir())[:4])}, ...); "
                               "pass overwrite=True to write into it, or choose an empty folder.")
-    out.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.contiguous() for k, v in model.cell.armt_state_dict().items()}
-    save_file(weights, str(out / WEIGHTS_NAME), metadata={"format": _FORMAT})
     adapters = has_adapters(model.base_model)
     if adapters and save_base:
         raise ValueError(
@@ -81,15 +116,67 @@ def save_pretrained(model, save_directory: str | os.PathLike, *, save_base: bool
             "plain model loads; merge the adapters first (base.merge_and_unload()) or save without "
             "save_base (the adapters are saved either way)."
         )
-    if adapters:
-        model.base_model.save_pretrained(str(out / ADAPTER_DIR))
-    if save_base:
-        unwrap_adapters(model.base_model).save_pretrained(str(out))
-    # the config as the model runs now (the Trainer may have switched checkpointing on)
-    armt = replace(model.config, gradient_checkpointing=model.gradient_checkpointing)
-    record = {"format": _FORMAT, "armt": armt.to_dict(), "base": _base_record(model),
-              "base_saved": save_base, "adapter": ADAPTER_DIR if adapters else None}
-    (out / CONFIG_NAME).write_text(json.dumps(record, indent=2, sort_keys=True))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.saving-", dir=out.parent))
+    try:
+        weights = {k: v.contiguous() for k, v in model.cell.armt_state_dict().items()}
+        save_file(weights, str(staging / WEIGHTS_NAME), metadata={"format": _FORMAT})
+        if adapters:
+            model.base_model.save_pretrained(str(staging / ADAPTER_DIR))
+        if save_base:
+            unwrap_adapters(model.base_model).save_pretrained(str(staging))
+        # the config as the model runs now (the Trainer may have switched checkpointing on)
+        armt = replace(model.config, gradient_checkpointing=model.gradient_checkpointing)
+        files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+        record = {"format": _FORMAT, "armt": armt.to_dict(), "base": _base_record(model),
+                  "base_saved": save_base, "adapter": ADAPTER_DIR if adapters else None,
+                  "files": files + [CONFIG_NAME]}
+        (staging / CONFIG_NAME).write_text(json.dumps(record, indent=2, sort_keys=True))
+        give_umask_modes(staging)
+        if not out.exists():
+            os.replace(staging, out)
+        else:
+            _replace_files(staging, out, record["files"])
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+# what a save_base=True of an earlier version wrote beside the ARMT files (it recorded no list)
+_BASE_FILES = re.compile(r"config\.json|generation_config\.json|model\.safetensors(\.index\.json)?|"
+                         r"model-\d+-of-\d+\.safetensors")
+
+
+def _written_before(out: Path) -> set[str]:
+    """The files the save already in ``out`` wrote (relative paths)."""
+    try:
+        record = json.loads((out / CONFIG_NAME).read_text())
+    except (OSError, ValueError):
+        return set()
+    if isinstance(record.get("files"), list):
+        return {str(f) for f in record["files"]}
+    old = {WEIGHTS_NAME}
+    if record.get("base_saved"):
+        old |= {p.name for p in out.iterdir() if p.is_file() and _BASE_FILES.fullmatch(p.name)}
+    if record.get("adapter"):
+        old |= {str(p.relative_to(out)) for p in (out / record["adapter"]).rglob("*") if p.is_file()}
+    return old
+
+
+def _replace_files(staging: Path, out: Path, files: list[str]) -> None:
+    stale = _written_before(out) - set(files)
+    (out / CONFIG_NAME).unlink(missing_ok=True)  # from here until the end, out does not load
+    for name in sorted(stale):
+        path = out / name
+        if path.is_file() and not path.is_symlink() and out.resolve() in path.resolve().parents:
+            path.unlink()
+            if path.parent != out and not any(path.parent.iterdir()):
+                path.parent.rmdir()
+    for name in files:
+        if name != CONFIG_NAME:
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / name, out / name)
+    os.replace(staging / CONFIG_NAME, out / CONFIG_NAME)
 
 
 def saved_base_source(directory: str | os.PathLike, record: dict | None = None) -> str:
@@ -106,7 +193,11 @@ def saved_base_source(directory: str | os.PathLike, record: dict | None = None) 
 
 def _read_record(directory: Path) -> dict:
     if not (directory / CONFIG_NAME).is_file():
-        raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}; save the model with save_pretrained first.")
+        hint = "save the model with save_pretrained first"
+        if directory.is_dir() and (directory / WEIGHTS_NAME).exists():
+            hint = ("it holds ARMT weights without their config: a save was cut short (e.g. killed); "
+                    "save the model again")
+        raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}; {hint}.")
     record = json.loads((directory / CONFIG_NAME).read_text())
     if record.get("format") != _FORMAT:
         raise ValueError(f"{directory / CONFIG_NAME} has format {record.get('format')!r}, expected {_FORMAT!r}.")

@@ -8,9 +8,12 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from .files import give_umask_modes
 
 _FORMAT = "armt.memory_state.v1"
 
@@ -181,23 +184,38 @@ class MemoryState:
             out["segment_counts"] = self.counts
         return out
 
-    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False, model=None) -> None:
         """Write the state to a safetensors file; refuses to replace an existing file
-        unless ``overwrite=True``."""
+        unless ``overwrite=True``. With ``model`` (the one that wrote the state) the file
+        records its :meth:`armt.ARMTForCausalLM.signature`, which :meth:`load` checks."""
         from safetensors.torch import save_file
 
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"{os.fspath(path)!r} is a folder; give a file name such as "
+                                    f"{os.path.join(os.fspath(path), 'memory.safetensors')!r}.")
         if os.path.exists(path) and not overwrite:
             raise FileExistsError(f"{os.fspath(path)!r} exists; pass overwrite=True to replace it.")
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise FileNotFoundError(f"the folder {parent!r} of {os.fspath(path)!r} does not exist; create it first.")
         bad = self.non_finite()
         if bad:
             raise ValueError(f"the memory state holds NaN or infinite values in {bad[:4]}; it is not saved. "
                              "The model overflowed (e.g. float16): use memory_dtype='float32' or float32 weights.")
         meta = {"format": _FORMAT, "segments": str(self.segments), "num_layers": str(len(self.layers))}
+        if model is not None:
+            model.cell.check_memory(self, self.batch_size)
+            meta["model"] = json.dumps(model.signature())
         save_file({k: v.detach().contiguous() for k, v in self.tensors().items()}, os.fspath(path), metadata=meta)
+        give_umask_modes(Path(path))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> MemoryState:
-        """Read a state written by :meth:`save`."""
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", *, model=None,
+             check_model: bool = True) -> MemoryState:
+        """Read a state written by :meth:`save`. With ``model``, the state must fit it (shapes,
+        options) and, where the file records the model that wrote it, be that model's (its
+        config and weights): a state of another model with the same shapes would give
+        confident wrong answers. ``check_model=False`` accepts it anyway."""
         from safetensors import safe_open
 
         from safetensors import SafetensorError
@@ -217,6 +235,16 @@ class MemoryState:
                     "write one with MemoryState.save."
                 )
             names = set(f.keys())
+            try:
+                num_layers, segments = int(meta["num_layers"]), int(meta["segments"])
+            except (KeyError, ValueError) as err:
+                raise ValueError(f"{os.fspath(path)!r} has broken metadata {json.dumps(meta)} ({err}); it was not "
+                                 "written by MemoryState.save.") from None
+            missing = [f"layer{i}.A" for i in range(num_layers) if f"layer{i}.A" not in names]
+            if num_layers < 1 or segments < 1 or missing:
+                raise ValueError(f"{os.fspath(path)!r} is not a complete memory state ({num_layers} layers, "
+                                 f"{segments} segments, missing {missing[:4]}); it was not written by "
+                                 "MemoryState.save.")
 
             def opt(name):
                 return f.get_tensor(name) if name in names else None
@@ -224,10 +252,29 @@ class MemoryState:
             layers = tuple(
                 LayerMemory(f.get_tensor(f"layer{i}.A"), opt(f"layer{i}.z"), opt(f"layer{i}.window_keys"),
                             opt(f"layer{i}.window_values"))
-                for i in range(int(meta["num_layers"]))
+                for i in range(num_layers)
             )
-            state = cls(layers, int(meta["segments"]), opt("window_mask"), opt("tokens"), opt("segment_counts"))
+            state = cls(layers, segments, opt("window_mask"), opt("tokens"), opt("segment_counts"))
         bad = state.non_finite()
         if bad:
             raise ValueError(f"{os.fspath(path)!r} holds NaN or infinite values in {bad[:4]}; it is not a usable state.")
+        if model is not None:
+            model.cell.check_memory(state.to(model.cell.memory_tokens.device), state.batch_size)
+            if check_model and "model" in meta:
+                differ = _signature_differs(json.loads(meta["model"]), model.signature())
+                if differ:
+                    raise ValueError(f"{os.fspath(path)!r} was written by another model ({differ} differ); its memory "
+                                     "means nothing to this one. Read the text again with this model, or pass "
+                                     "check_model=False (CLI: --any-model) to use it anyway.")
         return state
+
+
+def _signature_differs(saved: dict, current: dict) -> str:
+    """What differs between two model signatures ('' when they match); weights are compared
+    loosely, so that a change of dtype is not a different model."""
+    differ = [name for name in ("config", "base") if saved.get(name) != current.get(name)]
+    a, b = saved.get("weights") or [], current.get("weights") or []
+    if len(a) != len(b) or not torch.allclose(torch.tensor(a, dtype=torch.float64),
+                                              torch.tensor(b, dtype=torch.float64), rtol=2e-2, atol=1e-3):
+        differ.append("weights")
+    return ", ".join({"config": "the ARMT config", "base": "the base architecture"}.get(d, d) for d in differ)

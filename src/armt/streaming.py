@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .checks import check_token_ids
 from .segments import run_segment
 from .state import MemoryState
 
@@ -76,6 +77,9 @@ class MemoryReader:
             says why otherwise; ``None`` follows ``ARMTConfig.wavefront`` where it can apply.
             Pays when chunks hold many segments. Padded segments and the last partial one still
             run one by one.
+        segment_alignment: a stream is always cut from its start; a model whose config says
+            ``right`` or ``center`` is refused (its ``model(ids)`` cuts another way) unless this
+            is ``"left"``, which accepts the cut from the start.
 
     Example:
         >>> import torch
@@ -93,8 +97,16 @@ class MemoryReader:
 
     def __init__(self, model, memory: MemoryState | None = None, *, compute_loss: bool = False,
                  keep_last_logits: bool = False, progress: bool = False, total: int | None = None,
-                 wavefront: bool | None = None):
+                 wavefront: bool | None = None, segment_alignment: str | None = None):
         self.model = model
+        alignment = segment_alignment or model.config.segment_alignment
+        if alignment != "left":
+            # a stream's length is not known while it is read, so it can only be cut from its start
+            raise ValueError(
+                f"this model has segment_alignment={model.config.segment_alignment!r}, but reading a stream cuts "
+                "segments from its start, so the memory would differ from model(ids).memory. Call model(ids) on "
+                "the whole input, or pass segment_alignment='left' to read it cut from the start anyway."
+            )
         if wavefront and compute_loss:
             raise ValueError("wavefront=True computes no per-token logits; use compute_loss with wavefront=False.")
         if wavefront and model.training:
@@ -134,6 +146,7 @@ class MemoryReader:
                 f"a chunk must hold token ids as a list, a 1-D tensor or a (batch, n) tensor; got "
                 f"{tuple(ids.shape)} {ids.dtype}."
             )
+        check_token_ids(ids, self.model.vocab_size, "a chunk's token ids")
         if self._batch is None:
             self._batch = ids.shape[0]
             self.model.cell.check_memory(self.memory, self._batch)

@@ -124,3 +124,39 @@ def test_write_penalty_lowers_the_write_strength_and_needs_the_sequential_loop()
     with pytest.raises(ValueError, match="wavefront=False"):
         train_capacity(CapacityModelSpec(wavefront=True, **SMALL).build(),
                        CapacityRecipe(curriculum=(1,), max_steps_per_stage=1, write_penalty=0.1))
+
+
+def test_hold_last_keeps_training_the_last_stage_after_it_passes():
+    def run(hold):
+        model = CapacityModelSpec(**SMALL).build()
+        recipe = CapacityRecipe(curriculum=(1, 2), advance_at=0.0, max_steps_per_stage=6, eval_every=2,
+                                eval_samples=8, hold_last=hold)
+        return train_capacity(model, recipe)
+
+    plain, held = run(False), run(True)
+    # every evaluation passes (advance_at 0): plain stops each stage at its first evaluation
+    assert [s["steps"] for s in plain.stages] == [2, 2] and plain.steps == 4
+    # held: only the last stage goes on, to its step limit, and still counts as passed
+    assert [s["steps"] for s in held.stages] == [2, 6] and held.steps == 8
+    assert all(s["passed"] for s in held.stages) and held.reached == 2
+    assert [e["step"] for e in held.evaluations] == [2, 4, 6, 8]
+
+
+def test_write_margin_shuts_gates_with_room_to_spare():
+    from armt.evaluation.needle import NeedleStage
+    from armt.training.capacity import train_stages
+
+    def last(margin):
+        model = CapacityModelSpec(options=(("write_gate", "hard"),), **SMALL).build()
+        recipe = CapacityRecipe(max_steps_per_stage=40, eval_every=20, eval_samples=8, warmup_steps=1,
+                                learning_rate=1e-2, write_penalty=10.0, write_margin=margin)
+        return train_stages(model, [NeedleStage(1, 2)], recipe).evaluations[-1]
+
+    plain, margined = last(0.0), last(0.5)
+    # the penalty's strength with a margin is >= the gate's own, and the gates end up shut
+    assert 0.0 <= plain["write_open"] <= 1.0 and margined["write_open"] < 0.1, (plain, margined)
+    with pytest.raises(ValueError, match="write_margin needs ARMTConfig"):
+        train_stages(CapacityModelSpec(**SMALL).build(), [NeedleStage(1, 2)],
+                     CapacityRecipe(max_steps_per_stage=1, write_penalty=1.0, write_margin=0.1))
+    with pytest.raises(ValueError, match="write_margin must be >= 0"):
+        CapacityRecipe(write_margin=-0.1)

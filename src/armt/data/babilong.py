@@ -31,6 +31,8 @@ from armt.data.babilong_prompt import BabilongPrompt, token_ids  # noqa: F401  (
 from armt.data.background import SentenceSource, Sentences, clean_sentence
 from armt.data.jsonl import read_jsonl, write_jsonl  # noqa: F401  (re-exported: part of this module's API)
 
+from ..checks import InputTypeError
+
 OVERFLOW_POLICIES = ("warn", "error")
 # samples up to this many context tokens keep their background sentences after planning,
 # so text() does not stream the source twice; longer ones re-read it on demand
@@ -280,7 +282,7 @@ def _babi_pool(task: str, babi_source: Any, split: str, seed: int, n: int,
         return
     for item in babi_source:
         if not isinstance(item, BabiSample):
-            raise TypeError(f"babi_source holds {type(item).__name__}; pass BabiSample objects, a folder, "
+            raise InputTypeError(f"babi_source holds {type(item).__name__}; pass BabiSample objects, a folder, "
                             "'builtin' or None.")
         if item.task in (None, task):
             yield item

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from ..checks import InputTypeError
+
 KIB = 1024
 MIB = 1024 * 1024
 BABILONG_LENGTHS = ("0k", "1k", "2k", "4k", "8k", "16k", "32k", "64k", "128k", "256k", "512k", "1M", "10M")
@@ -20,7 +22,7 @@ def parse_length(spec: str | int) -> int:
         (16384, 1048576, 0, 4096)
     """
     if isinstance(spec, bool):
-        raise TypeError(f"length must be a name like '4k' or a token count, got {spec!r}.")
+        raise InputTypeError(f"length must be a name like '4k' or a token count, got {spec!r}.")
     if isinstance(spec, int):
         if spec < 0:
             raise ValueError(f"length={spec} is negative; use 0 (facts only) or more tokens.")

@@ -8,6 +8,8 @@ from typing import Any
 
 from armt.data.background import clean_sentence
 
+from ..checks import InputTypeError
+
 # where a sample's question sits: after the context's last partial segment, cut into segments with
 # it ("shared", as one input), or in a segment of its own after the whole context ("alone")
 QUESTION_SEGMENTS = ("shared", "alone")
@@ -75,9 +77,9 @@ class BabilongPrompt:
     def __post_init__(self) -> None:
         for name in ("question_prefix", "answer_prefix", "target_prefix"):
             if not isinstance(getattr(self, name), str):
-                raise TypeError(f"{name} must be a string, got {getattr(self, name)!r}; use '' for none.")
+                raise InputTypeError(f"{name} must be a string, got {getattr(self, name)!r}; use '' for none.")
         if self.add_bos not in (None, True, False) or self.add_eos not in (True, False):
-            raise TypeError(f"add_bos must be None, True or False and add_eos True or False, "
+            raise InputTypeError(f"add_bos must be None, True or False and add_eos True or False, "
                             f"got add_bos={self.add_bos!r}, add_eos={self.add_eos!r}.")
 
     def query_text(self, question: str) -> str:

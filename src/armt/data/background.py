@@ -7,6 +7,8 @@ import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from ..checks import InputTypeError
+
 # what Sentences accepts: a list of sentences, a BookSource, or a function returning an iterator
 SentenceSource = Any
 
@@ -36,7 +38,7 @@ class Sentences:
             return
         self._items = None
         if isinstance(source, (str, bytes)):
-            raise TypeError("The sentence source is one string; pass a list of sentences "
+            raise InputTypeError("The sentence source is one string; pass a list of sentences "
                             "(armt.data.books.split_sentences(text)) or load_books(...).")
         if isinstance(source, (list, tuple)):
             self._items = [s for s in (clean_sentence(x) for x in source) if s]
@@ -48,14 +50,14 @@ class Sentences:
         elif callable(source):
             self._open = source
         elif isinstance(source, Iterator):
-            raise TypeError(
+            raise InputTypeError(
                 "The sentence source is a one-shot iterator; pass a list, a BookSource "
                 "(armt.data.books.load_books) or a function returning a fresh iterator."
             )
         elif isinstance(source, Iterable):
             self._open = lambda: source
         else:
-            raise TypeError(f"Cannot read sentences from {type(source).__name__}; pass a list of sentences "
+            raise InputTypeError(f"Cannot read sentences from {type(source).__name__}; pass a list of sentences "
                             "or armt.data.books.load_books(...).")
 
     @property

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
+from ..checks import InputTypeError
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 KINDS = ("folder", "hf", "builtin")
@@ -108,7 +110,7 @@ def load_books(source: PathLike | None = None, *, split: str = "train", text_fie
     if source is None or (isinstance(source, str) and source == "builtin"):
         return builtin_books(seed=seed)
     if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(f"source must be a path, a dataset name or None, got {type(source).__name__} ({source!r}).")
+        raise InputTypeError(f"source must be a path, a dataset name or None, got {type(source).__name__} ({source!r}).")
     text = os.fspath(source)
     path = Path(text).expanduser()
     if path.is_dir():
@@ -442,7 +444,7 @@ def builtin_books(seed: int = 0, num_books: int = 20, chars_per_book: int = 200_
     """
     for name, value in (("seed", seed), ("num_books", num_books), ("chars_per_book", chars_per_book)):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r}).")
+            raise InputTypeError(f"{name} must be an int, got {type(value).__name__} ({value!r}).")
     if num_books < 1 or chars_per_book < 1:
         raise ValueError(f"num_books={num_books} and chars_per_book={chars_per_book} must both be >= 1.")
 

@@ -17,7 +17,7 @@ import torch
 
 from armt.data.books import Book, BookSource
 
-from ..checks import check_positive_int
+from ..checks import InputTypeError, check_positive_int
 
 
 @dataclass
@@ -65,10 +65,10 @@ class LMWindowsConfig:
             check_positive_int(self, "max_tokens_per_book", "Use None to read whole books.")
         for name in ("cross_books", "add_eos_between_books"):
             if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}.")
+                raise InputTypeError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         value = self.no_loss_segments
         if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"no_loss_segments must be an int, got {type(value).__name__} ({value!r}).")
+            raise InputTypeError(f"no_loss_segments must be an int, got {type(value).__name__} ({value!r}).")
         if not 0 <= value < self.num_segments:
             raise ValueError(
                 f"no_loss_segments={value} with num_segments={self.num_segments} leaves no segment to score; "
@@ -235,7 +235,7 @@ def split_books(source: BookSource | Sequence[str], held_out: float | Sequence[s
             raise ValueError(f"held_out={list(held_out)}: {problem}; the titles are {titles}.")
         return [t for t in titles if t not in set(named)], named
     if isinstance(held_out, bool) or not isinstance(held_out, (int, float)):
-        raise TypeError(f"held_out must be an int, a float or a list of titles, got {type(held_out).__name__} "
+        raise InputTypeError(f"held_out must be an int, a float or a list of titles, got {type(held_out).__name__} "
                         f"({held_out!r}).")
     if isinstance(held_out, float):
         if not 0.0 < held_out < 1.0:
@@ -355,7 +355,7 @@ def _select(source: BookSource, books: slice | Sequence[str] | None) -> Iterator
         yield from (book for index, book in enumerate(source.books()) if index in keep)
         return
     if isinstance(books, str):
-        raise TypeError(f"books must be a list of titles, not one string; use books=[{books!r}].")
+        raise InputTypeError(f"books must be a list of titles, not one string; use books=[{books!r}].")
     wanted = set(books)
     seen: list[str] = []
     for book in source.books():

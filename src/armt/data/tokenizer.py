@@ -13,6 +13,8 @@ from typing import Any
 
 from armt.data.books import BookSource, iter_sentences, looks_like_path
 
+from ..checks import InputTypeError
+
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 SPECIAL_TOKENS = (EOS_TOKEN, PAD_TOKEN)
@@ -91,7 +93,7 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096,
 
     minimum = BYTE_ALPHABET + len(SPECIAL_TOKENS)
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
-        raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__} ({vocab_size!r}).")
+        raise InputTypeError(f"vocab_size must be an int, got {type(vocab_size).__name__} ({vocab_size!r}).")
     if vocab_size < minimum:
         raise ValueError(
             f"vocab_size={vocab_size} is too small; byte-level BPE needs {BYTE_ALPHABET} byte tokens "
@@ -100,7 +102,7 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096,
     if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 1:
         raise ValueError(f"min_frequency must be an int >= 1, got {min_frequency!r}.")
     if isinstance(texts, str):
-        raise TypeError("texts must be an iterable of strings, not one string; wrap it in a list.")
+        raise InputTypeError("texts must be an iterable of strings, not one string; wrap it in a list.")
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -134,7 +136,7 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096,
 def _nonempty(texts: Iterable[str]) -> Iterator[str]:
     for text in texts:
         if not isinstance(text, str):
-            raise TypeError(f"texts must hold strings, got {type(text).__name__} ({text!r:.60}).")
+            raise InputTypeError(f"texts must hold strings, got {type(text).__name__} ({text!r:.60}).")
         if text:
             yield text
 

@@ -49,6 +49,8 @@ from armt.evaluation.reports import (
 from armt.generation import generation_defaults
 from armt.streaming import MemoryReader
 
+from ..checks import InputTypeError
+
 MANIFEST = "manifest.json"
 DATA_FORMAT = "armt.babilong.v1"
 DEFAULT_TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5")
@@ -105,7 +107,7 @@ class BabilongSettings:
             raise ValueError(f"split={self.split!r} is unknown; use one of {SPLITS}.")
         check_question_segment(self.question_segment)
         if not isinstance(self.prompt, BabilongPrompt):
-            raise TypeError(f"prompt must be a BabilongPrompt, got {type(self.prompt).__name__}.")
+            raise InputTypeError(f"prompt must be a BabilongPrompt, got {type(self.prompt).__name__}.")
 
     def run_key(self) -> dict[str, Any]:
         """The settings two runs must share for their results to go in one table."""

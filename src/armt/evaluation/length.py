@@ -126,6 +126,7 @@ def run_length_benchmark(kinds: Sequence[str] = ("armt", "rmt", "none"), *, reci
                     f"after {s['steps']} steps, {s['seconds']}s, best exact match {s['best_exact_match']:.3f}")
             else:
                 beta = f", write strength {record['write_strength']:.4f}" if "write_strength" in record else ""
+                beta += f", open {record['write_open']:.3f}" if "write_open" in record else ""
                 log(f"[{kind}] step {record['step']} K={record['num_facts']} M={record['num_segments']} loss "
                     f"{record['loss']:.3f} exact match {record['exact_match']:.3f}{beta} ({record['step_s']:.3f}s/step, "
                     f"{record['elapsed_s']}s)")

@@ -20,6 +20,8 @@ from typing import Any
 
 from armt.data.babilong import length_name, parse_length
 
+from ..checks import InputTypeError
+
 FILES = ("results.csv", "results.json", "results.md", "heatmap.png")
 FIELDS = ("task", "length", "n", "correct", "accuracy")
 PREDICTIONS_DIR = "predictions"  # armt babilong eval writes <task>_<length>.jsonl there, one line per question
@@ -75,7 +77,7 @@ def result_record(task: str, length: str, correct: int, n: int) -> dict[str, Any
     """
     for name, value in (("n", n), ("correct", correct)):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {value!r}.")
+            raise InputTypeError(f"{name} must be an int, got {value!r}.")
     if n < 1 or not 0 <= correct <= n:
         raise ValueError(f"Need n >= 1 and 0 <= correct <= n, got correct={correct}, n={n} for {task} {length}.")
     return {"task": str(task), "length": length_label(length), "n": n, "correct": correct, "accuracy": correct / n}

@@ -105,6 +105,15 @@ class CapacityRecipe:
             Models without an associative memory have no writes to penalise. A stage whose
             ``penalise_writes`` is False (a needle stage with no distractors, where every write
             is needed) trains without it.
+        write_margin: with ``ARMTConfig(write_gate="hard")``, the penalty counts a write as open
+            until its gate input is ``4 * write_margin`` below the point where the gate shuts (it
+            penalises ``clip(x / 4 + 1/2 + write_margin, 0, 1 + write_margin)``; the model still
+            writes with ``clip(x / 4 + 1/2, 0, 1)``). Without a margin, penalised gates settle just
+            at the edge, where a slightly different input opens them a little again. Each
+            evaluation record gets ``write_open``, the share of writes with ``beta > 0``.
+        hold_last: once the last stage reaches ``advance_at``, keep training on it until the time
+            budget (or its step limit) is spent instead of stopping there. The evaluations go on
+            being logged; the stage counts as passed.
     """
 
     curriculum: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
@@ -121,8 +130,12 @@ class CapacityRecipe:
     variant: str = "remember"
     seed: int = 0
     write_penalty: float = 0.0
+    write_margin: float = 0.0
+    hold_last: bool = False
 
     def __post_init__(self) -> None:
+        if not self.write_margin >= 0:
+            raise ValueError(f"write_margin must be >= 0, got {self.write_margin!r}.")
         if not self.write_penalty >= 0:
             raise ValueError(f"write_penalty must be >= 0, got {self.write_penalty!r}.")
         if not self.curriculum or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
@@ -275,14 +288,20 @@ def train_stages(model: ARMTForCausalLM, stages: Sequence, recipe: CapacityRecip
             sink.flush()
 
     penalise = recipe.write_penalty > 0 and model.config.use_memory and model.config.memory == "associative"
+    hard = model.config.write_gate == "hard"
+    if recipe.write_margin > 0 and not hard:
+        raise ValueError("write_margin needs ARMTConfig(write_gate='hard'): the sigmoid gate never shuts, so there is "
+                         "no edge to keep a margin from.")
     if penalise and model.config.wavefront:
         raise ValueError("write_penalty needs the sequential segment loop (the wavefront does not go through the "
                          "memories' writes); build the model with wavefront=False.")
     try:
         model.train()
-        for stage in stages:
+        stages = list(stages)
+        for index, stage in enumerate(stages):
+            hold = recipe.hold_last and index == len(stages) - 1
             stage_start, stage_steps, passed, best = time.perf_counter(), 0, False, 0.0
-            step_time, losses, betas = [], [], []
+            step_time, losses, betas, opens = [], [], [], []
             while True:
                 if recipe.max_steps_per_stage is not None and stage_steps >= recipe.max_steps_per_stage:
                     break
@@ -291,9 +310,19 @@ def train_stages(model: ARMTForCausalLM, stages: Sequence, recipe: CapacityRecip
                 batch = stage.batch(recipe.batch_size, gen)
                 t0 = time.perf_counter()
                 strengths: list[Tensor] = []
+                opened: list[Tensor] = []
                 watched = penalise and getattr(stage, "penalise_writes", True)
-                with watch_memory(model, on_write=lambda layer, old, k, beta, new: strengths.append(beta.mean())) \
-                        if watched else nullcontext():
+
+                def on_gate(layer, x):
+                    # the gate as the penalty sees it: with a margin it shuts later than the model's
+                    if hard:
+                        m = recipe.write_margin
+                        strengths.append((x * 0.25 + 0.5 + m).clamp(0, 1 + m).mean())
+                        opened.append((x > -2.0).float().mean())
+                    else:
+                        strengths.append(torch.sigmoid(x).mean())
+
+                with watch_memory(model, on_gate=on_gate) if watched else nullcontext():
                     # ARMTConfig.wavefront covers passes without gradients; training asks per call
                     out = model(batch["input_ids"].to(device), labels=batch["labels"].to(device),
                                 output_only_last_segment=True, wavefront=model.config.wavefront or None)
@@ -302,6 +331,8 @@ def train_stages(model: ARMTForCausalLM, stages: Sequence, recipe: CapacityRecip
                     strength = torch.stack(strengths).mean()
                     loss = loss + recipe.write_penalty * strength
                     betas.append(strength.item())
+                    if opened:
+                        opens.append(torch.stack(opened).mean().item())
                 loss.backward()
                 if recipe.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
@@ -321,12 +352,15 @@ def train_stages(model: ARMTForCausalLM, stages: Sequence, recipe: CapacityRecip
                               "elapsed_s": round(time.perf_counter() - start_time, 1)}
                     if betas:
                         record["write_strength"] = sum(betas) / len(betas)
-                    losses, betas = [], []
+                        if opens:
+                            record["write_open"] = sum(opens) / len(opens)
+                    losses, betas, opens = [], [], []
                     run.evaluations.append(record)
                     emit(record)
                     if em >= recipe.advance_at:
                         passed = True
-                        break
+                        if not hold:
+                            break
             if step_time:
                 run.step_seconds[stage.key] = sorted(step_time)[len(step_time) // 2]
             done = {**stage.fields, "steps": stage_steps, "passed": passed, "best_exact_match": best,

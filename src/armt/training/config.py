@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ARMTConfig
+from ..tiny import TINY_FAMILIES
 
 DATA_KINDS = ("associative_retrieval", "capacity", "lm", "babilong")
 METRICS = ("exact_match",)
@@ -72,6 +73,17 @@ class ModelSpec:
             extra = sorted(set(self.tiny) - allowed)
             if extra:
                 raise ValueError(f"unknown key model.tiny.{extra[0]} (known: {', '.join(sorted(allowed))}).")
+            for key in ("layers", "hidden", "vocab", "max_positions"):
+                value = self.tiny.get(key)
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                    raise ValueError(f"model.tiny.{key} must be a positive integer, got {value!r}.")
+            family = self.tiny.get("family", "gpt2")
+            if family not in TINY_FAMILIES:
+                raise ValueError(f"model.tiny.family={family!r} is not a tiny family; use one of {TINY_FAMILIES}.")
+            dropout = self.tiny.get("dropout")
+            if dropout is not None and (isinstance(dropout, bool) or not isinstance(dropout, (int, float))
+                                        or not 0 <= dropout < 1):
+                raise ValueError(f"model.tiny.dropout must be a number in [0, 1), got {dropout!r}.")
 
 
 @dataclass
@@ -209,6 +221,11 @@ class RunConfig:
                 raise ValueError(f"training.{key} must be a number, got {value!r}.")
             if want is bool and not isinstance(value, bool):
                 raise ValueError(f"training.{key} must be true or false, got {value!r}.")
+        for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                    "eval_steps", "save_steps", "logging_steps"):
+            value = self.training.get(key)
+            if value is not None and not value > 0:
+                raise ValueError(f"training.{key} must be > 0, got {value!r}.")
         if "output_dir" not in self.training:
             raise ValueError("training.output_dir is required: where the run writes checkpoints and logs.")
         for key in ("max_steps", "num_train_epochs"):
@@ -243,6 +260,9 @@ class RunConfig:
         data = values.pop("data", {}) or {}
         _check_keys(DataSpec, data, "data")
         stages = []
+        if values.get("curriculum") and data.get("num_segments", DataSpec.num_segments) != DataSpec.num_segments:
+            raise ValueError("data.num_segments is ignored beside a curriculum (each stage sets its own "
+                             "num_segments); drop it, or set the stages' num_segments.")
         for i, stage in enumerate(values.pop("curriculum", []) or []):
             _check_keys(Stage, stage, f"curriculum[{i}]")
             stages.append(Stage(**stage))
@@ -299,12 +319,19 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
             i += 2
         parts = key.replace("-", "_").split(".")
         node = values
-        for part in parts[:-1]:
-            if part.isdigit() and isinstance(node, list):
+        for depth, part in enumerate(parts[:-1]):
+            if part.isdigit() and isinstance(node, list) and int(part) < len(node):
                 node = node[int(part)]
+            elif isinstance(node, dict) and isinstance(node.setdefault(part, {}), (dict, list)):
+                node = node[part]
+            elif isinstance(node, list):
+                raise ValueError(f"{flag}: {'.'.join(parts[:depth]) or 'config'} is a list of {len(node)}; give an "
+                                 f"index 0..{len(node) - 1}.")
             else:
-                node = node.setdefault(part, {})
+                raise ValueError(f"{flag}: {'.'.join(parts[:depth + 1])} is not a section of the config.")
         last = parts[-1]
+        if isinstance(node, list) and not (last.isdigit() and int(last) < len(node)):
+            raise ValueError(f"{flag}: {'.'.join(parts[:-1])} is a list of {len(node)}; give an index 0..{len(node) - 1}.")
         value = _numbers(yaml.safe_load(raw))
         if value is None and parts[0] == "training" and len(parts) == 2:
             # null gives the key back to TrainingArguments' default, so that a curriculum can be

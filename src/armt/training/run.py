@@ -270,7 +270,11 @@ def _latest_checkpoint(directory: Path) -> str | None:
     for _, path in found:
         missing = [f for f in _CHECKPOINT_FILES if not (path / f).is_file()]
         if not missing:
-            return str(path)
+            try:
+                json.loads((path / "trainer_state.json").read_text())
+                return str(path)
+            except (ValueError, OSError) as err:
+                missing = [f"a readable trainer_state.json ({err})"]
         logger.warning("skipping the incomplete checkpoint %s (no %s); resuming from an older one", path,
                        ", ".join(missing))
     return None
@@ -309,45 +313,70 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, toke
 
     import yaml
 
-    out = Path(cfg.training["output_dir"])
+    out = Path(os.path.expanduser(str(cfg.training["output_dir"])))
+    cfg = dataclasses.replace(cfg, training={**cfg.training, "output_dir": str(out)})
     # under torchrun/accelerate every process runs this; only the first touches the run directory
     main_process = int(os.environ.get("RANK", "0")) == 0
     if not main_process:
-        cfg, tokenizer = _resolve(cfg, tokenizer, None)
+        cfg, tokenizer, _ = _resolve(cfg, tokenizer)
         return _train_stages(cfg, out, resume=resume, tokenizer=tokenizer, metric_fns=metric_fns,
                              callbacks=callbacks, main_process=False)
-    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
-        what = "already holds a run" if _is_run_dir(out) else "is not empty and is not an armt run"
-        raise FileExistsError(
-            f"{out} {what}; pass --resume to continue a run or --overwrite to start it again "
-            "(or choose another training.output_dir)."
-        )
+    _check_output_dir(out, resume=resume, overwrite=overwrite)
+    # everything is checked (the model built, the data and the Trainer's arguments made) before
+    # anything is written, so that a config error leaves no half-made run behind
+    cfg, tokenizer, trained_tokenizer = _resolve(cfg, tokenizer)
+    prepared = _prepare(cfg, tokenizer, metric_fns, out)
+    resolved = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    if resume and (out / CONFIG_NAME).exists() and (out / CONFIG_NAME).read_text() != resolved:
+        differ = _differing_keys(yaml.safe_load((out / CONFIG_NAME).read_text()), cfg.to_dict())
+        raise ValueError(f"--resume: this config differs from the run's {out / CONFIG_NAME} at "
+                         f"{', '.join(differ[:6]) or 'its layout'}; resume with the same config (or start a new run).")
     if overwrite and not resume and out.exists():
         import shutil
 
         _check_removable(out)
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    # everything the run derives is settled before run_config.yaml is written; cfg is not
-    # changed after that
-    cfg, tokenizer = _resolve(cfg, tokenizer, out / "tokenizer")
-    resolved = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    if resume and (out / CONFIG_NAME).exists() and (out / CONFIG_NAME).read_text() != resolved:
-        differ = _differing_keys(yaml.safe_load((out / CONFIG_NAME).read_text()), cfg.to_dict())
-        raise ValueError(f"--resume: this config differs from the run's {out / CONFIG_NAME} at "
-                         f"{', '.join(differ[:6]) or 'its layout'}; resume with the same config (or start a new run).")
+    if trained_tokenizer and not (resume and (out / "tokenizer").is_dir()):
+        tokenizer.save_pretrained(str(out / "tokenizer"))
     (out / CONFIG_NAME).write_text(resolved)
+    _record_files(out)
     return _train_stages(cfg, out, resume=resume, tokenizer=tokenizer, metric_fns=metric_fns,
-                         callbacks=callbacks, main_process=True)
+                         callbacks=callbacks, main_process=True, prepared=prepared)
 
 
-def _resolve(cfg: RunConfig, tokenizer, save_dir: Path | None) -> tuple[RunConfig, object]:
-    """The run's tokenizer (resolved if not given) and a config with what it implies filled in
-    (a tiny model's vocabulary from the tokenizer); ``cfg`` itself is left as it was."""
+def _check_output_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse an output folder that cannot take this run, before anything is written."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"training.output_dir {out} is a file, not a folder; choose a folder for the run.")
+    if overwrite and not resume and out.is_symlink():
+        raise ValueError(f"training.output_dir {out} is a symbolic link (to {out.resolve()}); --overwrite deletes "
+                         "only real folders. Pass the folder it points to.")
+    nonempty = out.is_dir() and any(out.iterdir())
+    if resume and not _is_run_dir(out):
+        what = "is not an armt run (no run_config.yaml)" if nonempty else "holds no run"
+        raise FileNotFoundError(f"--resume: {out} {what}; there is nothing to continue. Drop --resume to start a "
+                                "new run (in an empty or new folder).")
+    if nonempty and not (resume or overwrite):
+        what = "already holds a run" if _is_run_dir(out) else "is not empty and is not an armt run"
+        raise FileExistsError(
+            f"{out} {what}; pass --resume to continue a run or --overwrite to start it again "
+            "(or choose another training.output_dir)."
+        )
+    if overwrite and not resume and out.exists():
+        _check_removable(out)
+
+
+def _resolve(cfg: RunConfig, tokenizer) -> tuple[RunConfig, object, bool]:
+    """The run's tokenizer (resolved if not given), a config with what it implies filled in
+    (a tiny model's vocabulary from the tokenizer; ``cfg`` itself is left as it was), and
+    whether the tokenizer was trained here (the run then saves it)."""
     if cfg.model.init_from is not None:  # the saved model's config, so that run_config.yaml says what runs
         cfg = dataclasses.replace(cfg, armt=init_from_config(cfg))
+    trained = False
     if tokenizer is None:
-        tokenizer, described = resolve_tokenizer(cfg, save_dir)
+        tokenizer, described = resolve_tokenizer(cfg, None)
+        trained = described.startswith(("trained", "could not load"))
         logger.warning("tokenizer: %s", described)
     if tokenizer is not None and cfg.model.tiny is not None:
         vocab = cfg.model.tiny.get("vocab")
@@ -357,7 +386,7 @@ def _resolve(cfg: RunConfig, tokenizer, save_dir: Path | None) -> tuple[RunConfi
         elif vocab < len(tokenizer):
             raise ValueError(f"model.tiny.vocab={vocab} is smaller than the tokenizer ({len(tokenizer)} tokens); "
                              "leave it out to use the tokenizer's size.")
-    return cfg, tokenizer
+    return cfg, tokenizer, trained
 
 
 def _differing_keys(old, new, prefix: str = "") -> list[str]:
@@ -377,9 +406,27 @@ def _is_run_dir(out: Path) -> bool:
     return (out / CONFIG_NAME).is_file() or (out / STATE_NAME).is_file()
 
 
+FILES_NAME = "armt_files.json"
+# what the Trainer writes inside a stage while it runs (checkpoints, TensorBoard logs)
+_TRAINER_FILES = re.compile(r"stage\d+-\d+seg/(checkpoint-\d+|runs)/.+")
+
+
+def _record_files(out: Path) -> None:
+    """Add every file now under ``out`` to the run's list of files armt wrote (``armt_files.json``):
+    ``--overwrite`` deletes a run only if it holds nothing else."""
+    path = out / FILES_NAME
+    known = set(json.loads(path.read_text())) if path.is_file() else set()
+    known |= {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() or p.is_symlink()}
+    known.add(FILES_NAME)
+    tmp = out / (FILES_NAME + ".tmp")
+    tmp.write_text(json.dumps(sorted(known), indent=0))
+    tmp.replace(path)
+
+
 def _check_removable(out: Path) -> None:
     """``--overwrite`` deletes a folder only if it is recognisably an armt run and holds nothing
-    else: never the working directory, one of its parents, the home directory or foreign files."""
+    else, at any depth: never the working directory, one of its parents, the home directory or a
+    file armt did not write."""
     resolved = out.resolve()
     cwd = Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents or resolved == Path.home().resolve():
@@ -388,11 +435,17 @@ def _check_removable(out: Path) -> None:
     if not _is_run_dir(out):
         raise ValueError(f"{out} is not an armt run (no {CONFIG_NAME}); --overwrite deletes only armt runs. "
                          "Choose another training.output_dir, or empty the folder yourself.")
-    own = {CONFIG_NAME, STATE_NAME, "best", "tokenizer"}
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in own and not _STAGE_DIR.fullmatch(p.name))
+    try:
+        known = set(json.loads((out / FILES_NAME).read_text())) if (out / FILES_NAME).is_file() else set()
+    except ValueError:
+        known = set()
+    known |= {CONFIG_NAME, STATE_NAME, FILES_NAME, FILES_NAME + ".tmp"}
+    foreign = sorted(rel for p in out.rglob("*") if p.is_file() or p.is_symlink()
+                     if (rel := str(p.relative_to(out))) not in known and not _TRAINER_FILES.fullmatch(rel))
     if foreign:
-        raise ValueError(f"{out} holds files that armt did not write ({', '.join(foreign[:5])}); --overwrite "
-                         "refuses to delete them. Move them away or choose another training.output_dir.")
+        raise ValueError(f"{out} holds files that armt did not write ({', '.join(foreign[:5])}"
+                         f"{', ...' if len(foreign) > 5 else ''}); --overwrite refuses to delete them. Move them "
+                         "away (or delete the run yourself) or choose another training.output_dir.")
 
 
 def _barrier() -> None:
@@ -400,22 +453,58 @@ def _barrier() -> None:
         torch.distributed.barrier()
 
 
-def _train_stages(cfg: RunConfig, out: Path, *, resume: bool, tokenizer, metric_fns, callbacks,
-                  main_process: bool) -> list[StageResult]:
-    from transformers import EarlyStoppingCallback, TrainingArguments
+@dataclass
+class _Prepared:
+    """What a run builds before it writes anything: the model, the data, the Trainer's arguments."""
 
-    state_file = out / STATE_NAME
-    state = json.loads(state_file.read_text()) if resume and state_file.exists() else {"finished": []}
+    model: ARMTForCausalLM
+    make: Callable[[int, str], Dataset]
+    transforms: list
+    fns: tuple
+    metric: str | None
+    stage_args: list[dict]
+
+
+def _prepare(cfg: RunConfig, tokenizer, metric_fns, out: Path) -> _Prepared:
+    """Build everything the stages need; every config error surfaces here."""
+    from transformers import TrainingArguments
 
     model = build_model(cfg)
     make = dataset_factory(cfg, model, tokenizer)
     transforms = [import_object(s) for s in cfg.batch_transforms]
     fns = tuple(metric_fns) + tuple(import_object(s) for s in cfg.custom_metrics)
-    pad = getattr(tokenizer, "pad_token_id", None) or 0
     training = dict(cfg.training)
     metric = training.get("metric_for_best_model")
     if metric and not metric.startswith("eval_"):
         metric = training["metric_for_best_model"] = "eval_" + metric
+    if cfg.early_stopping_patience is not None and not metric:
+        raise ValueError("early_stopping_patience needs training.metric_for_best_model.")
+    stage_args = []
+    for i, stage in enumerate(cfg.stages):
+        args = dict(training)
+        args.update(output_dir=str(out / f"stage{i + 1}-{stage.num_segments}seg"), max_steps=stage.max_steps,
+                    load_best_model_at_end=bool(metric), remove_unused_columns=False)
+        args.setdefault("dataloader_pin_memory", torch.cuda.is_available())
+        if stage.batch_size is not None:
+            args["per_device_train_batch_size"] = stage.batch_size
+        if stage.learning_rate is not None:
+            args["learning_rate"] = stage.learning_rate
+        TrainingArguments(**args)  # its own checks, now rather than after the run folder is made
+        stage_args.append(args)
+    return _Prepared(model, make, transforms, fns, metric, stage_args)
+
+
+def _train_stages(cfg: RunConfig, out: Path, *, resume: bool, tokenizer, metric_fns, callbacks,
+                  main_process: bool, prepared: _Prepared | None = None) -> list[StageResult]:
+    from transformers import EarlyStoppingCallback, TrainingArguments
+
+    state_file = out / STATE_NAME
+    state = json.loads(state_file.read_text()) if resume and state_file.exists() else {"finished": []}
+
+    prepared = prepared or _prepare(cfg, tokenizer, metric_fns, out)
+    model, make, transforms, fns, metric = (prepared.model, prepared.make, prepared.transforms, prepared.fns,
+                                            prepared.metric)
+    pad = getattr(tokenizer, "pad_token_id", None) or 0
     results: list[StageResult] = []
     previous_best: str | None = None
     for i, stage in enumerate(cfg.stages):
@@ -430,14 +519,7 @@ def _train_stages(cfg: RunConfig, out: Path, *, resume: bool, tokenizer, metric_
             load_into(model, previous_best)  # each stage starts from the best of the last
         train_ds = _stage_dataset(make, stage, cfg.data.seed)
         eval_ds = make(stage.eval_segments or stage.num_segments, "eval")
-        args = dict(training)
-        args.update(output_dir=str(stage_dir), max_steps=stage.max_steps,
-                    load_best_model_at_end=bool(metric), remove_unused_columns=False)
-        args.setdefault("dataloader_pin_memory", torch.cuda.is_available())
-        if stage.batch_size is not None:
-            args["per_device_train_batch_size"] = stage.batch_size
-        if stage.learning_rate is not None:
-            args["learning_rate"] = stage.learning_rate
+        args = prepared.stage_args[i]
         stage_callbacks = list(callbacks)
         goal = None
         if stage.stop_metric is not None:
@@ -445,8 +527,6 @@ def _train_stages(cfg: RunConfig, out: Path, *, resume: bool, tokenizer, metric_
             goal = StopAtMetric(stage.stop_metric, stage.stop_value, greater_is_better=not lower)
             stage_callbacks.append(goal)
         if cfg.early_stopping_patience is not None:
-            if not metric:
-                raise ValueError("early_stopping_patience needs training.metric_for_best_model.")
             stage_callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
         trainer = ARMTTrainer(
             model=model, args=TrainingArguments(**args), train_dataset=train_ds, eval_dataset=eval_ds,
@@ -478,6 +558,7 @@ def _train_stages(cfg: RunConfig, out: Path, *, resume: bool, tokenizer, metric_
         state["finished"].append(dataclasses.asdict(record))
         if main_process:
             state_file.write_text(json.dumps(state, indent=2))
+            _record_files(out)
         _barrier()  # the next stage (on every process) starts from the best just written
         previous_best = str(best_dir)
     if main_process and previous_best is not None and results and Path(previous_best).exists():
@@ -486,6 +567,7 @@ def _train_stages(cfg: RunConfig, out: Path, *, resume: bool, tokenizer, metric_
         model.save_pretrained(final, save_base=not has_adapters(model.base_model), overwrite=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(final)
+        _record_files(out)
     return results
 
 

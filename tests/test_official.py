@@ -122,3 +122,26 @@ def test_converter_rejects_foreign_names():
                                      "memory_cell.model.h.0.W_mq.weight": torch.zeros(2, 4)})
     with pytest.raises(ValueError, match="not an ARMT checkpoint"):
         convert_official_state_dict({"memory_cell.model.lm_head.weight": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("head", ["embed_out.weight", "lm_head.weight"])
+def test_gpt_neox_checkpoints_of_either_transformers_naming_load(tiny_armt, head):
+    """The official code under transformers 4.x saved GPT-NeoX's head as ``embed_out``;
+    transformers 5 calls it ``lm_head``. Both load, into the same logits."""
+    import re
+
+    model = tiny_armt("gpt_neox", seed=2)
+    path = model.config.layers_path or "gpt_neox.layers"
+    sd = {"memory_cell.memory": model.cell.memory_tokens.detach()}
+    for name, p in model.base_model.state_dict().items():
+        m = re.fullmatch(rf"{re.escape(path)}\.(\d+)\.(.+)", name)
+        key = f"{path}.{m[1]}.layer.{m[2]}" if m else (head if name == "lm_head.weight" else name)
+        sd[f"memory_cell.model.{key}"] = p
+    for name, p in model.cell.armt_state_dict().items():
+        if name.startswith("memory_layers."):
+            _, i, rest = name.split(".", 2)
+            sd[f"memory_cell.model.{path}.{i}.{rest}"] = p
+    fresh = type(model.base_model)(model.base_model.config).to(torch.float64)
+    loaded = load_official_checkpoint(fresh, sd, armt.ARMTConfig(segment_size=model.config.segment_size))
+    ids = torch.randint(99, (1, 20), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(loaded.eval()(ids).logits, model(ids).logits)

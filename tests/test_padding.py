@@ -102,7 +102,8 @@ def test_layouts_that_cannot_be_exact_are_refused(tiny_armt):
     with pytest.raises(ValueError, match="sliding_window"):
         tiny_armt("llama", sliding_window=True)(ids, attention_mask=mask)
     with pytest.raises(ValueError, match="last_segment_loss_only"):
-        tiny_armt("gpt2", last_segment_loss_only=True)(ids, attention_mask=mask)
+        tiny_armt("gpt2", last_segment_loss_only=True)(ids, attention_mask=mask, labels=ids)
+    tiny_armt("gpt2", last_segment_loss_only=True)(ids, attention_mask=mask)  # no loss asked: nothing to refuse
     with pytest.raises(ValueError, match="only 0"):
         tiny_armt("gpt2")(ids, attention_mask=mask * 2)
     empty = mask.clone()
@@ -151,3 +152,31 @@ def test_reading_rows_that_end_at_different_times_equals_each_row_alone(tiny_arm
     ended.feed(ids[:, :4], attention_mask=torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]]))
     with pytest.raises(ValueError, match="after their stream ended"):
         ended.feed(ids[:, 4:6])
+
+
+@pytest.mark.parametrize("family, memory, start", [("llama", "associative", False), ("gpt2", "associative", True),
+                                                   ("gpt_neox", "tokens", True)])
+def test_padded_generation_reads_in_one_pass_and_decodes_in_groups(tiny_armt, monkeypatch, family, memory, start):
+    import armt.generation as generation
+
+    model = tiny_armt(family, memory=memory)
+    lengths = [3, 13, 20, 21, 5, 16, 29]  # open segments of 3, 5, 4, 5, 5, 8, 5 tokens
+    ids, mask, spans = _batch(lengths, "left", seed=4)
+    prefix = torch.randint(99, (len(lengths), 11), generator=torch.Generator().manual_seed(9))
+    state = model(prefix).memory if start else None
+    calls = []
+    real = generation.generate
+    monkeypatch.setattr(generation, "generate", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
+    out, end = model.generate(ids, attention_mask=mask, memory=state, max_new_tokens=S + 3, do_sample=False,
+                              return_memory=True)
+    # one call for the batch, then one per (open length, has a state) group, not one per row
+    assert len(calls) == 1 + (5 if not start else 4), calls
+    monkeypatch.setattr(generation, "generate", real)
+    L = ids.shape[1]
+    for i, span in enumerate(spans):
+        own = None if state is None else state.select([i])
+        alone, alone_state = model.generate(ids[i:i + 1, span], memory=own, max_new_tokens=S + 3, do_sample=False,
+                                            return_memory=True)
+        new = alone[0, span.stop - span.start:]
+        assert torch.equal(out[i, L:L + len(new)], new)
+        _same_state(end.select([i]), alone_state, 1e-10)

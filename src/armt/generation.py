@@ -198,29 +198,50 @@ def generate(
 
 def _generate_rows(model, input_ids, attention_mask, memory, *, max_new_tokens, write_segments, return_memory,
                    **hf_kwargs):
-    """A padded batch, row by row: each row's real tokens (left or right padding) are read and
-    continued exactly as if the row came alone; the new tokens are appended after the padded
-    rows (as Hugging Face does), rows that stop early filled with the pad token."""
-
+    """A padded batch (left or right padding), exactly as if each row came alone: the full
+    segments of every row's context are read in one padded forward pass (exact per row, see
+    :mod:`armt.padding`); then rows whose open (last) segments have the same length decode
+    together, unpadded. The new tokens are appended after the padded rows (as Hugging Face
+    does), rows that stop early filled with the pad token."""
     plan = PaddingPlan.from_mask(attention_mask)
     if hf_kwargs.get("streamer") is not None:
         raise ValueError("a streamer shows one sequence; pass one row (no padding) when streaming.")
-    rows, states = [], []
-    for i in range(input_ids.shape[0]):
-        start, n = int(plan.starts[i]), int(plan.lengths[i])
-        own = None if memory is None else memory.select([i])
-        ids, state = generate(model, input_ids[i:i + 1, start:start + n], None, own, max_new_tokens=max_new_tokens,
-                              write_segments=write_segments, return_memory=True, **hf_kwargs)
-        rows.append(ids[0, n:])
-        states.append(state)
+    S, B = model.config.segment_size, input_ids.shape[0]
+    rows = [input_ids[i, int(plan.starts[i]):int(plan.starts[i]) + int(plan.lengths[i])] for i in range(B)]
+    # where each row's open segment starts: what comes before it is written to memory first
+    cuts = [segment_bounds(r.shape[0], S, "left")[-1][0] for r in rows]
+    states: list[MemoryState | None] = [None if memory is None else memory.select([i]) for i in range(B)]
+    read = [i for i in range(B) if cuts[i] > 0]
+    if read:
+        width = max(cuts[i] for i in read)
+        ids = input_ids.new_zeros((len(read), width))
+        mask = torch.zeros_like(ids)
+        for j, i in enumerate(read):
+            ids[j, :cuts[i]], mask[j, :cuts[i]] = rows[i][:cuts[i]], 1
+        start = None if memory is None else memory.select(read)
+        written = model(ids, attention_mask=mask, memory=start, output_only_last_segment=True).memory
+        for j, i in enumerate(read):
+            states[i] = written.select([j])
+    groups: dict[tuple[int, bool], list[int]] = {}
+    for i in range(B):
+        groups.setdefault((rows[i].shape[0] - cuts[i], states[i] is not None), []).append(i)
+    new: list[Tensor | None] = [None] * B
+    ends: list[MemoryState | None] = [None] * B
+    for (_, has_state), members in groups.items():
+        ids = torch.stack([rows[i][cuts[i]:] for i in members])
+        state = MemoryState.cat([states[i] for i in members]) if has_state else None
+        out, end = generate(model, ids, None, state, max_new_tokens=max_new_tokens, write_segments=write_segments,
+                            return_memory=True, **hf_kwargs)
+        for j, i in enumerate(members):
+            new[i], ends[i] = out[j, ids.shape[1]:], end.select([j])
     pad = generation_defaults(model=model, hf_kwargs=hf_kwargs).get("pad_token_id", 0)
-    width = max(r.shape[0] for r in rows)
-    new = torch.stack([torch.cat([r, r.new_full((width - r.shape[0],), pad)]) for r in rows])
-    out = torch.cat([input_ids, new], dim=1)
+    width = max(r.shape[0] for r in new)
+    tokens = torch.stack([torch.cat([r, r.new_full((width - r.shape[0],), pad)]) for r in new])
+    out = torch.cat([input_ids, tokens], dim=1)
     if not return_memory:
         return out
     try:
-        return out, MemoryState.cat(states)
+        return out, MemoryState.cat(ends)
     except ValueError as err:
         raise ValueError(f"return_memory=True with this padded batch: {err} Generate the rows separately.") from err
 

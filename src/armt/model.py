@@ -309,11 +309,12 @@ class ARMTForCausalLM(nn.Module):
         self.cell.check_memory(memory, B)
         return B, L
 
-    def padding_plan(self, attention_mask: Tensor | None) -> PaddingPlan | None:
+    def padding_plan(self, attention_mask: Tensor | None, scored: bool = True) -> PaddingPlan | None:
         """How a padded batch is run so that every row equals the row alone (see
         :mod:`armt.padding`): ``None`` without padding, or for masks with holes (masked tokens
         between real ones are hidden from attention only). Layouts that cannot be made exact are
-        refused with a message."""
+        refused with a message; ``scored=False`` (no loss asked) lets rows of different lengths
+        through with ``last_segment_loss_only``."""
         if attention_mask is None:
             return None
         plan = PaddingPlan.detect(attention_mask)
@@ -325,7 +326,7 @@ class ARMTForCausalLM(nn.Module):
                 "the segments it gets alone; use segment_alignment='left' (any left or right padding) or "
                 "unpadded rows of equal length."
             )
-        if self.config.last_segment_loss_only and bool((plan.lengths != plan.lengths[0]).any()):
+        if scored and self.config.last_segment_loss_only and bool((plan.lengths != plan.lengths[0]).any()):
             raise ValueError(
                 "last_segment_loss_only=True with rows of different lengths: each row's last segment is another "
                 "segment of the batch. Batch rows of equal length, or score the last segment with labels=-100 "
@@ -398,7 +399,7 @@ class ARMTForCausalLM(nn.Module):
         cfg = self.config
         if labels_mask is not None:
             labels_mask = labels_mask.bool()
-        plan = self.padding_plan(attention_mask)
+        plan = self.padding_plan(attention_mask, scored=labels is not None)
         keep_all = False
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None  # lets sdpa take its causal fast path

@@ -32,6 +32,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="armt,rmt,none", help="comma-separated: armt, rmt, none")
     p.add_argument("--budget-min", type=float, default=7.0, help="training minutes per model")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="training steps per model (with a generous --budget-min: the same run on any machine)")
     p.add_argument("--stages", default=";".join(f"{k},{m}" for k, m in DEFAULT_STAGES),
                    help="curriculum stages 'K,M;K,M;...' (facts, segments)")
     p.add_argument("--distractors", default="symbols,text", help="comma-separated: symbols, text")
@@ -43,6 +45,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval-samples", type=int, default=64)
     p.add_argument("--long-samples", type=int, default=32, help="samples at M >= --long-from")
     p.add_argument("--long-from", type=int, default=4096)
+    p.add_argument("--stop-below", type=float, default=None,
+                   help="skip the longer lengths of a distractor kind once exact match falls below this")
     p.add_argument("--advance-at", type=float, default=0.9, help="exact match that ends a stage")
     p.add_argument("--write-penalty", type=float, default=0.0,
                    help="add this times the mean write strength beta to the training loss")
@@ -84,8 +88,8 @@ def main(argv=None) -> int:
 
         shared = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gutenberg"
         text_source = str(shared) if shared.is_dir() else "builtin"
-    recipe = CapacityRecipe(time_budget_s=args.budget_min * 60, learning_rate=args.lr, batch_size=args.batch_size,
-                            seed=args.seed, advance_at=args.advance_at, write_penalty=args.write_penalty,
+    recipe = CapacityRecipe(time_budget_s=args.budget_min * 60, max_steps=args.max_steps, learning_rate=args.lr,
+                            batch_size=args.batch_size, seed=args.seed, advance_at=args.advance_at, write_penalty=args.write_penalty,
                             write_margin=args.write_margin, hold_last=args.hold_last)
     model = CapacityModelSpec(seed=args.seed, options=tuple(args.option))
     eval_samples, long_samples = args.eval_samples, args.long_samples
@@ -103,6 +107,7 @@ def main(argv=None) -> int:
     results = run_length_benchmark(kinds, recipe=recipe, model=model, stages=stages, distractors=distractors,
                                    variant=args.variant, eval_segments=segments, eval_samples=eval_samples,
                                    long_samples=long_samples, long_from=args.long_from, text_source=text_source,
+                                   stop_below=args.stop_below,
                                    save_models=f"{args.save_models}/{args.prefix}" if args.save_models else None,
                                    log=lambda s: print(s, flush=True))
     results["wall_seconds"] = round(time.perf_counter() - start, 1)

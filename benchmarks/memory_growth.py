@@ -2,7 +2,7 @@
 
 Reads one sample segment by segment and, after 1, 2, 4, ... segments, prints the norms of A and z
 (mean over layers, and the largest layer) and the answer generated from the question alone with
-that memory. The README's BABILong-on-SmolLM2 section quotes it for run 5 at 16k:
+that memory. docs/results/babilong-smollm2.md quotes it for run 5 at 16k:
 
     python benchmarks/memory_growth.py --model runs/babilong_smollm2_alone5/best --length 16k \
         --babi ../shared/data/babi --background ../shared/data/gutenberg

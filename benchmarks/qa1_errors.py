@@ -4,10 +4,11 @@ For each folder and length: how many answers were right, the place of the story'
 an earlier place of the person asked about, another person's place, a place not in the story, or
 no place (see armt.evaluation.qa1_errors). The facts of each question are drawn again from bAbI
 with the evaluation's seed and split (results.json), and checked against the recorded question and
-answer. The README's BABILong-on-SmolLM2 section quotes it for runs 7-9 at 0k:
+answer. docs/results/babilong-smollm2.md quotes it for runs 7-9 at 0k (the folders that
+benchmarks/smollm2_babilong_alone.sh writes under results/):
 
-    python benchmarks/qa1_errors.py docs/babilong_smollm2_alone7/armt_0k_shared \
-        docs/babilong_smollm2_alone8/armt_0k_shared --babi ../shared/data/babi
+    python benchmarks/qa1_errors.py results/babilong_smollm2_alone7/armt_0k_shared \
+        results/babilong_smollm2_alone8/armt_0k_shared --babi ../shared/data/babi
 """
 from __future__ import annotations
 

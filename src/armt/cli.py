@@ -71,7 +71,7 @@ def _demo(args: argparse.Namespace) -> int:
     capacity_outputs(args.out, "demo", overwrite=args.overwrite)  # refuse before training, not after
     start = time.perf_counter()
     print(f"armt demo: does the memory store and retrieve? ({args.threads} threads, seed {args.seed})", flush=True)
-    results = run_demo(minutes=args.minutes, seed=args.seed, log=lambda s: print(s, flush=True))
+    results = run_demo(steps=args.steps, minutes=args.minutes, seed=args.seed, log=lambda s: print(s, flush=True))
     results["command"] = "armt demo " + " ".join(args.argv)
     results["wall_seconds"] = round(time.perf_counter() - start, 1)
     paths = write_capacity(results, args.out, overwrite=args.overwrite, prefix="demo")
@@ -656,7 +656,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train a tiny ARMT for a few minutes and show that its memory stores "
                           "and retrieves key-value pairs (against the same weights with the memory wiped)")
-    demo.add_argument("--minutes", type=_float_in(0.0, float("inf")), default=5.0, help="training budget")
+    demo.add_argument("--steps", type=_int_at_least(1), default=900,
+                      help="training steps (a step budget prints the same numbers on every machine)")
+    demo.add_argument("--minutes", type=_float_in(0.0, float("inf")), default=None,
+                      help="also stop training after this many minutes (machine-dependent results)")
     demo.add_argument("--out", default="armt-demo", help="folder for demo.json/.md/.png")
     demo.add_argument("--overwrite", action="store_true", help="replace the files of an earlier demo")
     demo.add_argument("--seed", type=int, default=0, help="model and data seed")

@@ -86,10 +86,21 @@ def test_benchmark_skips_lengths_after_chance_and_writes_its_files(tmp_path):
         write_length(res, tmp_path)
 
 
+def test_benchmark_stops_below_a_threshold():
+    recipe = CapacityRecipe(max_steps_per_stage=2, eval_every=2, eval_samples=8)
+    res = run_length_benchmark(["none"], recipe=recipe, model=CapacityModelSpec(**SMALL), stages=[(1, 1)],
+                               distractors=["symbols"], eval_segments=[2, 4, 8], eval_samples=16,
+                               stop_after_chance=None, stop_below=0.99, log=lambda s: None)
+    series = res["models"]["none"]["exact_match"]["symbols"]
+    assert "exact_match" in series["2"] and series["4"] == series["8"] == {"skipped": "below 0.99 at 2"}
+    assert "lower (not run)" in length_table(res) and res["stop_below"] == 0.99
+
+
 def test_benchmark_script_smoke(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "length.py"), "--smoke", "--models", "armt,none",
                           "--out", str(tmp_path), "--save-models", str(tmp_path / "models"),
-                          "--option", "write_gate=hard", "--text-source", "builtin"],
+                          "--option", "write_gate=hard", "--text-source", "builtin", "--write-penalty", "0.1",
+                          "--write-margin", "0.1", "--hold-last", "--stop-below", "0.01"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads((tmp_path / "length.json").read_text())

@@ -48,6 +48,10 @@ def test_time_budget_and_step_limit_end_training(tmp_path):
     assert lines[0]["step"] == 3 and "stage_done" in lines[-1]
     run = train_capacity(model, CapacityRecipe(curriculum=(1,), time_budget_s=1e-9))
     assert run.steps == 0
+    # a step budget over the whole curriculum: the same run on any machine
+    run = train_capacity(model, CapacityRecipe(curriculum=(1, 2), advance_at=0.0, eval_every=2, eval_samples=8,
+                                               max_steps=3, hold_last=True))
+    assert run.steps == 3 and [s["steps"] for s in run.stages] == [2, 1]
 
 
 def test_recipe_refuses_bad_values():

@@ -32,10 +32,11 @@ def _at_chance(result: dict, chance: float) -> bool:
 
 def evaluate_lengths(model, segments: Sequence[int], *, num_facts: int, distractors: str, variant: str,
                      samples: Callable[[int], int], seed: int, text: TextStream | None, chance: float,
-                     stop_after_chance: int | None, wipe_memory: bool = False,
+                     stop_after_chance: int | None, wipe_memory: bool = False, stop_below: float | None = None,
                      log: Callable[[str], None] = print, name: str = "") -> dict[str, dict]:
     """Exact match at each number of segments; once ``stop_after_chance`` lengths in a row are at
-    chance (chance inside the 95% interval), longer ones are recorded as skipped, not run.
+    chance (chance inside the 95% interval), or one length is below ``stop_below``, longer ones
+    are recorded as skipped, not run.
 
     Example:
         >>> spec = CapacityModelSpec(kind="none", layers=1, hidden=32, heads=2, intermediate=64)
@@ -46,10 +47,10 @@ def evaluate_lengths(model, segments: Sequence[int], *, num_facts: int, distract
         (['2', '4'], 8)
     """
     out: dict[str, dict] = {}
-    run_of_chance, skipped_from = 0, None
+    run_of_chance, skipped = 0, None
     for m in segments:
-        if skipped_from is not None:
-            out[str(m)] = {"skipped": f"at chance at the {stop_after_chance} lengths up to {skipped_from}"}
+        if skipped is not None:
+            out[str(m)] = {"skipped": skipped}
             continue
         task = NeedleConfig(num_facts=num_facts, num_segments=int(m), distractors=distractors, variant=variant)
         t0 = time.perf_counter()
@@ -61,7 +62,9 @@ def evaluate_lengths(model, segments: Sequence[int], *, num_facts: int, distract
             f"({res['seconds']}s)")
         run_of_chance = run_of_chance + 1 if _at_chance(res, chance) else 0
         if stop_after_chance and run_of_chance >= stop_after_chance:
-            skipped_from = m
+            skipped = f"at chance at the {stop_after_chance} lengths up to {m}"
+        elif stop_below is not None and res["exact_match"] < stop_below:
+            skipped = f"below {stop_below} at {m}"
     return out
 
 
@@ -71,7 +74,8 @@ def run_length_benchmark(kinds: Sequence[str] = ("armt", "rmt", "none"), *, reci
                          distractors: Sequence[str] = DISTRACTORS, variant: str = "remember",
                          eval_segments: Sequence[int] = EVAL_SEGMENTS, eval_samples: int = 64,
                          long_samples: int = 32, long_from: int = 4096, eval_seed: int = 12345,
-                         stop_after_chance: int | None = 2, text_source: str | None = None,
+                         stop_after_chance: int | None = 2, stop_below: float | None = None,
+                         text_source: str | None = None,
                          save_models: str | os.PathLike | None = None, log: Callable[[str], None] = print,
                          log_path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Train each model kind through ``stages`` (``(num_facts, num_segments)``, the same budget
@@ -104,7 +108,8 @@ def run_length_benchmark(kinds: Sequence[str] = ("armt", "rmt", "none"), *, reci
         "stages": [list(s) for s in stages], "train_segments": max(m for _, m in stages),
         "recipe": asdict(recipe), "model": asdict(model), "eval_segments": list(eval_segments),
         "eval_samples": eval_samples, "long_samples": long_samples, "long_from": long_from,
-        "eval_seed": eval_seed, "stop_after_chance": stop_after_chance, "chance": chance,
+        "eval_seed": eval_seed, "stop_after_chance": stop_after_chance, "stop_below": stop_below,
+        "chance": chance,
         "threads": torch.get_num_threads(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "torch": torch.__version__, "models": {},
     }
@@ -139,7 +144,8 @@ def run_length_benchmark(kinds: Sequence[str] = ("armt", "rmt", "none"), *, reci
         start = time.perf_counter()
         common = dict(num_facts=num_facts, variant=variant, samples=samples, seed=eval_seed, text=text,
                       chance=chance, log=log, name=kind)
-        em = {d: evaluate_lengths(net, eval_segments, distractors=d, stop_after_chance=stop_after_chance, **common)
+        em = {d: evaluate_lengths(net, eval_segments, distractors=d, stop_after_chance=stop_after_chance,
+                                  stop_below=stop_below, **common)
               for d in distractors}
         # the no-memory model's answer is already memory-free; the wiped control costs one segment
         wiped = None if kind == "none" else {
@@ -158,7 +164,7 @@ def run_length_benchmark(kinds: Sequence[str] = ("armt", "rmt", "none"), *, reci
 
 def _cell(result: dict) -> str:
     if "skipped" in result:
-        return "chance (not run)"
+        return "chance (not run)" if result["skipped"].startswith("at chance") else "lower (not run)"
     low, high = result["interval"]
     return f"{result['exact_match']:.2f} [{low:.2f}, {high:.2f}]"
 

@@ -94,6 +94,8 @@ class CapacityRecipe:
         advance_at: exact match that ends a stage.
         time_budget_s: wall-clock limit of the whole training (evaluations included).
         max_steps_per_stage: step limit of one stage (``None``: only the time budget).
+        max_steps: step limit of the whole training (``None``: only the time budget). A step
+            budget gives the same run on a loaded or a faster machine; a time budget does not.
         batch_size, learning_rate, warmup_steps, weight_decay, max_grad_norm: the optimiser
             (AdamW, linear warm-up then constant; the curriculum's length is not known ahead).
         eval_every: steps between evaluations; eval_samples: samples per evaluation.
@@ -120,6 +122,7 @@ class CapacityRecipe:
     advance_at: float = 0.95
     time_budget_s: float = 1800.0
     max_steps_per_stage: int | None = None
+    max_steps: int | None = None
     batch_size: int = 64
     learning_rate: float = 1e-3
     warmup_steps: int = 100
@@ -142,6 +145,8 @@ class CapacityRecipe:
                                       for n in self.curriculum):
             raise ValueError(f"curriculum must be a non-empty list of pair counts >= 1, got {self.curriculum!r}.")
         object.__setattr__(self, "curriculum", tuple(self.curriculum))
+        if self.max_steps is not None:
+            check_positive_int(self, "max_steps", "Use a number of optimizer steps, or None.")
         for name in ("batch_size", "eval_every", "eval_samples"):
             check_positive_int(self, name, "Use a positive number.")
         if self.variant not in VARIANTS:
@@ -306,6 +311,8 @@ def train_stages(model: ARMTForCausalLM, stages: Sequence, recipe: CapacityRecip
                 if recipe.max_steps_per_stage is not None and stage_steps >= recipe.max_steps_per_stage:
                     break
                 if time.perf_counter() - start_time >= recipe.time_budget_s:
+                    break
+                if recipe.max_steps is not None and run.steps >= recipe.max_steps:
                     break
                 batch = stage.batch(recipe.batch_size, gen)
                 t0 = time.perf_counter()

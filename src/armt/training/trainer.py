@@ -113,7 +113,8 @@ class ARMTTrainer(Trainer):
             (see above); ``False`` always generates them (e.g. to time the two ways).
         tokenizer: saved with every checkpoint (not handed to the Trainer, whose special-token
             alignment expects a transformers model config).
-        Everything else as ``transformers.Trainer``.
+
+    Everything else as ``transformers.Trainer``.
     """
 
     def __init__(self, *args, metrics: Sequence[str] = (), metric_fns: Sequence[Callable] = (),

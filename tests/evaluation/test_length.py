@@ -96,6 +96,30 @@ def test_benchmark_stops_below_a_threshold():
     assert "lower (not run)" in length_table(res) and res["stop_below"] == 0.99
 
 
+def test_results_of_several_runs_combine_into_one_table_and_plot(tmp_path):
+    from armt.evaluation.length import combine_lengths
+
+    recipe = CapacityRecipe(max_steps_per_stage=2, eval_every=2, eval_samples=8)
+    kw = dict(recipe=recipe, model=CapacityModelSpec(**SMALL), stages=[(1, 1)], distractors=["symbols"],
+              eval_samples=8, log=lambda s: None)
+    a = run_length_benchmark(["armt", "none"], eval_segments=[2, 4], **kw)
+    b = run_length_benchmark(["armt"], eval_segments=[2, 4], **kw)
+    merged = combine_lengths([(a, "official"), (b, "variant")])
+    assert [e["label"] for e in merged["models"].values()] == ["official", "no memory", "variant"]
+    table = length_table(merged)
+    assert "official, symbols" in table and "variant wiped, symbols" in table
+    for i, res in enumerate((a, b)):
+        (tmp_path / f"{i}.json").write_text(json.dumps(res))
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "length_compare.py"), f"{tmp_path}/0.json=x",
+                          f"{tmp_path}/1.json=y", "--models", "armt", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "length_compare.png").exists() and "| x, symbols |" in out.stdout
+    c = run_length_benchmark(["none"], eval_segments=[2, 8], **kw)
+    with pytest.raises(ValueError, match="eval_segments"):
+        combine_lengths([(a, None), (c, None)])
+
+
 def test_benchmark_script_smoke(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "length.py"), "--smoke", "--models", "armt,none",
                           "--out", str(tmp_path), "--save-models", str(tmp_path / "models"),

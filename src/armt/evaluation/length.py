@@ -196,6 +196,38 @@ def length_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def combine_lengths(runs: Sequence[tuple[dict[str, Any], str | None]],
+                    kinds: Sequence[str] | None = None) -> dict[str, Any]:
+    """Several length benchmark results as one (its table and plot show them side by side).
+    Each run is ``(results, label)``; ``label`` renames the run's ARMT model. ``kinds`` keeps
+    only those model kinds of each run. The runs must share the task, the training length and
+    the evaluated lengths.
+
+    Example:
+        >>> a = {"task": {"num_facts": 4}, "train_segments": 16, "eval_segments": [16],
+        ...      "models": {"armt": {"label": "ARMT"}, "rmt": {"label": "RMT"}}}
+        >>> merged = combine_lengths([(a, "official"), (a, "hard gate")], kinds=["armt"])
+        >>> [e["label"] for e in merged["models"].values()]
+        ['official', 'hard gate']
+    """
+    if not runs:
+        raise ValueError("combine_lengths needs at least one run.")
+    first = runs[0][0]
+    merged = {**first, "models": {}, "combined_from": []}
+    for i, (results, label) in enumerate(runs):
+        for key in ("task", "train_segments", "eval_segments"):
+            if results[key] != first[key]:
+                raise ValueError(f"run {i} has {key}={results[key]!r} but run 0 has {first[key]!r}; only runs of the "
+                                 "same task, training length and evaluated lengths can be combined.")
+        merged["combined_from"].append(results.get("command", f"run {i}"))
+        for kind, entry in results["models"].items():
+            if kinds is not None and kind not in kinds:
+                continue
+            name = label if (label and kind == "armt") else entry["label"]
+            merged["models"][f"{i}:{kind}"] = {**entry, "label": name}
+    return merged
+
+
 def write_length(results: dict[str, Any], out_dir: str | os.PathLike, prefix: str = "length", *,
                  overwrite: bool = False) -> list[Path]:
     """Write ``<prefix>.json``, ``<prefix>.md`` and ``<prefix>.png`` into ``out_dir``; existing

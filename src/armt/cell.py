@@ -173,10 +173,6 @@ class ARMTCell(nn.Module):
             for name, tensor in expected.items():
                 tensor.copy_(weights[name])
 
-    def detach_hooks(self) -> None:
-        """Kept for code written against earlier versions: the hooks now exist only while a
-        segment runs, so outside one the base model is always plain and there is nothing to do."""
-
     def check_memory(self, memory: MemoryState | None, batch_size: int) -> None:
         """Raise if ``memory`` was not made by a model of this config for this batch size."""
         if memory is None:

@@ -304,7 +304,7 @@ def _inspect_memory(args: argparse.Namespace) -> int:
         raise ValueError(f"--input has token id {int(ids.max())} but the model's vocabulary has {vocab}; use the "
                          "model's own tokenizer (--tokenizer) or a needle: input made for it.")
     start = time.perf_counter()
-    trace = inspect_memory(model, ids, description=f"{args.model}: {what}")
+    trace = inspect_memory(model, ids, description=f"{args.model}: {what}", progress=not args.quiet)
     os.makedirs(out, exist_ok=True)
     trace.save_json(paths[0])
     trace.plot(paths[1])
@@ -740,6 +740,7 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--encoding", type=_encoding, default="utf-8", help="text encoding of --input")
     ins.add_argument("--max-chars", type=_int_at_least(1), default=1 << 20, help="read at most this many characters of --input")
     ins.add_argument("--seed", type=int, default=0, help="which needle sample")
+    ins.add_argument("--quiet", action="store_true", help="no progress bar")
     ins.add_argument("--books", default="builtin",
                      help="folder of .txt books for needle:KxM:text (default: built-in generated prose)")
     ins.set_defaults(func=_inspect_memory)

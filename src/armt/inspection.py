@@ -197,9 +197,10 @@ def _recorder(model, row: dict[int, dict[str, float]]):
 
 @torch.no_grad()
 def inspect_memory(model, input_ids: Tensor, *, memory=None, marks: Sequence[int] | None = None,
-                   description: str = "") -> MemoryTrace:
+                   description: str = "", progress: bool = False) -> MemoryTrace:
     """Read ``input_ids`` ``(B, L)`` segment by segment and record the memory's statistics (see
     the module docstring) at the segments ``marks`` (1-based; default :func:`default_marks`).
+    ``progress`` shows a tqdm bar over the segments.
 
     Example:
         >>> import torch
@@ -225,8 +226,15 @@ def inspect_memory(model, input_ids: Tensor, *, memory=None, marks: Sequence[int
     model.eval()
     embed = cell.runner.get_input_embeddings()
     device = cell.memory_tokens.device
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, unit="seg", desc="inspecting", dynamic_ncols=True)
     try:
         for s in range(n):
+            if bar is not None:
+                bar.update(1)
             row: dict[int, dict[str, float]] = {}
             on_read, on_write = _recorder(model, row)
             with watch_memory(model, on_read, on_write):
@@ -239,4 +247,6 @@ def inspect_memory(model, input_ids: Tensor, *, memory=None, marks: Sequence[int
                                               for layer in range(cell.num_layers)])
     finally:
         model.train(was_training)
+        if bar is not None:
+            bar.close()
     return trace

@@ -48,6 +48,9 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default=None, help="robustness mode: train ARMT once per seed (comma-separated) "
                    "through --curriculum and report the step at which each stage passed")
     p.add_argument("--max-steps-per-stage", type=int, default=None)
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="optimizer steps of the whole training (a budget that does not depend on the machine's load; "
+                        "the time budget still applies)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="docs", help="folder for capacity.json/.md/.png")
     p.add_argument("--prefix", default="capacity")
@@ -85,7 +88,7 @@ def main(argv=None) -> int:
     recipe = CapacityRecipe(curriculum=tuple(int(n) for n in args.curriculum.split(",")),
                             time_budget_s=args.budget_min * 60, learning_rate=args.lr, warmup_steps=args.warmup,
                             batch_size=args.batch_size, variant=args.variant, seed=args.seed,
-                            max_steps_per_stage=args.max_steps_per_stage)
+                            max_steps_per_stage=args.max_steps_per_stage, max_steps=args.max_steps)
     model = CapacityModelSpec(seed=args.seed, wavefront=args.wavefront, options=tuple(args.option))
     eval_pairs = [int(n) for n in args.eval_pairs.split(",")]
     eval_samples = args.eval_samples

@@ -55,6 +55,8 @@ def main(argv=None) -> int:
                         "4 x this below the shut point")
     p.add_argument("--hold-last", action="store_true",
                    help="train the last stage for the rest of the budget once it passes (default: stop there)")
+    p.add_argument("--keep-best", action="store_true",
+                   help="with --hold-last: keep the weights of the held stage's best evaluation, not the last step's")
     p.add_argument("--lr", type=float, default=CapacityRecipe.learning_rate)
     p.add_argument("--batch-size", type=int, default=CapacityRecipe.batch_size)
     p.add_argument("--seed", type=int, default=0, help="model and data seed")
@@ -68,6 +70,8 @@ def main(argv=None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace existing result files")
     p.add_argument("--smoke", action="store_true", help="tiny model, a few steps (a test of this script)")
     args = p.parse_args(argv)
+    if args.keep_best and not args.hold_last:
+        p.error("--keep-best picks among the evaluations of the held last stage: add --hold-last")
     if args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
@@ -90,13 +94,14 @@ def main(argv=None) -> int:
         text_source = str(shared) if shared.is_dir() else "builtin"
     recipe = CapacityRecipe(time_budget_s=args.budget_min * 60, max_steps=args.max_steps, learning_rate=args.lr,
                             batch_size=args.batch_size, seed=args.seed, advance_at=args.advance_at, write_penalty=args.write_penalty,
-                            write_margin=args.write_margin, hold_last=args.hold_last)
+                            write_margin=args.write_margin, hold_last=args.hold_last,
+                            keep_best=args.keep_best)
     model = CapacityModelSpec(seed=args.seed, options=tuple(args.option))
     eval_samples, long_samples = args.eval_samples, args.long_samples
     if args.smoke:
         recipe = CapacityRecipe(max_steps_per_stage=2, eval_every=2, eval_samples=8, seed=args.seed,
                                 write_penalty=args.write_penalty, write_margin=args.write_margin,
-                                hold_last=args.hold_last)
+                                hold_last=args.hold_last, keep_best=args.keep_best)
         model = CapacityModelSpec(layers=1, hidden=32, heads=2, intermediate=64, seed=args.seed,
                                   options=tuple(args.option))
         stages, segments, eval_samples, long_samples = stages[:2], segments[:2], 8, 8

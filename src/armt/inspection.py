@@ -118,8 +118,8 @@ def watch_memory(model, on_read: Callable | None = None, on_write: Callable | No
     associative memories (the sequential segment loop; the wavefront does not go through them)
     while the context is open; ``on_gate(layer, x)`` gets the write strength's input before the
     gate (``beta = gate(x)``, ``(B, H, M, 1 or d_model / H)``). The tensors keep their gradients, so a training loss can use them
-    (:class:`armt.training.capacity.CapacityRecipe` ``write_penalty``). The memories' own methods
-    are back when the context ends.
+    (:class:`armt.training.write_penalty.WritePenalty`). Watches nest; the memories' own methods
+    are back when the last one ends.
 
     Example:
         >>> import torch
@@ -134,36 +134,49 @@ def watch_memory(model, on_read: Callable | None = None, on_write: Callable | No
         [0, 1, 0, 1]
     """
     mems = list(model.cell.memory_layers)
+    callbacks = (on_read, on_write, on_gate)
 
-    def watch(index, mem):
+    def install(index, mem) -> list:
+        # one wrapper per memory, shared by nested watches: each adds its callbacks to the list
+        watchers = mem.__dict__.get("_armt_watchers")
+        if watchers is not None:
+            return watchers
+        watchers = []
         read = mem.read
 
         def watched_read(hidden: Tensor, memory) -> Tensor:
             out = read(hidden, memory)
-            if on_read is not None:
-                on_read(index, hidden, out)
+            for reader, _, _ in list(watchers):
+                if reader is not None:
+                    reader(index, hidden, out)
             return out
 
         def watched_write(mem_out: Tensor, memory):
             kvb = F.linear(mem_out, *mem.write_projection())
-            if on_gate is not None:
-                on_gate(index, mem._heads(kvb[..., -mem.W_mb.out_features:]))
+            for _, _, gate in list(watchers):
+                if gate is not None:
+                    gate(index, mem._heads(kvb[..., -mem.W_mb.out_features:]))
             k, v, beta = mem.write_features(kvb)  # (B, H, M, .)
             new = mem.write_features_into(k, v, beta, memory)
-            if on_write is not None:
-                on_write(index, memory, k, beta, new)
+            for _, writer, _ in list(watchers):
+                if writer is not None:
+                    writer(index, memory, k, beta, new)
             return new
 
         # instance attributes shadow the class's methods, which `bind` calls through self
-        mem.read, mem.write = watched_read, watched_write
+        mem.read, mem.write, mem._armt_watchers = watched_read, watched_write, watchers
+        return watchers
 
     for i, mem in enumerate(mems):
-        watch(i, mem)
+        install(i, mem).append(callbacks)
     try:
         yield
     finally:
         for mem in mems:
-            del mem.read, mem.write
+            watchers = mem.__dict__["_armt_watchers"]
+            watchers.remove(callbacks)
+            if not watchers:
+                del mem.read, mem.write, mem._armt_watchers
 
 
 def _recorder(model, row: dict[int, dict[str, float]]):

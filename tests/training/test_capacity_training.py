@@ -146,6 +146,44 @@ def test_hold_last_keeps_training_the_last_stage_after_it_passes():
     assert [e["step"] for e in held.evaluations] == [2, 4, 6, 8]
 
 
+def test_keep_best_ends_with_the_weights_of_the_best_held_evaluation():
+    from armt.evaluation.needle import NeedleStage
+    from armt.training.capacity import train_stages
+
+    class Scripted(NeedleStage):
+        """A needle stage whose evaluations are scripted, recording the weights each one saw."""
+
+        def __init__(self, scores):
+            super().__init__(1, 2)
+            self.scores, self.seen = list(scores), []
+
+        def evaluate(self, model, num_samples, seed):
+            self.seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            return self.scores[len(self.seen) - 1]
+
+    def run(keep_best, scores):
+        model = CapacityModelSpec(**SMALL).build()
+        stage = Scripted(scores)
+        recipe = CapacityRecipe(curriculum=(1,), advance_at=0.5, max_steps_per_stage=8, eval_every=2,
+                                eval_samples=4, hold_last=True, keep_best=keep_best, learning_rate=1e-2)
+        return model, stage, train_stages(model, [stage], recipe)
+
+    # the held stage peaks at its second evaluation (step 4), then collapses
+    model, stage, result = run(True, [0.6, 0.9, 0.1, 0.2])
+    assert result.stages[-1]["kept_step"] == 4 and result.stages[-1]["passed"]
+    final = model.state_dict()
+    assert all(torch.equal(final[k], stage.seen[1][k]) for k in final)
+    assert not all(torch.equal(final[k], stage.seen[3][k]) for k in final)
+    # equal scores: the latest is kept; without keep_best the last step's weights stay
+    _, _, result = run(True, [0.9, 0.9, 0.1, 0.9])
+    assert result.stages[-1]["kept_step"] == 8
+    model, stage, result = run(False, [0.6, 0.9, 0.1, 0.2])
+    assert "kept_step" not in result.stages[-1]
+    assert not all(torch.equal(v, stage.seen[1][k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="hold_last"):
+        CapacityRecipe(keep_best=True)
+
+
 def test_write_margin_shuts_gates_with_room_to_spare():
     from armt.evaluation.needle import NeedleStage
     from armt.training.capacity import train_stages

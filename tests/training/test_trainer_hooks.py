@@ -43,3 +43,17 @@ def test_the_trainer_still_calls_each_private_override(name):
                      if m.__qualname__.startswith("Trainer."))
     assert f"self.{name}(" in source, (f"transformers.Trainer no longer calls self.{name}(...); ARMTTrainer.{name} "
                                        f"({PRIVATE_OVERRIDES[name]}) would never run")
+
+
+# attributes of transformers.Trainer that ARMTTrainer reads -> why
+TRAINER_ATTRIBUTES = {
+    "model_accepts_loss_kwargs": "the write penalty is scaled like the task loss under gradient accumulation",
+    "current_gradient_accumulation_steps": "the write penalty is a mean over the accumulated micro-batches",
+}
+
+
+@pytest.mark.parametrize("name", list(TRAINER_ATTRIBUTES))
+def test_the_trainer_still_sets_each_attribute_armt_reads(name):
+    source = inspect.getsource(Trainer)
+    assert f"self.{name} =" in source, (f"transformers.Trainer no longer sets self.{name}; ARMTTrainer reads it "
+                                        f"({TRAINER_ATTRIBUTES[name]})")

@@ -70,10 +70,14 @@ def test_twenty_steps_log_to_tensorboard_and_keep_the_best_model(tmp_path):
     assert (tmp_path / "run" / "run_config.yaml").exists() and (tmp_path / "run" / "best" / "armt_config.json").exists()
 
 
-def _grads_after_one_step(tmp_path, batch, accumulation):
+def _grads_after_one_step(tmp_path, batch, accumulation, penalty=None, logs=None):
     from armt.training.run import build_model
+    from armt.training.write_penalty import WritePenalty
 
     cfg = tiny_run(tmp_path)
+    if penalty is not None:
+        cfg = RunConfig.from_dict({**cfg.to_dict(), "armt": {**cfg.to_dict()["armt"], "write_gate": "hard"},
+                                   "write_penalty": penalty, "write_margin": 0.25})
     torch.manual_seed(0)
     model = build_model(cfg)
     for module in model.modules():  # dropout masks would differ between the two batchings
@@ -86,7 +90,7 @@ def _grads_after_one_step(tmp_path, batch, accumulation):
         labels = ids.clone()
         labels[: 4 + 5 * i] = -100
         items.append({"input_ids": ids, "labels": labels})
-    grads, losses = {}, []
+    grads, losses, seen = {}, [], {} if logs is None else logs
 
     class Grab(TrainerCallback):
         def on_pre_optimizer_step(self, args, state, control, **kwargs):
@@ -95,13 +99,15 @@ def _grads_after_one_step(tmp_path, batch, accumulation):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
                 losses.append(logs["loss"])
+                seen.update(logs)
 
     args = TrainingArguments(output_dir=str(tmp_path / f"ga{accumulation}"), per_device_train_batch_size=batch,
                              gradient_accumulation_steps=accumulation, max_steps=1, learning_rate=1e-3,
                              logging_steps=1, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True,
                              remove_unused_columns=False, seed=0, data_seed=0)
     trainer = ARMTTrainer(model=model, args=args, train_dataset=items, data_collator=SegmentCollator(),
-                          callbacks=[Grab()])
+                          callbacks=[Grab()],
+                          write_penalty=WritePenalty.for_model(model, cfg.write_penalty, cfg.write_margin))
     trainer.train()
     return grads, losses[0]
 
@@ -113,6 +119,37 @@ def test_gradient_accumulation_equals_the_full_batch(tmp_path):
     for name in full:
         torch.testing.assert_close(accumulated[name], full[name], atol=1e-5, rtol=1e-4)
     assert loss_acc == pytest.approx(loss_full, abs=1e-5)
+
+
+def test_write_penalty_joins_the_training_loss_and_accumulates_like_the_full_batch(tmp_path):
+    logs = {}
+    full, loss_full = _grads_after_one_step(tmp_path / "a", 4, 1, penalty=5.0, logs=logs)
+    accumulated, loss_acc = _grads_after_one_step(tmp_path / "b", 1, 4, penalty=5.0)
+    plain, loss_plain = _grads_after_one_step(tmp_path / "c", 4, 1, penalty=0.0)
+    for name in full:
+        torch.testing.assert_close(accumulated[name], full[name], atol=1e-5, rtol=1e-4)
+    assert loss_acc == pytest.approx(loss_full, abs=1e-5)
+    # the logged loss is the task loss plus 5 x the (margin-widened) write strength
+    assert 0 < logs["write_strength"] <= 1.25 and 0 <= logs["write_open"] <= 1
+    assert loss_full == pytest.approx(loss_plain + 5.0 * logs["write_strength"], abs=1e-4)
+    # the penalty reaches the write gates' weights and nothing of the base's first layer
+    gate = [n for n in full if "W_mb" in n]
+    assert gate and any(not torch.allclose(full[n], plain[n]) for n in gate)
+
+
+def test_write_penalty_config_is_checked(tmp_path):
+    values = tiny_run(tmp_path / "run").to_dict()
+    assert "write_penalty" not in values  # runs saved before the key existed resume unchanged
+    with pytest.raises(ValueError, match="write_gate: hard"):
+        RunConfig.from_dict({**values, "write_penalty": 1.0, "write_margin": 0.25})
+    with pytest.raises(ValueError, match="write_penalty must be"):
+        RunConfig.from_dict({**values, "write_penalty": -1})
+    rmt = {**values, "armt": {**values["armt"], "memory": "tokens"}, "write_penalty": 1.0}
+    with pytest.raises(ValueError, match="associative"):
+        RunConfig.from_dict(rmt)
+    cfg = RunConfig.from_dict({**values, "armt": {**values["armt"], "write_gate": "hard"}, "write_penalty": 2,
+                               "write_margin": 0.25})
+    assert cfg.to_dict()["write_penalty"] == 2 and RunConfig.from_dict(cfg.to_dict()) == cfg
 
 
 class Crash(TrainerCallback):

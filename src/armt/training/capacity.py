@@ -23,8 +23,8 @@ from torch import Tensor
 from ..checks import check_positive_int
 from ..config import ARMTConfig
 from ..data.capacity import VARIANTS, CapacityConfig, CapacityDataset, capacity_batch
-from ..inspection import watch_memory
 from ..model import ARMTForCausalLM
+from .write_penalty import WritePenalty
 
 MODEL_KINDS = ("armt", "rmt", "none")
 
@@ -116,6 +116,9 @@ class CapacityRecipe:
         hold_last: once the last stage reaches ``advance_at``, keep training on it until the time
             budget (or its step limit) is spent instead of stopping there. The evaluations go on
             being logged; the stage counts as passed.
+        keep_best: with ``hold_last``, end with the weights of the held stage's best evaluation
+            (the latest of equal ones) instead of the last step's: a late collapse of the held
+            stage then does not reach the saved model. The stage record gets ``kept_step``.
     """
 
     curriculum: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
@@ -135,8 +138,12 @@ class CapacityRecipe:
     write_penalty: float = 0.0
     write_margin: float = 0.0
     hold_last: bool = False
+    keep_best: bool = False
 
     def __post_init__(self) -> None:
+        if self.keep_best and not self.hold_last:
+            raise ValueError("keep_best picks among the evaluations of the held last stage; set hold_last=True "
+                             "as well (without it every stage ends at its first passing evaluation).")
         if not self.write_margin >= 0:
             raise ValueError(f"write_margin must be >= 0, got {self.write_margin!r}.")
         if not self.write_penalty >= 0:
@@ -292,20 +299,14 @@ def train_stages(model: ARMTForCausalLM, stages: Sequence, recipe: CapacityRecip
             sink.write(json.dumps(record) + "\n")
             sink.flush()
 
-    penalise = recipe.write_penalty > 0 and model.config.use_memory and model.config.memory == "associative"
-    hard = model.config.write_gate == "hard"
-    if recipe.write_margin > 0 and not hard:
-        raise ValueError("write_margin needs ARMTConfig(write_gate='hard'): the sigmoid gate never shuts, so there is "
-                         "no edge to keep a margin from.")
-    if penalise and model.config.wavefront:
-        raise ValueError("write_penalty needs the sequential segment loop (the wavefront does not go through the "
-                         "memories' writes); build the model with wavefront=False.")
+    penalty = WritePenalty.for_model(model, recipe.write_penalty, recipe.write_margin)
     try:
         model.train()
         stages = list(stages)
         for index, stage in enumerate(stages):
             hold = recipe.hold_last and index == len(stages) - 1
             stage_start, stage_steps, passed, best = time.perf_counter(), 0, False, 0.0
+            kept: tuple[int, dict] | None = None
             step_time, losses, betas, opens = [], [], [], []
             while True:
                 if recipe.max_steps_per_stage is not None and stage_steps >= recipe.max_steps_per_stage:
@@ -316,30 +317,18 @@ def train_stages(model: ARMTForCausalLM, stages: Sequence, recipe: CapacityRecip
                     break
                 batch = stage.batch(recipe.batch_size, gen)
                 t0 = time.perf_counter()
-                strengths: list[Tensor] = []
-                opened: list[Tensor] = []
-                watched = penalise and getattr(stage, "penalise_writes", True)
-
-                def on_gate(layer, x):
-                    # the gate as the penalty sees it: with a margin it shuts later than the model's
-                    if hard:
-                        m = recipe.write_margin
-                        strengths.append((x * 0.25 + 0.5 + m).clamp(0, 1 + m).mean())
-                        opened.append((x > -2.0).float().mean())
-                    else:
-                        strengths.append(torch.sigmoid(x).mean())
-
-                with watch_memory(model, on_gate=on_gate) if watched else nullcontext():
+                watched = penalty is not None and getattr(stage, "penalise_writes", True)
+                with penalty.watch(model) if watched else nullcontext():
                     # ARMTConfig.wavefront covers passes without gradients; training asks per call
                     out = model(batch["input_ids"].to(device), labels=batch["labels"].to(device),
                                 output_only_last_segment=True, wavefront=model.config.wavefront or None)
                 loss = out.loss
-                if strengths:
-                    strength = torch.stack(strengths).mean()
-                    loss = loss + recipe.write_penalty * strength
+                strength = penalty.strength() if watched else None
+                if strength is not None:
+                    loss = loss + penalty.weight * strength
                     betas.append(strength.item())
-                    if opened:
-                        opens.append(torch.stack(opened).mean().item())
+                    if penalty.open_share() is not None:
+                        opens.append(penalty.open_share())
                 loss.backward()
                 if recipe.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
@@ -368,10 +357,16 @@ def train_stages(model: ARMTForCausalLM, stages: Sequence, recipe: CapacityRecip
                         passed = True
                         if not hold:
                             break
+                    if hold and recipe.keep_best and em >= best:
+                        # a copy, not a reference: the optimiser updates the tensors in place
+                        kept = (run.steps, {k: v.detach().clone() for k, v in model.state_dict().items()})
             if step_time:
                 run.step_seconds[stage.key] = sorted(step_time)[len(step_time) // 2]
             done = {**stage.fields, "steps": stage_steps, "passed": passed, "best_exact_match": best,
                     "seconds": round(time.perf_counter() - stage_start, 1)}
+            if kept is not None:
+                model.load_state_dict(kept[1])
+                done["kept_step"] = kept[0]
             run.stages.append(done)
             emit({"stage_done": done})
             if not passed:

@@ -188,6 +188,11 @@ class RunConfig:
         ... })
         >>> [s.num_segments for s in cfg.stages], cfg.training["learning_rate"]
         ([2], 0.001)
+
+    ``write_penalty`` adds that times the memory's mean write strength to the training loss, and
+    ``write_margin`` (with ``armt.write_gate: hard``) keeps penalised gates that far from the
+    edge: :class:`armt.training.write_penalty.WritePenalty`, the recipe that keeps a memory right
+    far beyond its training length (docs/results/length.md).
     """
 
     model: ModelSpec
@@ -199,6 +204,8 @@ class RunConfig:
     early_stopping_patience: int | None = None
     custom_metrics: list[str] = field(default_factory=list)
     batch_transforms: list[str] = field(default_factory=list)
+    write_penalty: float = 0.0
+    write_margin: float = 0.0
     # the armt keys the config gave (from_dict records them); with model.init_from these, and
     # only these, are checked against the saved model's config (None: those that differ from
     # ARMTConfig's defaults)
@@ -232,6 +239,19 @@ class RunConfig:
             if key in self.training and self.curriculum:
                 raise ValueError(f"training.{key} conflicts with the curriculum; set max_steps per stage instead "
                     f"(on the command line, --training.{key} null removes it).")
+        for key in ("write_penalty", "write_margin"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{key} must be a number >= 0, got {value!r}.")
+        if self.write_penalty and (not self.armt.use_memory or self.armt.memory != "associative"):
+            raise ValueError("write_penalty penalises the associative memory's writes; this model has none "
+                             "(armt.memory: associative, armt.use_memory: true), or set write_penalty: 0.")
+        if self.write_penalty and self.armt.wavefront:
+            raise ValueError("write_penalty needs the sequential segment loop (the wavefront does not go through the "
+                             "memories' writes); set armt.wavefront: false.")
+        if self.write_margin and self.armt.write_gate != "hard":
+            raise ValueError("write_margin needs armt.write_gate: hard (the sigmoid gate never shuts, so there is no "
+                             "edge to keep a margin from).")
         bad = sorted(set(self.metrics) - set(METRICS))
         if bad:
             raise ValueError(f"metrics: {bad[0]!r} is unknown; built-in metrics are {METRICS} "
@@ -270,6 +290,8 @@ class RunConfig:
                    curriculum=stages, armt_keys=frozenset(armt), **values)
 
     def to_dict(self) -> dict[str, Any]:
+        # the penalty's keys only where set: a run saved before they existed resumes unchanged
+        penalty = {k: getattr(self, k) for k in ("write_penalty", "write_margin") if getattr(self, k)}
         return {
             "model": dataclasses.asdict(self.model),
             "armt": self.armt.to_dict(),
@@ -280,6 +302,7 @@ class RunConfig:
             "early_stopping_patience": self.early_stopping_patience,
             "custom_metrics": list(self.custom_metrics),
             "batch_transforms": list(self.batch_transforms),
+            **penalty,
         }
 
 

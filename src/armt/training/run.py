@@ -25,6 +25,7 @@ from ..saving import load_into, load_saved_base, saved_config
 from .config import RunConfig, Stage
 from .curriculum import MixedSegments
 from .trainer import ARMTTrainer, SegmentCollator, StopAtMetric, import_object
+from .write_penalty import WritePenalty
 
 logger = logging.getLogger(__name__)
 STATE_NAME = "curriculum_state.json"
@@ -534,6 +535,7 @@ def _train_stages(cfg: RunConfig, out: Path, *, resume: bool, tokenizer, metric_
             callbacks=stage_callbacks, metrics=cfg.metrics, metric_fns=fns, num_segments=stage.num_segments,
             save_base=not cfg.model.freeze_base or cfg.model.tiny is not None,
             generation_kwargs=generation_defaults(tokenizer),
+            write_penalty=WritePenalty.for_model(model, cfg.write_penalty, cfg.write_margin),
         )
         checkpoint = _latest_checkpoint(stage_dir) if resume else None
         finished = _finished_checkpoint(checkpoint, stage.max_steps)

@@ -1,7 +1,8 @@
 """The Hugging Face ``Trainer`` taught three things about ARMT: checkpoints are ARMT
 ``save_pretrained`` directories, the loss is weighted by scored pairs across gradient
 accumulation and processes, and evaluation computes the loss over the whole set, the loss of
-every segment, exact-match accuracy of generated answers and any custom metric."""
+every segment, exact-match accuracy of generated answers and any custom metric; optionally a
+penalty on the memory's write strength joins the training loss."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import importlib
 import os
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +19,7 @@ from transformers import Trainer, TrainerCallback
 
 from ..adapters import has_adapters
 from ..saving import load_into
+from .write_penalty import WritePenalty
 
 MODEL_KEYS = ("input_ids", "attention_mask", "labels", "labels_mask")
 
@@ -113,14 +116,21 @@ class ARMTTrainer(Trainer):
             (see above); ``False`` always generates them (e.g. to time the two ways).
         tokenizer: saved with every checkpoint (not handed to the Trainer, whose special-token
             alignment expects a transformers model config).
+        write_penalty: a :class:`armt.training.write_penalty.WritePenalty` added to the training
+            loss (not to the evaluation loss); the logs get ``write_strength`` and, with the hard
+            gate, ``write_open`` (the share of writes with ``beta > 0``). The logged ``loss``
+            includes the penalty.
 
     Everything else as ``transformers.Trainer``.
     """
 
     def __init__(self, *args, metrics: Sequence[str] = (), metric_fns: Sequence[Callable] = (),
                  num_segments: int | None = None, save_base: bool = True,
-                 generation_kwargs: dict | None = None, tokenizer=None, answers_from_loss: bool = True, **kwargs):
+                 generation_kwargs: dict | None = None, tokenizer=None, answers_from_loss: bool = True,
+                 write_penalty: WritePenalty | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.write_penalty = write_penalty
+        self._write_logs: dict[str, list[float]] = {"write_strength": [], "write_open": []}
         self.armt_tokenizer = tokenizer
         self.armt_metrics = tuple(metrics)
         self.metric_fns = tuple(metric_fns)
@@ -149,7 +159,21 @@ class ARMTTrainer(Trainer):
         # the loss is the same, but earlier segments' logits (and, with bptt_segments, their
         # graphs) are not kept: training memory stays flat in the number of segments
         inputs = {**inputs, "output_only_last_segment": True}
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        penalty = self.write_penalty if model.training else None
+        with penalty.watch(self.armt_model) if penalty is not None else nullcontext():
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                                 num_items_in_batch=num_items_in_batch)
+        strength = penalty.strength() if penalty is not None else None
+        if strength is not None:
+            term = penalty.weight * strength
+            if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
+                # the task loss is already a share of the whole accumulated batch; the penalty,
+                # a mean per micro-batch, must be too (training_step divides neither)
+                term = term / getattr(self, "current_gradient_accumulation_steps", 1)
+            loss = loss + term
+            self._write_logs["write_strength"].append(strength.item())
+            if penalty.open_share() is not None:
+                self._write_logs["write_open"].append(penalty.open_share())
         if not bool(torch.isfinite(loss.detach()).all()):
             memory = outputs["memory"] if isinstance(outputs, dict) else getattr(outputs, "memory", None)
             layers = [] if memory is None else [i for i, m in enumerate(memory.layers)
@@ -171,6 +195,10 @@ class ARMTTrainer(Trainer):
             tokens = self._tokens_since_log * self.args.world_size
             logs["tokens_per_second"] = tokens / max(now - self._last_log_time, 1e-9)
             self._tokens_since_log, self._last_log_time = 0, now
+            for key, values in self._write_logs.items():
+                if values:
+                    logs[key] = sum(values) / len(values)
+                    values.clear()
         if self.num_segments is not None:
             logs["num_segments"] = self.num_segments
         super().log(logs, start_time)

@@ -1,0 +1,109 @@
+"""A penalty on the memory's write strength, added to a training loss.
+
+A memory that stays right far beyond its training length writes only what the task needs: every
+distractor written a little makes ``A`` and the read grow with the input's length
+(docs/results/length.md). With ``ARMTConfig(write_gate="hard")`` a write can be exactly zero;
+this penalty makes the model use that. Both training loops use it: the capacity/needle loop
+(:class:`armt.training.capacity.CapacityRecipe`) and ``armt train`` (``write_penalty``,
+``write_margin`` in the run config).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..inspection import watch_memory
+
+# the hard gate is clip(x / 4 + 1/2, 0, 1): it shuts at x = -2
+_HARD_SHUT = -2.0
+
+
+@dataclass
+class WritePenalty:
+    """Collects the write strengths of one forward pass and turns them into a loss term.
+
+    Args:
+        weight: the loss gets ``weight`` times the mean write strength (over layers, segments
+            and memory tokens of the pass).
+        margin: with the hard gate, a write counts as open until its gate input is
+            ``4 * margin`` below the shut point (``clip(x / 4 + 1/2 + margin, 0, 1 + margin)``),
+            so that penalised gates settle with room to spare instead of at the edge, where a
+            slightly different input opens them again. The model still writes with the plain gate.
+        hard: the model's gate is ``write_gate="hard"`` (``margin`` needs it).
+
+    Example:
+        >>> import torch
+        >>> from armt import ARMTConfig, ARMTForCausalLM
+        >>> from armt.tiny import tiny_base_model
+        >>> model = ARMTForCausalLM(tiny_base_model("gpt2", layers=2, hidden=32),
+        ...                         ARMTConfig(num_mem_tokens=2, d_mem=4, segment_size=8, write_gate="hard"))
+        >>> penalty = WritePenalty(weight=2.0, margin=0.25, hard=True)
+        >>> ids = torch.randint(1000, (1, 24))
+        >>> with penalty.watch(model):
+        ...     out = model(ids, labels=ids)
+        >>> loss = out.loss + penalty.term()
+        >>> 0.0 <= penalty.open_share() <= 1.0
+        True
+    """
+
+    weight: float
+    margin: float = 0.0
+    hard: bool = False
+    _strengths: list[Tensor] = field(default_factory=list, repr=False)
+    _opened: list[Tensor] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.weight >= 0:
+            raise ValueError(f"write_penalty must be >= 0, got {self.weight!r}.")
+        if not self.margin >= 0:
+            raise ValueError(f"write_margin must be >= 0, got {self.margin!r}.")
+        if self.margin > 0 and not self.hard:
+            raise ValueError("write_margin needs ARMTConfig(write_gate='hard'): the sigmoid gate never shuts, so "
+                             "there is no edge to keep a margin from.")
+
+    @classmethod
+    def for_model(cls, model, weight: float, margin: float = 0.0) -> WritePenalty | None:
+        """The penalty for ``model``, or ``None`` where there is nothing to penalise (a zero
+        weight, or a model without an associative memory: RMT, no memory). Refuses the
+        wavefront, whose passes do not go through the memories' writes."""
+        cfg = model.config
+        penalty = cls(weight, margin, hard=cfg.write_gate == "hard")
+        if weight == 0 or not cfg.use_memory or cfg.memory != "associative":
+            return None
+        if cfg.wavefront:
+            raise ValueError("write_penalty needs the sequential segment loop (the wavefront does not go through the "
+                             "memories' writes); build the model with wavefront=False.")
+        return penalty
+
+    def _on_gate(self, layer: int, x: Tensor) -> None:
+        if self.hard:
+            m = self.margin
+            self._strengths.append((x * 0.25 + 0.5 + m).clamp(0, 1 + m).mean())
+            self._opened.append((x.detach() > _HARD_SHUT).float().mean())
+        else:
+            self._strengths.append(torch.sigmoid(x).mean())
+
+    @contextmanager
+    def watch(self, model) -> Iterator[WritePenalty]:
+        """Record the write strengths of the passes run inside (earlier records are dropped)."""
+        self._strengths, self._opened = [], []
+        with watch_memory(model, on_gate=self._on_gate):
+            yield self
+
+    def strength(self) -> Tensor | None:
+        """Mean write strength of the watched passes (with the margin), ``None`` if none wrote."""
+        return torch.stack(self._strengths).mean() if self._strengths else None
+
+    def term(self) -> Tensor | float:
+        """``weight * strength``: add it to the loss (0.0 when nothing was written)."""
+        s = self.strength()
+        return 0.0 if s is None else self.weight * s
+
+    def open_share(self) -> float | None:
+        """Share of hard-gate writes with ``beta > 0`` (``None`` for the sigmoid gate)."""
+        return torch.stack(self._opened).mean().item() if self._opened else None

@@ -1,0 +1,69 @@
+"""The write penalty: what it measures is the model's own write strength."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from armt import ARMTConfig, ARMTForCausalLM
+from armt.inspection import watch_memory
+from armt.tiny import tiny_base_model
+from armt.training.write_penalty import WritePenalty
+
+
+def _model(**options):
+    torch.manual_seed(0)
+    model = ARMTForCausalLM(tiny_base_model("gpt2", layers=2, hidden=32),
+                            ARMTConfig(num_mem_tokens=2, d_mem=4, segment_size=8, **options))
+    with torch.no_grad():  # layer 0's writes shut (hard gate), layer 1's open
+        for mem, bias in zip(model.cell.memory_layers, (-3.0, 3.0)):
+            mem.W_mb.bias.fill_(bias)
+    return model
+
+
+@pytest.mark.parametrize("gate", ["sigmoid", "hard"])
+def test_strength_is_the_mean_beta_the_memory_writes_with(gate):
+    model = _model(write_gate=gate)
+    ids = torch.randint(1000, (2, 40))
+    betas = []
+    penalty = WritePenalty(weight=3.0, hard=gate == "hard")
+    with watch_memory(model, on_write=lambda layer, old, k, beta, new: betas.append(beta.detach())):
+        with penalty.watch(model):
+            out = model(ids, labels=ids)
+    want = torch.stack([b.mean() for b in betas]).mean()
+    torch.testing.assert_close(penalty.strength().detach(), want)
+    assert float(penalty.term().detach()) == pytest.approx(3.0 * float(want), rel=1e-6)
+    # the term has a gradient into the write gates
+    (out.loss + penalty.term()).backward()
+    assert all(mem.W_mb.weight.grad is not None for mem in model.cell.memory_layers)
+    if gate == "hard":
+        share = torch.stack([(b > 0).float().mean() for b in betas]).mean()
+        assert float(share) == 0.5 and penalty.open_share() == pytest.approx(0.5)
+    else:
+        assert penalty.open_share() is None
+
+
+def test_margin_counts_a_just_shut_gate_as_open():
+    model = _model(write_gate="hard")
+    ids = torch.randint(1000, (2, 40))
+    plain, wide = WritePenalty(1.0, hard=True), WritePenalty(1.0, margin=0.5, hard=True)
+    with plain.watch(model), wide.watch(model), torch.no_grad():
+        model(ids)
+    # clip(x/4 + 1/2 + m, 0, 1 + m) >= clip(x/4 + 1/2, 0, 1) for every x, strictly somewhere
+    assert float(wide.strength()) > float(plain.strength())
+    # a new watch starts from nothing
+    with plain.watch(model):
+        pass
+    assert plain.strength() is None and plain.term() == 0.0
+
+
+def test_for_model_and_bad_values():
+    assert WritePenalty.for_model(_model(), 0.0) is None
+    assert WritePenalty.for_model(_model(memory="tokens"), 1.0) is None  # RMT: no writes to penalise
+    assert WritePenalty.for_model(_model(write_gate="hard"), 1.0, 0.25).margin == 0.25
+    with pytest.raises(ValueError, match="write_gate='hard'"):
+        WritePenalty.for_model(_model(), 1.0, 0.25)
+    with pytest.raises(ValueError, match="wavefront"):
+        WritePenalty.for_model(_model(wavefront=True), 1.0)
+    with pytest.raises(ValueError, match="write_penalty must be >= 0"):
+        WritePenalty(-1.0)

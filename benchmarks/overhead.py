@@ -1,74 +1,44 @@
 """Cost of ARMT over the bare base model run segment by segment on the same tokens.
 
 For the tiny GPT-2 and Llama configs of the official reference dumps (batch 4, segment 128,
-16 memory tokens, d_mem 32), prints the time of a training step (forward + backward + AdamW)
-and of no-grad inference, ARMT divided by the bare model, for 512, 1024 and 2048 tokens; both also
-with ``wavefront=True`` (all layers at once along the diagonals, :mod:`armt.wavefront`). Every row
-runs in a fresh process.
+16 memory tokens, d_mem 32), prints the time of a training step (forward + backward, only the last
+segment's logits kept, as ``armt train`` runs it) and of reading (no grad, no language-model head:
+``model.read`` against the bare backbone), ARMT divided by the bare model, for 512, 1024 and 2048
+tokens; both also with ``wavefront=True`` (all layers at once along the diagonals,
+:mod:`armt.wavefront`); and the arithmetic floor of each (ARMT / bare matrix FLOPs, what the ratio
+would be with no overhead). The passes are timed in turns (bare, ARMT, wavefront, bare, ...), so a
+change of load falls on all alike; every row runs in a fresh process.
 It also checks for denormal floats: the same run with flush-to-zero on, and the share of
 subnormal values in the memory state and the gradients.
 
     python benchmarks/overhead.py [--threads 2] [--repeats 5] [--families gpt2 llama]
 
 ``--smollm2 bases/smollm2-135m`` adds the real model (30 layers, width 576; exported once with
-``armt export-base --smollm2``): batch 1 x 1,024 tokens, segment 256, 16 memory tokens, d_mem 64,
-a training step (forward + backward) and reading (``model.read`` against the bare backbone run
-segment by segment), ARMT / bare. It is skipped, with that command, when the folder is missing.
+``armt export-base --smollm2``): batch 1 x 1,024 tokens, segment 256, 16 memory tokens, d_mem 64.
+It is skipped, with that command, when the folder is missing.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 import armt
-from armt.segments import segment_bounds
+from armt.evaluation.cost import count_flops, interleaved_times, step_functions
 from armt.tiny import tiny_base_model
 
 
 def _time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def _bare_step(base, opt, ids, segment):
-    def step():
-        opt.zero_grad(set_to_none=True)
-        for a, b in segment_bounds(ids.shape[1], segment, "left"):
-            base(ids[:, a:b], labels=ids[:, a:b]).loss.backward()
-        opt.step()
-    return step
+    return interleaved_times({"fn": fn}, repeats)["fn"]
 
 
 def _armt_step(model, opt, ids, wavefront=False):
     def step():
         opt.zero_grad(set_to_none=True)
-        model(ids, labels=ids, wavefront=wavefront).loss.backward()
+        model(ids, labels=ids, wavefront=wavefront, output_only_last_segment=True).loss.backward()
         opt.step()
     return step
-
-
-def _bare_infer(base, ids, segment):
-    def run():
-        with torch.no_grad():
-            for a, b in segment_bounds(ids.shape[1], segment, "left"):
-                base(ids[:, a:b])
-    return run
-
-
-def _armt_infer(model, ids, wavefront=False):
-    def run():
-        with torch.no_grad():
-            model(ids, wavefront=wavefront)
-    return run
 
 
 def _subnormal_share(tensors) -> float:
@@ -79,6 +49,21 @@ def _subnormal_share(tensors) -> float:
         hits += int(((t != 0) & (t.abs() < tiny)).sum())
         total += t.numel()
     return hits / max(total, 1)
+
+
+def measure(base, model, ids, segment: int, repeats: int) -> dict:
+    """Interleaved medians of the six passes and the two floors."""
+    fns = step_functions(base, model, ids, segment)
+    fns["train wavefront"] = lambda: model(ids, labels=ids, wavefront=True,
+                                           output_only_last_segment=True).loss.backward()
+    fns["read wavefront"] = lambda: model.read([ids], wavefront=True)
+    floor_train = count_flops(fns["train ARMT"]) / count_flops(fns["train bare"])
+    floor_read = count_flops(fns["read ARMT"]) / count_flops(fns["read bare"])
+    train = interleaved_times({k: fns[k] for k in ("train bare", "train ARMT", "train wavefront")}, repeats)
+    read = interleaved_times({k: fns[k] for k in ("read bare", "read ARMT", "read wavefront")}, repeats)
+    return {"tb": train["train bare"], "ta": train["train ARMT"], "tw": train["train wavefront"],
+            "ft": floor_train, "rb": read["read bare"], "ra": read["read ARMT"], "rw": read["read wavefront"],
+            "fr": floor_read}
 
 
 def smollm2(path: str, repeats: int) -> dict | None:
@@ -97,26 +82,7 @@ def smollm2(path: str, repeats: int) -> dict | None:
     for mem in model.cell.memory_layers:
         mem.W_mv.reset_parameters()
     ids = torch.randint(base.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(0))
-
-    def bare_train():
-        for a, b in segment_bounds(length, segment, "left"):
-            base(ids[:, a:b], labels=ids[:, a:b]).loss.backward()
-
-    def armt_train():
-        model(ids, labels=ids).loss.backward()
-
-    def armt_train_wave():
-        model(ids, labels=ids, wavefront=True).loss.backward()
-
-    def bare_read():
-        with torch.no_grad():
-            for a, b in segment_bounds(length, segment, "left"):
-                base.model(ids[:, a:b])
-
-    return {"tb": _time(bare_train, repeats), "ta": _time(armt_train, repeats),
-            "tw": _time(armt_train_wave, repeats), "rb": _time(bare_read, repeats),
-            "ra": _time(lambda: model.read([ids]), repeats),
-            "rw": _time(lambda: model.read([ids], wavefront=True), repeats)}
+    return measure(base, model, ids, segment, repeats)
 
 
 def _tiny_model(family: str, segment: int):
@@ -132,15 +98,8 @@ def _tiny_model(family: str, segment: int):
 
 def tiny_row(family: str, length: int, batch: int, repeats: int, segment: int = 128) -> dict:
     base, model = _tiny_model(family, segment)
-    opt_bare = torch.optim.AdamW(base.parameters(), lr=1e-4)
-    opt_armt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(base.config.vocab_size, (batch, length), generator=torch.Generator().manual_seed(0))
-    return {"tb": _time(_bare_step(base, opt_bare, ids, segment), repeats),
-            "ta": _time(_armt_step(model, opt_armt, ids), repeats),
-            "tw": _time(_armt_step(model, opt_armt, ids, wavefront=True), repeats),
-            "ib": _time(_bare_infer(base, ids, segment), repeats),
-            "ia": _time(_armt_infer(model, ids), repeats),
-            "iw": _time(_armt_infer(model, ids, wavefront=True), repeats)}
+    return measure(base, model, ids, segment, repeats)
 
 
 def denormals(family: str, length: int, batch: int, repeats: int, segment: int = 128) -> str:
@@ -195,17 +154,22 @@ def main() -> None:
         print(json.dumps(result))
         return
 
+    header = ("| model | tokens | train bare (s) | train ARMT (s) | ratio | train wavefront (s) | ratio | floor "
+              "| read bare (s) | read ARMT (s) | ratio | read wavefront (s) | ratio | floor |")
+    rule = "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+
+    def row(name, length, r):
+        return (f"| {name} | {length} | {r['tb']:.3f} | {r['ta']:.3f} | {r['ta'] / r['tb']:.2f}x | {r['tw']:.3f} "
+                f"| {r['tw'] / r['tb']:.2f}x | {r['ft']:.2f}x | {r['rb']:.3f} | {r['ra']:.3f} | {r['ra'] / r['rb']:.2f}x "
+                f"| {r['rw']:.3f} | {r['rw'] / r['rb']:.2f}x | {r['fr']:.2f}x |")
+
     print(f"threads={args.threads} batch={args.batch} segment=128 mem_tokens=16 d_mem=32 torch={torch.__version__}; "
-          "each row a fresh process")
-    print("| model | tokens | train bare (s) | train ARMT (s) | ratio | train wavefront (s) | ratio | infer bare (s) "
-          "| infer ARMT (s) | ratio | infer wavefront (s) | ratio |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          f"median of {args.repeats}, interleaved; each row a fresh process; train = forward + backward")
+    print(header)
+    print(rule)
     for family in args.families:
         for length in args.lengths:
-            r = _in_fresh_process(args, "tiny", family, str(length))
-            print(f"| {family} | {length} | {r['tb']:.3f} | {r['ta']:.3f} | {r['ta'] / r['tb']:.2f}x | {r['tw']:.3f} "
-                  f"| {r['tw'] / r['tb']:.2f}x | {r['ib']:.3f} | {r['ia']:.3f} | {r['ia'] / r['ib']:.2f}x | {r['iw']:.3f} "
-                  f"| {r['iw'] / r['ib']:.2f}x |", flush=True)
+            print(row(family, length, _in_fresh_process(args, "tiny", family, str(length))), flush=True)
     for family in args.families:
         print(_in_fresh_process(args, "denormals", family, str(args.lengths[-1])), flush=True)
 
@@ -215,13 +179,10 @@ def main() -> None:
             print(f"SmolLM2: skipped, {args.smollm2} not found; export it once with: "
                   f"armt export-base --smollm2 {args.smollm2}")
             return
-        print("\nSmolLM2-135M, batch 1, segment 256, 16 memory tokens, d_mem 64 (train: forward + backward)")
-        print("| model | tokens | train bare (s) | train ARMT (s) | ratio | train wavefront (s) | ratio | read bare (s) "
-              "| read ARMT (s) | ratio | read wavefront (s) | ratio |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-        print(f"| SmolLM2-135M | 1024 | {r['tb']:.3f} | {r['ta']:.3f} | {r['ta'] / r['tb']:.2f}x | {r['tw']:.3f} "
-              f"| {r['tw'] / r['tb']:.2f}x | {r['rb']:.3f} | {r['ra']:.3f} | {r['ra'] / r['rb']:.2f}x | {r['rw']:.3f} "
-              f"| {r['rw'] / r['rb']:.2f}x |")
+        print("\nSmolLM2-135M, batch 1, segment 256, 16 memory tokens, d_mem 64")
+        print(header)
+        print(rule)
+        print(row("SmolLM2-135M", 1024, r))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "armt"
 
 # lowest first; a module may import its own rank only where no cycle follows (checked below)
 RANKS = [
-    ["checks", "adapters", "files"],
+    ["checks", "adapters", "files", "loss"],
     ["config"],
     ["ops", "state"],
     ["padding", "layers", "targets", "window", "bases", "tiny"],

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.utils import ModelOutput
 
@@ -16,6 +15,7 @@ from .cell import ARMTCell
 from .checks import InputTypeError, check_labels, check_token_ids
 from .config import ARMTConfig
 from .padding import PaddingPlan
+from .loss import pair_nll
 from .segments import iter_segments, segment_bounds
 from .state import MemoryState
 from .wavefront import Wavefront, use_wavefront, wavefront_blocker, wavefront_segments
@@ -481,15 +481,7 @@ class ARMTForCausalLM(nn.Module):
         valid = targets != -100
         if labels_mask is not None:
             valid = valid & labels_mask[:, a:a + n_pairs]
-        logits = logits[:, :n_pairs]
-        if logits.dtype in (torch.float16, torch.bfloat16):
-            logits = logits.float()
-        ce = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]),
-            torch.where(valid, targets, -100).reshape(-1),
-            ignore_index=-100,
-            reduction="none",
-        ).view(valid.shape)
+        ce = pair_nll(logits[:, :n_pairs], targets, valid)
         n_within = (b - a) - 1
         within = (ce[:, :n_within].sum(), valid[:, :n_within].sum())
         return ce.sum(), valid.sum(), within

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .checks import check_token_ids
+from .loss import pair_nll, upcast
 from .segments import run_segment
 from .state import MemoryState
 
@@ -222,15 +222,13 @@ class MemoryReader:
         logits, self.memory = run_segment(cell, embeds, None, self.memory, compute_logits=want,
                                           last_logits_only=not self.compute_loss)
         if self.compute_loss:
-            if logits.dtype in (torch.float16, torch.bfloat16):
-                logits = logits.float()
+            logits = upcast(logits)
             seg_sum, seg_count = 0.0, 0
             if self._prev_logits is not None:  # the pair that crosses into this segment
-                seg_sum += F.cross_entropy(self._prev_logits, ids[:, 0], reduction="sum").item()
+                seg_sum += pair_nll(self._prev_logits, ids[:, 0]).sum().item()
                 seg_count += ids.shape[0]
             if ids.shape[1] > 1:
-                ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                     reduction="sum").item()
+                ce = pair_nll(logits[:, :-1], ids[:, 1:]).sum().item()
                 n = ids.shape[0] * (ids.shape[1] - 1)
                 seg_sum += ce
                 seg_count += n
@@ -270,17 +268,17 @@ class MemoryReader:
         logits, self.memory = run_segment(cell, cell.runner.get_input_embeddings()(ids), mask.long(), self.memory,
                                           compute_logits=want, active=active)
         if self.compute_loss:
-            logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+            logits = upcast(logits)
             total, count = 0.0, 0
             if self._prev_logits is not None:
                 prev_valid = self._prev_valid if self._prev_valid is not None else torch.ones_like(mask[:, 0])
                 valid = mask[:, 0] & prev_valid
                 if bool(valid.any()):
-                    total += F.cross_entropy(self._prev_logits[valid], ids[valid, 0], reduction="sum").item()
+                    total += pair_nll(self._prev_logits, ids[:, 0], valid).sum().item()
                     count += int(valid.sum())
             pairs = mask[:, 1:] & mask[:, :-1]
             if bool(pairs.any()):
-                ce = F.cross_entropy(logits[:, :-1][pairs], ids[:, 1:][pairs], reduction="sum").item()
+                ce = pair_nll(logits[:, :-1], ids[:, 1:], pairs).sum().item()
                 n = int(pairs.sum())
                 total += ce
                 count += n

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..data.books import BookSource, load_books
+from ..loss import pair_nll, upcast
 from ..data.lm import split_books
 from ..streaming import MemoryReader
 
@@ -116,10 +116,6 @@ def _check_windows(input_ids: Tensor, S: int) -> int:
     return input_ids.shape[1] // S
 
 
-def _upcast(logits: Tensor) -> Tensor:
-    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-
-
 def _segmentwise(step, input_ids: Tensor, S: int) -> tuple[Tensor, Tensor]:
     """Per-segment sums and counts when ``step(segment_ids) -> logits`` reads one segment a call."""
     n = _check_windows(input_ids, S)
@@ -129,11 +125,11 @@ def _segmentwise(step, input_ids: Tensor, S: int) -> tuple[Tensor, Tensor]:
     last = None
     for i in range(n):
         seg = input_ids[:, i * S:(i + 1) * S]  # (B, S)
-        logits = _upcast(step(seg))  # (B, S, vocab)
-        ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), seg[:, 1:].reshape(-1), reduction="sum")
+        logits = upcast(step(seg))  # (B, S, vocab)
+        ce = pair_nll(logits[:, :-1], seg[:, 1:]).sum()
         pairs = B * (S - 1)
         if last is not None:  # the pair whose target is this segment's first token
-            ce = ce + F.cross_entropy(last, seg[:, 0], reduction="sum")
+            ce = ce + pair_nll(last, seg[:, 0]).sum()
             pairs += B
         last = logits[:, -1]
         sums[i] = ce.double().cpu()
@@ -160,8 +156,7 @@ def base_segment_nll(base, input_ids: Tensor, segment_size: int, *, full_context
     if not full_context:
         return _segmentwise(lambda seg: base(seg).logits, input_ids, segment_size)
     n = _check_windows(input_ids, segment_size)
-    logits = _upcast(base(input_ids).logits)  # (B, L, vocab)
-    ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), input_ids[:, 1:], reduction="none")  # (B, L-1)
+    ce = pair_nll(base(input_ids).logits[:, :-1], input_ids[:, 1:])  # (B, L-1)
     which = torch.arange(1, input_ids.shape[1], device=ce.device) // segment_size  # segment of each target
     sums = torch.zeros(n, dtype=torch.float64).index_add_(0, which.cpu(), ce.sum(0).double().cpu())
     counts = torch.bincount(which.cpu(), minlength=n) * input_ids.shape[0]

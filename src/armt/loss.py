@@ -1,0 +1,33 @@
+"""The next-token loss every path shares: forward, reading a stream and perplexity per segment
+all score (logits at t, token at t + 1) pairs with :func:`pair_nll`, so half-precision logits are
+upcast the same way and the pairs a segment counts are the same everywhere."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IGNORE = -100
+
+
+def upcast(logits: Tensor) -> Tensor:
+    """float16 and bfloat16 logits as float32 (a log-softmax over a large vocabulary in half
+    precision loses the small probabilities); other dtypes unchanged."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
+def pair_nll(logits: Tensor, targets: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Negative log-likelihood of each target under its logits: ``(..., V)`` and ``(...)`` give
+    ``(...)``, 0 where ``valid`` is False or the target is ``-100``.
+
+    Example:
+        >>> logits = torch.zeros(1, 2, 4)  # uniform over 4 tokens
+        >>> pair_nll(logits, torch.tensor([[3, -100]]))
+        tensor([[1.3863, 0.0000]])
+    """
+    if valid is not None:
+        targets = torch.where(valid, targets, IGNORE)
+    logits = upcast(logits)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE,
+                           reduction="none").view(targets.shape)

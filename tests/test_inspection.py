@@ -31,7 +31,7 @@ def test_the_write_statistics_by_hand(tiny_armt):
     M = model.config.num_mem_tokens
     ids = torch.randint(99, (1, 16), generator=torch.Generator().manual_seed(1))
     outputs = []
-    layer0 = model.cell._decoder_layers[0]
+    layer0 = model.cell.decoder_layers[0]
     handle = layer0.register_forward_hook(lambda mod, args, out: outputs.append(out[0] if isinstance(out, tuple) else out))
     try:
         model(ids)

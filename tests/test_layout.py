@@ -125,3 +125,47 @@ def test_a_backwards_import_is_caught(tmp_path, monkeypatch):
     monkeypatch.setitem(RANK, "cli", RANK["cli"])
     with pytest.raises(pytest.fail.Exception, match="import cycle"):
         test_no_import_cycles()
+
+
+def _private_names_defined(tree: ast.AST) -> set[str]:
+    """Private names a module defines: functions, classes, names and ``self._x`` it assigns."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
+              and isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+            names.add(node.attr)  # (setting another library's private field defines nothing of ours)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+    return {n for n in names if n.startswith("_") and not n.startswith("__")}
+
+
+def _private_reads(tree: ast.AST) -> list[tuple[str, int]]:
+    """``x._name`` where ``x`` is not ``self`` or ``cls``."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+                continue
+            found.append((node.attr, node.lineno))
+    return found
+
+
+def test_no_module_reads_another_modules_private_names():
+    trees = {path: ast.parse(path.read_text(encoding="utf-8")) for path in SRC.rglob("*.py")}
+    defined = {path: _private_names_defined(tree) for path, tree in trees.items()}
+    bad = []
+    for path, tree in trees.items():
+        for name, line in _private_reads(tree):
+            owners = [p for p, names in defined.items() if name in names and p != path]
+            if owners and name not in defined[path]:
+                bad.append(f"{path.relative_to(SRC)}:{line} reads {name} of {owners[0].relative_to(SRC)}")
+    assert not bad, "make these public (with a docstring) or move the code: " + "; ".join(bad)
+
+
+def test_the_private_name_check_can_fail():
+    owner = ast.parse("class A:\n    def _hidden(self):\n        pass\n")
+    reader = ast.parse("def f(a):\n    return a._hidden()\n")
+    assert "_hidden" in _private_names_defined(owner)
+    assert _private_reads(reader) == [("_hidden", 2)] and "_hidden" not in _private_names_defined(reader)

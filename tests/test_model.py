@@ -204,7 +204,7 @@ def test_state_dict_names_and_memory_init(tiny_armt):
 
 def test_hooks_exist_only_while_a_segment_runs(tiny_armt):
     model = tiny_armt("llama")
-    layers = model.cell._decoder_layers
+    layers = model.cell.decoder_layers
     seen = []
     probe = layers[1].register_forward_pre_hook(lambda m, a: seen.append(len(m._forward_pre_hooks)))
     model(_ids(1, 40))

@@ -71,7 +71,7 @@ class ARMTCell(nn.Module):
         self.base_model = base_model
         self.layers_path, layers = find_decoder_layers(unwrap_adapters(base_model), config.layers_path)
         # a plain list: the layers belong to the base model, not to the cell's own parameters
-        self._decoder_layers = list(layers)
+        self.decoder_layers = list(layers)
         embeddings = base_model.get_input_embeddings()
         if embeddings is None or not hasattr(embeddings, "weight"):
             raise InputTypeError(
@@ -259,7 +259,7 @@ class ARMTCell(nn.Module):
         layers = [None] * self.num_layers if memory is None else memory.layers
         with ExitStack() as stack:
             for i, mem in enumerate(self.memory_layers):
-                stack.enter_context(mem.bind(self._decoder_layers[i], layers[i], self.num_mem_tokens, write=False))
+                stack.enter_context(mem.bind(self.decoder_layers[i], layers[i], self.num_mem_tokens, write=False))
             yield
 
     def forward(
@@ -305,7 +305,7 @@ class ARMTCell(nn.Module):
 
         layers = [None] * self.num_layers if memory is None else memory.layers
         with ExitStack() as stack:
-            ios = [stack.enter_context(mem.bind(self._decoder_layers[i], layers[i], M))
+            ios = [stack.enter_context(mem.bind(self.decoder_layers[i], layers[i], M))
                    for i, mem in enumerate(self.memory_layers)]
             if backbone is not None:
                 backbone(**kwargs)

@@ -132,7 +132,7 @@ def generate(
                 f"generate(..., {key}=...) is not supported by ARMT generation: the context is passed "
                 "as input_ids, the cache is managed per segment, and max_new_tokens sets the length."
             )
-    B, L = model._check_inputs(input_ids, None, attention_mask, None, None, memory)
+    B, L = model.check_inputs(input_ids, None, attention_mask, None, None, memory)
     if attention_mask is not None and not bool(attention_mask.all()):
         return _generate_rows(model, input_ids, attention_mask, memory, max_new_tokens=max_new_tokens,
                               write_segments=write_segments, return_memory=return_memory, **hf_kwargs)

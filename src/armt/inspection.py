@@ -155,7 +155,7 @@ def watch_memory(model, on_read: Callable | None = None, on_write: Callable | No
             kvb = F.linear(mem_out, *mem.write_projection())
             for _, _, gate in list(watchers):
                 if gate is not None:
-                    gate(index, mem._heads(kvb[..., -mem.W_mb.out_features:]))
+                    gate(index, mem.split_heads(kvb[..., -mem.W_mb.out_features:]))
             k, v, beta = mem.write_features(kvb)  # (B, H, M, .)
             new = mem.write_features_into(k, v, beta, memory)
             for _, writer, _ in list(watchers):

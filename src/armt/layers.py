@@ -75,7 +75,8 @@ class AssociativeMemory(nn.Module):
         # float16's range (65,504) is passed by A's entries within tens of thousands of tokens
         return torch.float32 if self.W_mk.weight.dtype == torch.float16 else None
 
-    def _heads(self, x: Tensor) -> Tensor:
+    def split_heads(self, x: Tensor) -> Tensor:
+        """``(B, T, D)`` as ``(B, H, T, D / H)``: this memory's heads."""
         B, T, D = x.shape
         return x.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, H, T, D/H)
 
@@ -86,7 +87,7 @@ class AssociativeMemory(nn.Module):
     def read_projected(self, hidden: Tensor, q: Tensor, A: Tensor, z: Tensor | None) -> Tensor:
         """:meth:`read` from the query projection ``q = W_mq hidden`` ``(B, T, d_mem)``, done by
         the caller (the wavefront projects all layers at once)."""
-        q = fused.dpfp(self._heads(q), self.nu)  # (B, H, T, d_key/H)
+        q = fused.dpfp(self.split_heads(q), self.nu)  # (B, H, T, d_key/H)
         out = fused.read(q.to(A.dtype), A, z)  # (B, H, T, d_model/H)
         return hidden + out.to(hidden.dtype).transpose(1, 2).reshape(hidden.shape)
 
@@ -100,9 +101,9 @@ class AssociativeMemory(nn.Module):
     def write_features(self, kvb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(k, v, beta)`` per head from the output ``(B, M, ...)`` of :meth:`write_projection`."""
         k, v, b = kvb.split([self.W_mk.out_features, self.W_mv.out_features, self.W_mb.out_features], dim=-1)
-        k = fused.dpfp(self._heads(k), self.nu)  # (B, H, M, d_key/H)
-        v = self._heads(v)  # (B, H, M, d_model/H)
-        beta = self._heads(fused.gate(b, self.write_gate))  # (B, H, M, 1 or d_model/H)
+        k = fused.dpfp(self.split_heads(k), self.nu)  # (B, H, M, d_key/H)
+        v = self.split_heads(v)  # (B, H, M, d_model/H)
+        beta = self.split_heads(fused.gate(b, self.write_gate))  # (B, H, M, 1 or d_model/H)
         if self.state_dtype is not None:
             k, v, beta = k.to(self.state_dtype), v.to(self.state_dtype), beta.to(self.state_dtype)
         return k, v, beta

@@ -279,7 +279,9 @@ class ARMTForCausalLM(nn.Module):
         return self.gradient_checkpointing
 
     # input checks ---------------------------------------------------------------------
-    def _check_inputs(self, input_ids, inputs_embeds, attention_mask, labels, labels_mask, memory):
+    def check_inputs(self, input_ids, inputs_embeds, attention_mask, labels, labels_mask, memory):
+        """Check one call's inputs (shapes, ids in the vocabulary, masks, a memory of this model)
+        and return ``(batch, length)``; raises with what to fix. ``forward`` and ``generate`` call it."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids (B, L) and inputs_embeds (B, L, d_model).")
         if input_ids is not None:
@@ -389,7 +391,7 @@ class ARMTForCausalLM(nn.Module):
                 "across its replicas). Use DistributedDataParallel: launch with torchrun or accelerate, as "
                 "armt train does."
             )
-        B, L = self._check_inputs(input_ids, inputs_embeds, attention_mask, labels, labels_mask, memory)
+        B, L = self.check_inputs(input_ids, inputs_embeds, attention_mask, labels, labels_mask, memory)
         if self.training and _base_checkpointing_on(self.cell.runner):
             raise ValueError(
                 "The base model has Hugging Face gradient checkpointing on, which reruns layers and "

@@ -263,7 +263,7 @@ def wavefront_blocker(model) -> str | None:
     family = WAVEFRONT_FAMILIES.get(model_type)
     if family is None:
         return f"it supports model types {sorted(WAVEFRONT_FAMILIES)}, not {model_type!r}; use wavefront=False"
-    kinds = {type(layer).__name__ for layer in cell._decoder_layers}
+    kinds = {type(layer).__name__ for layer in cell.decoder_layers}
     if not kinds <= set(family.layer_classes):
         return (f"it knows the layers {family.layer_classes} for {model_type!r}, but this model has "
                 f"{sorted(kinds)}; use wavefront=False")
@@ -358,7 +358,7 @@ class Wavefront:
             raise ValueError(f"wavefront reading cannot run here: {reason}.")
         runner = cell.runner
         family = WAVEFRONT_FAMILIES[runner.config.model_type]
-        layers = cell._decoder_layers
+        layers = cell.decoder_layers
         self.cell = cell
         self.layers = family(runner, layers)
         mem = cell.memory_layers

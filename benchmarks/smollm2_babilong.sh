@@ -30,7 +30,7 @@ import armt
 from armt.bases import load_base_model
 from transformers import AutoTokenizer
 base, out = sys.argv[1:]
-model = armt.ARMTForCausalLM(load_base_model(base), armt.ARMTConfig(use_memory=False, segment_size=8000))
+model = armt.ARMTForCausalLM(load_base_model(base), armt.ARMTConfig(memory="none", segment_size=8000))
 model.save_pretrained(out)
 AutoTokenizer.from_pretrained(base).save_pretrained(out)
 PY

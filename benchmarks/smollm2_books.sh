@@ -11,7 +11,7 @@ RUNS=${RUNS:-runs}
 BASE=bases/smollm2-135m
 [ -f "$BASE/config.json" ] || armt export-base --smollm2 "$BASE"
 [ -d "$RUNS/pg19_smollm2/best" ] || armt train configs/pg19_smollm2.yaml --training.output_dir "$RUNS/pg19_smollm2"
-[ -d "$RUNS/pg19_smollm2_nomem/best" ] || armt train configs/pg19_smollm2.yaml --armt.use_memory false \
+[ -d "$RUNS/pg19_smollm2_nomem/best" ] || armt train configs/pg19_smollm2.yaml --armt.memory none \
     --training.output_dir "$RUNS/pg19_smollm2_nomem"
 armt perplexity --model "$RUNS/pg19_smollm2/best" --baseline "$RUNS/pg19_smollm2_nomem/best" --base-bounds \
     --num-segments 8 --max-windows 8 --batch-size 2 --out results/pg19_smollm2 --overwrite
@@ -23,7 +23,7 @@ C="--curriculum=[{num_segments: 3, max_steps: 50}, {num_segments: 8, max_steps: 
 [ -d "$RUNS/pg19_smollm2_long/best" ] || armt train configs/pg19_smollm2.yaml "$C" --training.max_steps null \
     --training.output_dir "$RUNS/pg19_smollm2_long"
 [ -d "$RUNS/pg19_smollm2_long_nomem/best" ] || armt train configs/pg19_smollm2.yaml "$C" --training.max_steps null \
-    --armt.use_memory false --training.output_dir "$RUNS/pg19_smollm2_long_nomem"
+    --armt.memory none --training.output_dir "$RUNS/pg19_smollm2_long_nomem"
 armt perplexity --model "$RUNS/pg19_smollm2_long/best" --baseline "$RUNS/pg19_smollm2_long_nomem/best" --base-bounds \
     --wipe-memory --swap-memory --num-segments 8 --max-windows 12 --batch-size 2 --out results/pg19_smollm2_long --overwrite
 # their first stages (3 segments, 50 steps: the recipe above drawn again), with the same controls

@@ -1,4 +1,4 @@
-"""The no-memory baseline (``ARMTConfig(use_memory=False)``): the same segmentation, window and
+"""The no-memory baseline (``ARMTConfig(memory="none")``): the same segmentation, window and
 sink as ARMT, but nothing crosses segments except the window."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def _ids(L, seed=0, batch=2):
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_without_window_it_is_the_base_model_run_segment_by_segment(tiny_armt, family):
-    model = tiny_armt(family, use_memory=False, segment_size=S)
+    model = tiny_armt(family, memory="none", segment_size=S)
     base = model.base_model
     ids = _ids(3 * S + 3)
     with torch.no_grad():
@@ -44,7 +44,7 @@ def test_with_window_nothing_older_than_the_window_is_seen(family, layers):
         torch.manual_seed(0)
         base = tiny_base_model(family, layers=layers, hidden=32, vocab=99, max_positions=128).double()
         model = ARMTForCausalLM(base, ARMTConfig(num_mem_tokens=4, d_mem=8, segment_size=S, sliding_window=True,
-                                                 use_sink=True, use_memory=use_memory)).eval()
+                                                 use_sink=True, memory="associative" if use_memory else "none")).eval()
         for mem in model.cell.memory_layers:  # a live memory (W_mv starts at zero)
             torch.nn.init.normal_(mem.W_mv.weight, std=0.2)
         with torch.no_grad():
@@ -57,7 +57,7 @@ def test_with_window_nothing_older_than_the_window_is_seen(family, layers):
 
 
 def test_no_memory_parameters_and_the_state_carries_only_the_window(tiny_armt):
-    model = tiny_armt("llama", use_memory=False, segment_size=S, sliding_window=True, use_sink=True)
+    model = tiny_armt("llama", memory="none", segment_size=S, sliding_window=True, use_sink=True)
     names = [n for n, _ in model.named_parameters() if not n.startswith("cell.base_model.")]
     assert names == ["cell.sink"]
     assert set(model.cell.armt_state_dict()) == {"sink"}
@@ -79,7 +79,7 @@ def test_no_memory_parameters_and_the_state_carries_only_the_window(tiny_armt):
 
 
 def test_gradient_checkpointing_and_generation_work_without_memory(tiny_armt):
-    model = tiny_armt("llama", use_memory=False, segment_size=S, sliding_window=True, use_sink=True)
+    model = tiny_armt("llama", memory="none", segment_size=S, sliding_window=True, use_sink=True)
     ids = _ids(3 * S)
     plain = model(ids, labels=ids).loss
     model.gradient_checkpointing_enable()
@@ -89,7 +89,7 @@ def test_gradient_checkpointing_and_generation_work_without_memory(tiny_armt):
 
 
 def test_saves_and_loads_like_other_models(tiny_base, tiny_armt, tmp_path):
-    model = tiny_armt("llama", use_memory=False, segment_size=S, sliding_window=True, use_sink=True)
+    model = tiny_armt("llama", memory="none", segment_size=S, sliding_window=True, use_sink=True)
     with torch.no_grad():
         model.cell.sink.add_(1.0)
     model.save_pretrained(tmp_path / "m", save_base=True)
@@ -112,10 +112,48 @@ def test_selectable_from_the_run_config():
 
     cfg = RunConfig.from_dict({
         "model": {"tiny": {"family": "llama", "layers": 2, "hidden": 32, "vocab": 64}},
-        "armt": {"segment_size": 16, "sliding_window": True, "use_sink": True, "use_memory": False},
+        "armt": {"segment_size": 16, "sliding_window": True, "use_sink": True, "memory": "none"},
         "training": {"output_dir": "unused"},
     })
     model = build_model(cfg)
     assert model.config.use_memory is False and len(model.cell.memory_layers) == 0
+
+
+def test_configs_saved_with_use_memory_still_load():
+    """``use_memory: false`` was the switch before ``memory: none``; saved configs and run configs
+    that spell it so load as the no-memory baseline."""
+    from armt.training.config import RunConfig
+
+    assert ARMTConfig.from_dict({"segment_size": 16, "use_memory": False}).memory == "none"
+    assert ARMTConfig.from_dict({"memory": "tokens", "use_memory": False}).memory == "none"
+    assert ARMTConfig.from_dict({"use_memory": True}).memory == "associative"
+    assert ARMTConfig.from_dict({"memory": "none"}).use_memory is False
+    cfg = RunConfig.from_dict({"model": {"tiny": {"family": "llama", "layers": 2, "hidden": 32, "vocab": 64}},
+                               "armt": {"segment_size": 16, "use_memory": False}, "training": {"output_dir": "x"}})
+    assert cfg.armt.memory == "none"
     with pytest.raises(TypeError, match="use_memory"):
-        ARMTConfig(use_memory="no")
+        ARMTConfig.from_dict({"use_memory": "no"})
+    with pytest.raises(ValueError, match="contradicts"):
+        ARMTConfig.from_dict({"use_memory": True, "memory": "none"})
+    with pytest.raises(TypeError):  # not a constructor argument any more: one switch
+        ARMTConfig(use_memory=False)
+
+
+@pytest.mark.parametrize("use_memory", [True, False])
+def test_models_saved_before_memory_none_load(tmp_path, tiny_armt, use_memory):
+    """A saved model's armt_config.json from before ``memory: none`` spells the switch
+    ``use_memory``; such a folder loads as the model it was."""
+    import json
+
+    model = tiny_armt("llama", segment_size=S, memory="associative" if use_memory else "none")
+    model.save_pretrained(tmp_path / "m", save_base=True)
+    path = tmp_path / "m" / "armt_config.json"
+    record = json.loads(path.read_text())
+    record["armt"]["use_memory"] = use_memory
+    record["armt"]["memory"] = "associative"  # what the earlier version wrote for either
+    path.write_text(json.dumps(record))
+    loaded = ARMTForCausalLM.from_pretrained(tmp_path / "m")
+    assert loaded.config.memory == ("associative" if use_memory else "none")
+    ids = torch.randint(99, (1, 3 * S))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits)

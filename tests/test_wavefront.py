@@ -109,7 +109,7 @@ def test_wavefront_refuses_what_it_cannot_run(tiny_armt):
     with pytest.raises(ValueError, match="associative"):
         Wavefront(tiny_armt("llama", memory="tokens"))
     with pytest.raises(ValueError, match="associative"):
-        Wavefront(tiny_armt("llama", use_memory=False))
+        Wavefront(tiny_armt("llama", memory="none"))
     model = tiny_armt("llama")
     with pytest.raises(ValueError, match="eval"):
         armt.MemoryReader(model.train(), wavefront=True)

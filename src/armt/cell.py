@@ -51,7 +51,7 @@ class ARMTCell(nn.Module):
 
     Holds the base model (its decoder layers get hooks while a segment runs, nothing is replaced), the memory
     tokens (``randn * std(input embeddings)``, as the official code), the optional sink token
-    and one :class:`AssociativeMemory` per decoder layer. With ``use_memory=False`` there are
+    and one :class:`AssociativeMemory` per decoder layer. With ``memory="none"`` there are
     no memory tokens, memories or hooks: the segment runs through the plain base model (with
     the sink and the window, if configured).
 
@@ -145,7 +145,7 @@ class ARMTCell(nn.Module):
 
     @property
     def num_layers(self) -> int:
-        """Decoder layers of the base model (each has a memory, unless ``use_memory=False``)."""
+        """Decoder layers of the base model (each has a memory, unless ``memory="none"``)."""
         return self._num_layers
 
     def armt_state_dict(self) -> dict[str, Tensor]:
@@ -190,7 +190,7 @@ class ARMTCell(nn.Module):
                              "from an ARMT (associative) model or another config. Pass memory=None to start afresh.")
         if not self.token_memory and memory.tokens is not None:
             raise ValueError("memory holds RMT memory tokens but this model has memory="
-                             f"{self.config.memory!r}, use_memory={self.config.use_memory}: the state comes "
+                             f"{self.config.memory!r}: the state comes "
                              "from another config.")
         want_dtype = self.memory_layers[0].state_dtype if associative else None
         want_dtype = want_dtype or self.memory_tokens.dtype

@@ -613,7 +613,7 @@ def _add_perplexity_parser(sub) -> None:
                     "later segments S. Writes perplexity.md, .csv, .json and .png.")
     pp.add_argument("--model", required=True, help="model directory (save_pretrained or armt train output)")
     pp.add_argument("--baseline", default=None,
-                    help="a second model directory to compare with, e.g. the run with --armt.use_memory false")
+                    help="a second model directory to compare with, e.g. the run with --armt.memory none")
     pp.add_argument("--books", default=None,
                     help="folder of .txt books, .txt file or dataset name (default: the source of --model's run)")
     pp.add_argument("--held-out-books", default=None,

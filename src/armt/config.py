@@ -12,7 +12,7 @@ from .checks import InputTypeError, check_positive_int
 
 ALIGNMENTS = ("left", "right", "center")
 MEMORY_DTYPES = ("float32", "float64", "bfloat16", "float16")
-MEMORY_KINDS = ("associative", "tokens")
+MEMORY_KINDS = ("associative", "tokens", "none")
 WRITE_GATES = ("sigmoid", "hard")
 
 
@@ -59,23 +59,23 @@ class ARMTConfig:
             models the window's keys are re-rotated so that every distance is the true one.
             Needs ``attn_implementation`` ``"sdpa"`` or ``"eager"`` and a GPT-2, GPT-NeoX,
             Llama, Qwen2 or Mistral base (see :mod:`armt.window`).
-        memory: ``"associative"`` (ARMT) or ``"tokens"``: the Recurrent Memory Transformer
-            baseline (RMT, arXiv 2207.06881 / 2304.11062, decoder form) in the same model. RMT
-            has no associative memory: each segment is ``[read memory, tokens, write memory]``
-            (``num_mem_tokens`` each); the read memory is the learned memory tokens in the first
-            segment and the write tokens' final hidden states of the segment before afterwards
-            (the write tokens enter as copies of the read memory, as in the RMT code); the state
-            carries those ``(batch, num_mem_tokens, d_model)`` states in ``MemoryState.tokens``.
-            ``d_mem``, ``n_heads``, ``dpfp_nu``, ``correction``, ``use_denom``, ``gating``,
-            ``memory_dtype`` and ``write_gate`` are then ignored; ``sliding_window`` is not
-            supported with it.
-        use_memory: ``False`` gives the no-memory baseline of the same model: no memory tokens,
-            no associative read or write and no memory parameters, while the segmentation, the
-            sliding window and the sink stay as configured. Each segment then sees only itself
-            (and the window), so comparing it with ``use_memory=True`` measures what the
-            memory adds. ``num_mem_tokens``, ``d_mem``, ``n_heads``, ``dpfp_nu``,
+        memory: ``"associative"`` (ARMT), ``"tokens"`` or ``"none"``. ``"tokens"`` is the
+            Recurrent Memory Transformer baseline (RMT, arXiv 2207.06881 / 2304.11062, decoder
+            form) in the same model. RMT has no associative memory: each segment is ``[read
+            memory, tokens, write memory]`` (``num_mem_tokens`` each); the read memory is the
+            learned memory tokens in the first segment and the write tokens' final hidden states
+            of the segment before afterwards (the write tokens enter as copies of the read memory,
+            as in the RMT code); the state carries those ``(batch, num_mem_tokens, d_model)``
+            states in ``MemoryState.tokens``. ``d_mem``, ``n_heads``, ``dpfp_nu``,
             ``correction``, ``use_denom``, ``gating``, ``memory_dtype`` and ``write_gate`` are
-            ignored; the state carries only the window (its ``A`` are empty ``(batch, 0)`` tensors).
+            then ignored; ``sliding_window`` is not supported with it. ``"none"`` is the
+            no-memory baseline of the same model: no memory tokens, no associative read or write
+            and no memory parameters, while the segmentation, the sliding window and the sink
+            stay as configured. Each segment then sees only itself (and the window), so comparing
+            it with ARMT measures what the memory adds; the memory's options are ignored and the
+            state carries only the window (its ``A`` are empty ``(batch, 0)`` tensors). Configs
+            saved with the earlier switch ``use_memory: false`` load as ``"none"``
+            (:meth:`from_dict`); :attr:`use_memory` reads ``memory != "none"``.
         wavefront: run forward passes without gradients, reading and the context of
             ``generate`` along the diagonals (all layers at once, one segment apart;
             :mod:`armt.wavefront`): the same outputs in fewer, larger operations. Where it
@@ -122,7 +122,6 @@ class ARMTConfig:
     last_segment_loss_only: bool = False
     memory_dtype: str | None = None
     sliding_window: bool = False
-    use_memory: bool = True
     memory: str = "associative"
     wavefront: bool = False
     write_gate: str = "sigmoid"
@@ -159,20 +158,21 @@ class ARMTConfig:
                              "the official maths).")
         if self.memory not in MEMORY_KINDS:
             raise ValueError(
-                f"memory={self.memory!r} is unknown; use 'associative' (ARMT) or 'tokens' (the RMT baseline)."
+                f"memory={self.memory!r} is unknown; use 'associative' (ARMT), 'tokens' (the RMT baseline) or "
+                "'none' (no memory)."
             )
         if self.memory == "tokens" and self.sliding_window:
             raise ValueError(
                 "memory='tokens' (RMT) does not support sliding_window=True; use memory='associative' "
                 "or sliding_window=False."
             )
-        if self.wavefront is True and (self.sliding_window or not self.use_memory or self.memory != "associative"):
+        if self.wavefront is True and (self.sliding_window or self.memory != "associative"):
             raise ValueError(
-                "wavefront=True needs the associative memory without the sliding window (use_memory=True, "
-                "memory='associative', sliding_window=False); set wavefront=False."
+                "wavefront=True needs the associative memory without the sliding window (memory='associative', "
+                "sliding_window=False); set wavefront=False."
             )
         for name in ("correction", "use_denom", "gating", "use_sink", "gradient_checkpointing",
-                     "last_segment_loss_only", "sliding_window", "use_memory", "wavefront"):
+                     "last_segment_loss_only", "sliding_window", "wavefront"):
             if not isinstance(getattr(self, name), bool):
                 raise InputTypeError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         object.__setattr__(self, "_frozen", True)
@@ -192,9 +192,14 @@ class ARMTConfig:
         object.__delattr__(self, name)
 
     @property
+    def use_memory(self) -> bool:
+        """False for the no-memory baseline (``memory="none"``)."""
+        return self.memory != "none"
+
+    @property
     def token_memory(self) -> bool:
-        """True for the RMT baseline (``memory="tokens"`` with ``use_memory``)."""
-        return self.use_memory and self.memory == "tokens"
+        """True for the RMT baseline (``memory="tokens"``)."""
+        return self.memory == "tokens"
 
     @property
     def read_tokens_per_segment(self) -> int:
@@ -207,7 +212,7 @@ class ARMTConfig:
         ``num_mem_tokens``, or 0 without memory.
 
         Example:
-            >>> [ARMTConfig(use_memory=m).memory_tokens_per_segment for m in (True, False)]
+            >>> [ARMTConfig(memory=m).memory_tokens_per_segment for m in ("associative", "none")]
             [16, 0]
         """
         return self.num_mem_tokens if self.use_memory else 0
@@ -229,7 +234,14 @@ class ARMTConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ARMTConfig:
-        """Build a config from a dict, refusing keys this version does not know."""
+        """Build a config from a dict, refusing keys this version does not know. The earlier
+        switch ``use_memory`` is read too: ``false`` is ``memory="none"``.
+
+        Example:
+            >>> ARMTConfig.from_dict({"use_memory": False}).memory
+            'none'
+        """
+        values = legacy_keys(values)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -238,6 +250,23 @@ class ARMTConfig:
 
 
 _OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(ARMTConfig))
+
+
+def legacy_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with the keys of earlier versions in today's spelling: ``use_memory: false``
+    becomes ``memory: "none"`` (whatever ``memory`` said: no memory of any kind ran), and
+    ``use_memory: true`` is dropped."""
+    if "use_memory" not in values:
+        return values
+    values = dict(values)
+    use = values.pop("use_memory")
+    if not isinstance(use, bool):
+        raise InputTypeError(f"use_memory must be true or false, got {use!r}; today's spelling is memory: none.")
+    if not use:
+        values["memory"] = "none"
+    elif values.get("memory") == "none":
+        raise ValueError("use_memory: true contradicts memory: none; give only memory.")
+    return values
 
 # how a model is run or trained, not what its weights mean: a saved model may continue with
 # other values of these (armt.training.run, ``from_pretrained(options=...)``)

@@ -226,8 +226,8 @@ def inspect_memory(model, input_ids: Tensor, *, memory=None, marks: Sequence[int
         ([1, 2, 3, 4, 5], 2)
     """
     cell = model.cell
-    if not model.config.use_memory or model.config.memory != "associative":
-        raise ValueError("inspect_memory needs the associative memory (use_memory=True, memory='associative'); "
+    if model.config.memory != "associative":
+        raise ValueError("inspect_memory needs the associative memory (memory='associative'); "
                          "RMT and the no-memory model have no A or z to inspect.")
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must be (batch, length) with length >= 1, got {tuple(input_ids.shape)}.")

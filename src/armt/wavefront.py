@@ -250,8 +250,8 @@ def wavefront_blocker(model) -> str | None:
     what to do instead; ``None`` when it can."""
     cell = model.cell
     config = cell.config
-    if not config.use_memory or cell.token_memory:
-        return ("it needs the associative memory (use_memory=True, memory='associative'); other configs "
+    if config.memory != "associative":
+        return ("it needs the associative memory (memory='associative'); other configs "
                 "carry nothing between the layers of one step to batch")
     if config.sliding_window:
         return ("sliding_window=True is not supported (each segment would need the previous segment's keys at "

@@ -28,9 +28,9 @@ def _windows(n, segments, seed=0):
     return torch.randint(99, (n, segments * S), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("use_memory", [True, False])
-def test_values_equal_a_hand_computation_from_logits(tiny_armt, use_memory):
-    model = tiny_armt("llama", segment_size=S, sliding_window=True, use_sink=True, use_memory=use_memory)
+@pytest.mark.parametrize("memory", ["associative", "none"])
+def test_values_equal_a_hand_computation_from_logits(tiny_armt, memory):
+    model = tiny_armt("llama", segment_size=S, sliding_window=True, use_sink=True, memory=memory)
     windows = _windows(3, 3)
     with torch.no_grad():
         logp = torch.log_softmax(model(windows).logits, dim=-1)  # one forward over whole windows
@@ -211,7 +211,7 @@ def test_cli_compares_a_model_with_its_no_memory_baseline(tmp_path, capsys):
 
     source = _books(tmp_path / "books", ["a", "b", "c"])
     _train_tiny(tmp_path / "armt", source)
-    _train_tiny(tmp_path / "nomem", source, "--armt.use_memory=false")
+    _train_tiny(tmp_path / "nomem", source, "--armt.memory=none")
     capsys.readouterr()
     args = ["perplexity", "--model", str(tmp_path / "armt" / "best"), "--baseline", str(tmp_path / "nomem" / "best"),
             "--num-segments", "3", "--max-windows", "4", "--threads", "1", "--quiet", "--out", str(tmp_path / "ppl")]

@@ -36,7 +36,7 @@ def test_pg19_configs_hold_the_recipe(name):
         assert t["per_device_train_batch_size"] * t["gradient_accumulation_steps"] == 64
     else:
         assert cfg.model.tiny["family"] == "llama" and (cfg.model.tiny["hidden"], cfg.model.tiny["layers"]) == (128, 4)
-    baseline = load_run_config(Path(CONFIGS[0]).parent / name, ["--armt.use_memory", "false"])
+    baseline = load_run_config(Path(CONFIGS[0]).parent / name, ["--armt.memory", "none"])
     assert not baseline.armt.use_memory and baseline.armt.sliding_window and baseline.armt.use_sink
 
 

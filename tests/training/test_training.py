@@ -176,6 +176,11 @@ def test_resume_equals_the_uninterrupted_run(tmp_path):
         train(cfg, callbacks=(Crash(4),))  # in stage 2, after its checkpoint at step 3
     with pytest.raises(FileExistsError, match="--resume"):
         train(cfg)
+    # a run config written before memory: none spelled the switch use_memory; it resumes
+    saved = tmp_path / "b" / "run_config.yaml"
+    values = yaml.safe_load(saved.read_text())
+    values["armt"]["use_memory"] = True
+    saved.write_text(yaml.safe_dump(values, sort_keys=False))
     results = train(cfg, resume=True)
     assert [r.stage for r in results] == [1, 2]
     for stage in ("stage1-1seg", "stage2-2seg"):

@@ -77,8 +77,8 @@ class CapacityModelSpec:
                                seed=self.seed)
         # only the query segment is scored: the other segments skip the head and the loss
         config = ARMTConfig(num_mem_tokens=self.num_mem_tokens, d_mem=self.d_mem, segment_size=task.segment_size,
-                            memory="tokens" if self.kind == "rmt" else "associative",
-                            use_memory=self.kind != "none", last_segment_loss_only=True,
+                            memory={"armt": "associative", "rmt": "tokens", "none": "none"}[self.kind],
+                            last_segment_loss_only=True,
                             wavefront=self.wavefront, **dict(self.options))
         torch.manual_seed(self.seed)
         return ARMTForCausalLM(base, config)

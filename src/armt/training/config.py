@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ARMTConfig
+from ..config import ARMTConfig, legacy_keys
 from ..tiny import TINY_FAMILIES
 
 DATA_KINDS = ("associative_retrieval", "capacity", "lm", "babilong")
@@ -243,9 +243,9 @@ class RunConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"{key} must be a number >= 0, got {value!r}.")
-        if self.write_penalty and (not self.armt.use_memory or self.armt.memory != "associative"):
+        if self.write_penalty and self.armt.memory != "associative":
             raise ValueError("write_penalty penalises the associative memory's writes; this model has none "
-                             "(armt.memory: associative, armt.use_memory: true), or set write_penalty: 0.")
+                             "(set armt.memory: associative, or write_penalty: 0).")
         if self.write_penalty and self.armt.wavefront:
             raise ValueError("write_penalty needs the sequential segment loop (the wavefront does not go through the "
                              "memories' writes); set armt.wavefront: false.")
@@ -276,6 +276,8 @@ class RunConfig:
         model = values.pop("model")
         _check_keys(ModelSpec, model, "model")
         armt = values.pop("armt", {}) or {}
+        if isinstance(armt, dict):
+            armt = legacy_keys(armt)
         _check_keys(ARMTConfig, armt, "armt")
         data = values.pop("data", {}) or {}
         _check_keys(DataSpec, data, "data")

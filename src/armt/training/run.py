@@ -329,7 +329,15 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, toke
     prepared = _prepare(cfg, tokenizer, metric_fns, out)
     resolved = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     if resume and (out / CONFIG_NAME).exists() and (out / CONFIG_NAME).read_text() != resolved:
-        differ = _differing_keys(yaml.safe_load((out / CONFIG_NAME).read_text()), cfg.to_dict())
+        saved = yaml.safe_load((out / CONFIG_NAME).read_text())
+        try:  # a run written by an earlier version spells some keys differently (use_memory)
+            saved = RunConfig.from_dict(saved).to_dict()
+        except (ValueError, TypeError):
+            pass
+        differ = _differing_keys(saved, cfg.to_dict())
+    else:
+        differ = []
+    if differ:
         raise ValueError(f"--resume: this config differs from the run's {out / CONFIG_NAME} at "
                          f"{', '.join(differ[:6]) or 'its layout'}; resume with the same config (or start a new run).")
     if overwrite and not resume and out.exists():

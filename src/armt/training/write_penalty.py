@@ -73,7 +73,7 @@ class WritePenalty:
         wavefront, whose passes do not go through the memories' writes."""
         cfg = model.config
         penalty = cls(weight, margin, hard=cfg.write_gate == "hard")
-        if weight == 0 or not cfg.use_memory or cfg.memory != "associative":
+        if weight == 0 or cfg.memory != "associative":
             return None
         if cfg.wavefront:
             raise ValueError("write_penalty needs the sequential segment loop (the wavefront does not go through the "

@@ -169,7 +169,7 @@ def _load(args: argparse.Namespace, tokenizer: bool = True):
     import torch
 
     from . import ARMTForCausalLM
-    from .saving import load_tokenizer
+    from .saving import saved_tokenizer
 
     torch.set_num_threads(args.threads)
     if getattr(args, "gguf_file", None) and args.base is None:
@@ -177,7 +177,7 @@ def _load(args: argparse.Namespace, tokenizer: bool = True):
     model = ARMTForCausalLM.from_pretrained(args.model, base_model=args.base, **_base_kwargs(args)).eval()
     if args.dtype != "auto":
         model.to(getattr(torch, args.dtype))
-    tok = load_tokenizer(args.model, args.tokenizer) if tokenizer else None
+    tok = saved_tokenizer(args.model, args.tokenizer) if tokenizer else None
     if tok is not None and len(tok) > model.vocab_size:
         raise ValueError(f"the tokenizer has {len(tok):,} tokens but the model's vocabulary has {model.vocab_size:,}: "
                          "ids past it mean nothing to the model. Pass the model's own tokenizer with --tokenizer.")

@@ -325,7 +325,7 @@ def push_to_hub(model, repo_id: str, *, save_base: bool = False, private: bool |
         return api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
 
 
-def load_tokenizer(directory: str | os.PathLike, tokenizer: str | None = None):
+def saved_tokenizer(directory: str | os.PathLike, tokenizer: str | None = None):
     """The tokenizer for a saved ARMT model: ``tokenizer`` (a name or path) if given, else the
     one saved in ``directory``, else the recorded base model's."""
     from transformers import AutoTokenizer

@@ -29,7 +29,7 @@ from .write_penalty import WritePenalty
 
 logger = logging.getLogger(__name__)
 STATE_NAME = "curriculum_state.json"
-CONFIG_NAME = "run_config.yaml"
+RUN_CONFIG_NAME = "run_config.yaml"
 
 
 def build_model(cfg: RunConfig) -> ARMTForCausalLM:
@@ -328,8 +328,8 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, toke
     cfg, tokenizer, trained_tokenizer = _resolve(cfg, tokenizer)
     prepared = _prepare(cfg, tokenizer, metric_fns, out)
     resolved = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    if resume and (out / CONFIG_NAME).exists() and (out / CONFIG_NAME).read_text() != resolved:
-        saved = yaml.safe_load((out / CONFIG_NAME).read_text())
+    if resume and (out / RUN_CONFIG_NAME).exists() and (out / RUN_CONFIG_NAME).read_text() != resolved:
+        saved = yaml.safe_load((out / RUN_CONFIG_NAME).read_text())
         try:  # a run written by an earlier version spells some keys differently (use_memory)
             saved = RunConfig.from_dict(saved).to_dict()
         except (ValueError, TypeError):
@@ -338,7 +338,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, toke
     else:
         differ = []
     if differ:
-        raise ValueError(f"--resume: this config differs from the run's {out / CONFIG_NAME} at "
+        raise ValueError(f"--resume: this config differs from the run's {out / RUN_CONFIG_NAME} at "
                          f"{', '.join(differ[:6]) or 'its layout'}; resume with the same config (or start a new run).")
     if overwrite and not resume and out.exists():
         import shutil
@@ -348,7 +348,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, toke
     out.mkdir(parents=True, exist_ok=True)
     if trained_tokenizer and not (resume and (out / "tokenizer").is_dir()):
         tokenizer.save_pretrained(str(out / "tokenizer"))
-    (out / CONFIG_NAME).write_text(resolved)
+    (out / RUN_CONFIG_NAME).write_text(resolved)
     _record_files(out)
     return _train_stages(cfg, out, resume=resume, tokenizer=tokenizer, metric_fns=metric_fns,
                          callbacks=callbacks, main_process=True, prepared=prepared)
@@ -412,7 +412,7 @@ _STAGE_DIR = re.compile(r"stage\d+-\d+seg")
 
 
 def _is_run_dir(out: Path) -> bool:
-    return (out / CONFIG_NAME).is_file() or (out / STATE_NAME).is_file()
+    return (out / RUN_CONFIG_NAME).is_file() or (out / STATE_NAME).is_file()
 
 
 FILES_NAME = "armt_files.json"
@@ -442,13 +442,13 @@ def _check_removable(out: Path) -> None:
         raise ValueError(f"--overwrite would delete {out} ({resolved}): the working directory, one of its parents "
                          "or the home directory. Set training.output_dir to a folder of its own, e.g. runs/my-run.")
     if not _is_run_dir(out):
-        raise ValueError(f"{out} is not an armt run (no {CONFIG_NAME}); --overwrite deletes only armt runs. "
+        raise ValueError(f"{out} is not an armt run (no {RUN_CONFIG_NAME}); --overwrite deletes only armt runs. "
                          "Choose another training.output_dir, or empty the folder yourself.")
     try:
         known = set(json.loads((out / FILES_NAME).read_text())) if (out / FILES_NAME).is_file() else set()
     except ValueError:
         known = set()
-    known |= {CONFIG_NAME, STATE_NAME, FILES_NAME, FILES_NAME + ".tmp"}
+    known |= {RUN_CONFIG_NAME, STATE_NAME, FILES_NAME, FILES_NAME + ".tmp"}
     foreign = sorted(rel for p in out.rglob("*") if p.is_file() or p.is_symlink()
                      if (rel := str(p.relative_to(out))) not in known and not _TRAINER_FILES.fullmatch(rel))
     if foreign:

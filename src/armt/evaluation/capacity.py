@@ -279,7 +279,7 @@ def run_demo(*, steps: int = DEMO_STEPS, minutes: float | None = None, curriculu
     recipe = CapacityRecipe(curriculum=tuple(curriculum), max_steps=steps, seed=seed,
                             time_budget_s=minutes * 60 if minutes else float("inf"))
     cap = f", at most {minutes:g} min" if minutes else ""
-    log(f"training: {steps} steps{cap} (about 5 minutes on 2 CPU cores), N = {' -> '.join(map(str, curriculum))} "
+    log(f"training: {steps} steps{cap} (about 7 minutes on 2 CPU cores), N = {' -> '.join(map(str, curriculum))} "
         f"pairs (next N once exact match >= {recipe.advance_at}):")
 
     def progress(record):

@@ -28,7 +28,7 @@ import time
 import torch
 
 import armt
-from armt.segments import segment_bounds
+from armt.evaluation.cost import step_functions
 
 SMOLLM2 = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                num_key_value_heads=3, head_dim=64, vocab_size=49152, max_position_embeddings=8192,
@@ -71,28 +71,18 @@ def measure(fn, device, repeats: int) -> tuple[float, float]:
 
 
 def passes(base, model, ids, segment, checkpoint: bool):
-    bounds = segment_bounds(ids.shape[1], segment, "left")
+    fns = step_functions(base, model, ids, segment)
+    train_armt = fns["train ARMT"]
 
-    def read_bare():
-        with torch.no_grad():
-            for a, b in bounds:
-                base.base_model(ids[:, a:b])
-
-    def train_bare():
-        for a, b in bounds:
-            base(ids[:, a:b], labels=ids[:, a:b]).loss.backward()
-        base.zero_grad(set_to_none=True)
-
-    def train_armt():
+    def train_armt_checkpointed():
         model.gradient_checkpointing = checkpoint
-        model(ids, labels=ids, output_only_last_segment=True).loss.backward()
-        model.zero_grad(set_to_none=True)
+        train_armt()
 
-    return {"read bare": read_bare,
+    return {"read bare": fns["read bare"],
             "read ARMT": lambda: model.read([ids], wavefront=False),
             "read ARMT wavefront": lambda: model.read([ids], wavefront=True),
-            "train bare": train_bare,
-            "train ARMT": train_armt}
+            "train bare": fns["train bare"],
+            "train ARMT": train_armt_checkpointed}
 
 
 def main(argv=None) -> int:

@@ -73,17 +73,20 @@ def step_functions(base, model, ids: torch.Tensor, segment: int) -> dict[str, Ca
     ``train bare`` (the base model run segment by segment, forward and backward, each segment's
     own loss), ``train ARMT`` (forward and backward as ``armt train`` runs it: only the last
     segment's logits are kept), ``read bare`` (the base model's backbone, no head, no grad) and
-    ``read ARMT`` (:meth:`armt.ARMTForCausalLM.read`)."""
+    ``read ARMT`` (:meth:`armt.ARMTForCausalLM.read`). The training passes start from no
+    gradients, so that every call does the same work."""
     from ..segments import segment_bounds
 
     bounds = segment_bounds(ids.shape[1], segment, "left")
     backbone = base.base_model  # the decoder without the language-model head
 
     def train_bare():
+        base.zero_grad(set_to_none=True)
         for a, b in bounds:
             base(ids[:, a:b], labels=ids[:, a:b]).loss.backward()
 
     def train_armt():
+        model.zero_grad(set_to_none=True)
         model(ids, labels=ids, output_only_last_segment=True).loss.backward()
 
     def read_bare():

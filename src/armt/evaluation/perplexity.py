@@ -29,8 +29,8 @@ import torch
 from torch import Tensor
 
 from ..data.books import BookSource, load_books
-from ..loss import pair_nll, upcast
 from ..data.lm import split_books
+from ..loss import pair_nll, upcast
 from ..streaming import MemoryReader
 
 FILES = ("perplexity.md", "perplexity.csv", "perplexity.json", "perplexity.png")

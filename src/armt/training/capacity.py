@@ -327,8 +327,9 @@ def train_stages(model: ARMTForCausalLM, stages: Sequence, recipe: CapacityRecip
                 if strength is not None:
                     loss = loss + penalty.weight * strength
                     betas.append(strength.item())
-                    if penalty.open_share() is not None:
-                        opens.append(penalty.open_share())
+                    share = penalty.open_share()
+                    if share is not None:
+                        opens.append(share)
                 loss.backward()
                 if recipe.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)

@@ -246,12 +246,9 @@ class RunConfig:
         if self.write_penalty and self.armt.memory != "associative":
             raise ValueError("write_penalty penalises the associative memory's writes; this model has none "
                              "(set armt.memory: associative, or write_penalty: 0).")
-        if self.write_penalty and self.armt.wavefront:
-            raise ValueError("write_penalty needs the sequential segment loop (the wavefront does not go through the "
-                             "memories' writes); set armt.wavefront: false.")
-        if self.write_margin and self.armt.write_gate != "hard":
-            raise ValueError("write_margin needs armt.write_gate: hard (the sigmoid gate never shuts, so there is no "
-                             "edge to keep a margin from).")
+        from .write_penalty import check_write_penalty
+
+        check_write_penalty(self.armt, self.write_penalty, self.write_margin)
         bad = sorted(set(self.metrics) - set(METRICS))
         if bad:
             raise ValueError(f"metrics: {bad[0]!r} is unknown; built-in metrics are {METRICS} "

@@ -130,7 +130,7 @@ class ARMTTrainer(Trainer):
                  write_penalty: WritePenalty | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.write_penalty = write_penalty
-        self._write_logs: dict[str, list[float]] = {"write_strength": [], "write_open": []}
+        self._write_logs: dict[str, list[torch.Tensor]] = {"write_strength": [], "write_open": []}
         self.armt_tokenizer = tokenizer
         self.armt_metrics = tuple(metrics)
         self.metric_fns = tuple(metric_fns)
@@ -171,9 +171,8 @@ class ARMTTrainer(Trainer):
                 # a mean per micro-batch, must be too (training_step divides neither)
                 term = term / getattr(self, "current_gradient_accumulation_steps", 1)
             loss = loss + term
-            self._write_logs["write_strength"].append(strength.item())
-            if penalty.open_share() is not None:
-                self._write_logs["write_open"].append(penalty.open_share())
+            for key, value in penalty.stats().items():  # read out at the next log, not every step
+                self._write_logs[key].append(value)
         if not bool(torch.isfinite(loss.detach()).all()):
             memory = outputs["memory"] if isinstance(outputs, dict) else getattr(outputs, "memory", None)
             layers = [] if memory is None else [i for i, m in enumerate(memory.layers)
@@ -197,7 +196,7 @@ class ARMTTrainer(Trainer):
             self._tokens_since_log, self._last_log_time = 0, now
             for key, values in self._write_logs.items():
                 if values:
-                    logs[key] = sum(values) / len(values)
+                    logs[key] = torch.stack(values).mean().item()
                     values.clear()
         if self.num_segments is not None:
             logs["num_segments"] = self.num_segments

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import torch
 from torch import Tensor
@@ -21,6 +22,23 @@ from ..inspection import watch_memory
 
 # the hard gate is clip(x / 4 + 1/2, 0, 1): it shuts at x = -2
 _HARD_SHUT = -2.0
+
+
+def check_write_penalty(config, weight: float, margin: float = 0.0) -> None:
+    """Refuse a penalty that ``config`` (an :class:`armt.ARMTConfig`) cannot take, saying what to
+    change: negative values, a margin without the hard gate, a penalty on the wavefront. Both the
+    run config (before any model is built) and :meth:`WritePenalty.for_model` call it."""
+    if not weight >= 0:
+        raise ValueError(f"write_penalty must be >= 0, got {weight!r}.")
+    if not margin >= 0:
+        raise ValueError(f"write_margin must be >= 0, got {margin!r}.")
+    if margin > 0 and config.write_gate != "hard":
+        raise ValueError("write_margin needs ARMTConfig(write_gate='hard') (armt.write_gate: hard in a run config): "
+                         "the sigmoid gate never shuts, so there is no edge to keep a margin from.")
+    if weight > 0 and config.memory == "associative" and config.wavefront:
+        raise ValueError("write_penalty needs the sequential segment loop (the wavefront does not go through the "
+                         "memories' writes); build the model with wavefront=False (armt.wavefront: false in a run "
+                         "config).")
 
 
 @dataclass
@@ -58,13 +76,8 @@ class WritePenalty:
     _opened: list[Tensor] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
-        if not self.weight >= 0:
-            raise ValueError(f"write_penalty must be >= 0, got {self.weight!r}.")
-        if not self.margin >= 0:
-            raise ValueError(f"write_margin must be >= 0, got {self.margin!r}.")
-        if self.margin > 0 and not self.hard:
-            raise ValueError("write_margin needs ARMTConfig(write_gate='hard'): the sigmoid gate never shuts, so "
-                             "there is no edge to keep a margin from.")
+        gate = SimpleNamespace(write_gate="hard" if self.hard else "sigmoid", memory="associative", wavefront=False)
+        check_write_penalty(gate, self.weight, self.margin)
 
     @classmethod
     def for_model(cls, model, weight: float, margin: float = 0.0) -> WritePenalty | None:
@@ -72,13 +85,10 @@ class WritePenalty:
         weight, or a model without an associative memory: RMT, no memory). Refuses the
         wavefront, whose passes do not go through the memories' writes."""
         cfg = model.config
-        penalty = cls(weight, margin, hard=cfg.write_gate == "hard")
+        check_write_penalty(cfg, weight, margin)
         if weight == 0 or cfg.memory != "associative":
             return None
-        if cfg.wavefront:
-            raise ValueError("write_penalty needs the sequential segment loop (the wavefront does not go through the "
-                             "memories' writes); build the model with wavefront=False.")
-        return penalty
+        return cls(weight, margin, hard=cfg.write_gate == "hard")
 
     def _on_gate(self, layer: int, x: Tensor) -> None:
         if self.hard:
@@ -107,3 +117,13 @@ class WritePenalty:
     def open_share(self) -> float | None:
         """Share of hard-gate writes with ``beta > 0`` (``None`` for the sigmoid gate)."""
         return torch.stack(self._opened).mean().item() if self._opened else None
+
+    def stats(self) -> dict[str, Tensor]:
+        """What to log of the watched passes, detached (no device sync): ``write_strength``
+        and, with the hard gate, ``write_open``; empty when nothing was written."""
+        out = {}
+        if self._strengths:
+            out["write_strength"] = torch.stack(self._strengths).mean().detach()
+        if self._opened:
+            out["write_open"] = torch.stack(self._opened).mean()
+        return out

@@ -21,23 +21,16 @@ if not (DATA / "babi" / "en").is_dir():
     # a fresh clone without ../shared: excerpts of the same bAbI files and books, kept in tests/
     DATA = FIXTURES / "data"
 
-FAMILIES = ("gpt2", "gpt_neox", "llama", "qwen2", "mistral")
+FAMILIES = armt.families.SUPPORTED_TYPES
 
 
 def _tiny_base(family: str, attn: str = "sdpa", dtype=torch.float32, seed: int = 0, vocab: int = 99):
     """A 2-layer, 32-wide random model of ``family``."""
+    heads, intermediate = {"gpt2": (2, None), "gpt_neox": (2, 64)}.get(family, (4, 64))
+    cfg = armt.families.tiny_config(family, layers=2, hidden=32, heads=heads, kv_heads=2, vocab=vocab,
+                                    max_positions=512, intermediate=intermediate, end_token=False)
+    cfg._attn_implementation = attn
     torch.manual_seed(seed)
-    common = dict(vocab_size=vocab, attn_implementation=attn)
-    if family == "gpt2":
-        cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=512, **common)
-    elif family == "gpt_neox":
-        cfg = transformers.GPTNeoXConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                         intermediate_size=64, max_position_embeddings=512, **common)
-    else:
-        cls = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
-               "mistral": transformers.MistralConfig}[family]
-        cfg = cls(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                  intermediate_size=64, max_position_embeddings=512, **common)
     model = transformers.AutoModelForCausalLM.from_config(cfg)
     return model.to(dtype).eval()
 

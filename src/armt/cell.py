@@ -12,6 +12,7 @@ from contextlib import ExitStack, contextmanager
 import torch
 from torch import Tensor, nn
 
+from . import families
 from . import window as sliding
 from .adapters import unwrap_adapters
 from .config import ARMTConfig
@@ -19,14 +20,6 @@ from .layers import AssociativeMemory
 from .state import LayerMemory, MemoryState
 from .targets import find_decoder_layers
 from .checks import InputTypeError
-
-
-def _position_limit(runner: nn.Module) -> int | None:
-    """Size of a learned absolute position table (GPT-2's ``n_positions``), None for RoPE."""
-    config = getattr(runner, "config", None)
-    if config is None or config.model_type not in sliding.ABSOLUTE_POSITION_FAMILIES:
-        return None
-    return getattr(config, "n_positions", None)
 
 
 def _segment_inputs(embeds: Tensor, token_mask: Tensor | None, offset: int, T: int) -> dict:
@@ -104,7 +97,7 @@ class ARMTCell(nn.Module):
                                            for _ in (layers if associative else ()))
         self._logits_to_keep = "logits_to_keep" in inspect.signature(self.runner.forward).parameters
         positions = int(config.use_sink) + config.read_tokens_per_segment + config.segment_size + self.num_mem_tokens
-        limit = _position_limit(self.runner)
+        limit = families.position_table(getattr(self.runner, "config", None))
         if not config.sliding_window and limit is not None and positions > limit:
             raise ValueError(
                 f"a segment takes {positions} positions (sink + memory tokens + segment_size={config.segment_size}), "

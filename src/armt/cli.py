@@ -7,6 +7,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from . import families
+
 
 def _int_at_least(minimum: int):
     """An argparse type: an integer >= ``minimum`` (argparse names the flag in its message)."""
@@ -668,7 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("reading-demo", help="wrap a small random model and read a long input through it "
                           "(identity with the base model, speed, constant state size)")
-    demo.add_argument("--family", default="gpt2", choices=["gpt2", "llama"], help="base model family")
+    demo.add_argument("--family", default=families.DEFAULT_TINY, choices=families.TINY_TYPES, help="base model family")
     demo.add_argument("--tokens", type=_int_at_least(1), default=16384, help="length of the random input")
     demo.add_argument("--segment-size", type=_int_at_least(1), default=128, help="real tokens per segment")
     demo.add_argument("--mem-tokens", type=_int_at_least(1), default=16, help="memory tokens per segment")

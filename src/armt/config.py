@@ -84,7 +84,7 @@ class ARMTConfig:
             than two full segments. Training through it is asked for per call
             (``model(..., wavefront=True)``): it pays only for small models.
             Needs the associative memory without the sliding window, a base family in
-            ``armt.wavefront.WAVEFRONT_FAMILIES`` and no peft adapters (checked when the model
+            ``armt.families.SUPPORTED_TYPES`` and no peft adapters (checked when the model
             is built). A call option overrides it (``model(..., wavefront=...)``,
             ``model.read(..., wavefront=...)``).
         write_gate: how the write strength ``beta`` comes from ``W_mb``: ``"sigmoid"`` (the

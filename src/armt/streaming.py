@@ -73,7 +73,7 @@ class MemoryReader:
         wavefront: write the full segments of each chunk along the diagonals (all layers at
             once, one segment apart; see :mod:`armt.wavefront`): the same memory in fewer, larger
             operations. ``True`` needs a model in eval mode of a family in
-            ``armt.wavefront.WAVEFRONT_FAMILIES``, no ``compute_loss`` and no sliding window, and
+            ``armt.families.SUPPORTED_TYPES``, no ``compute_loss`` and no sliding window, and
             says why otherwise; ``None`` follows ``ARMTConfig.wavefront`` where it can apply.
             Pays when chunks hold many segments. Padded segments and the last partial one still
             run one by one.

@@ -1,30 +1,10 @@
-"""Where each model family keeps its decoder layers."""
+"""Finding the decoder layers of a causal LM (the known paths are in :mod:`armt.families`)."""
 
 from __future__ import annotations
 
 from torch import nn
 
-# model_type -> dotted path of the decoder layers in the *ForCausalLM class
-KNOWN_LAYER_PATHS = {
-    "gpt2": "transformer.h",
-    "gpt_neox": "gpt_neox.layers",
-    "gptj": "transformer.h",
-    "gpt_bigcode": "transformer.h",
-    "bloom": "transformer.h",
-    "falcon": "transformer.h",
-    "opt": "model.decoder.layers",
-    "llama": "model.layers",
-    "qwen2": "model.layers",
-    "qwen3": "model.layers",
-    "mistral": "model.layers",
-    "mixtral": "model.layers",
-    "gemma": "model.layers",
-    "gemma2": "model.layers",
-    "phi": "model.layers",
-    "phi3": "model.layers",
-    "olmo": "model.layers",
-    "smollm3": "model.layers",
-}
+from . import families
 
 
 def _resolve(model: nn.Module, path: str) -> nn.Module:
@@ -86,7 +66,7 @@ def find_decoder_layers(model: nn.Module, layers_path: str | None = None) -> tup
         return layers_path, layers
 
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    known = KNOWN_LAYER_PATHS.get(model_type)
+    known = families.layers_path(model_type)
     if known is not None:
         try:
             return known, _resolve(model, known)

@@ -7,8 +7,8 @@ of ``N x L`` (diagonal batching, arXiv 2506.05229). In step t, layer l works on 
 matrix product over the active layers. On a CPU or GPU that spends its time launching small
 operations this divides their number by up to L; the arithmetic is unchanged.
 
-The layers are rewritten here as functions of stacked weights, so only families whose layer
-maths is written down in :data:`WAVEFRONT_FAMILIES` run this way; anything else (other
+The layers are rewritten as functions of stacked weights (each family's ``stacked`` layer in
+:mod:`armt.families`), so only families whose layer maths is written down there run this way; anything else (other
 families, peft adapters, the sliding window, the RMT baseline, dropout in training mode) is
 refused with the reason. Results equal the sequential segment loop (tested to 1e-10 in
 float64).
@@ -19,230 +19,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import families
 from .adapters import has_adapters
+from .families.stacked import linear, stack
 from .ops import fused
 from .segments import SegmentStep, run_segment
 from .state import LayerMemory, MemoryState
-
-
-def _stack(tensors, transpose: bool = False) -> Tensor:
-    # differentiable when built with gradients on (a training forward), a plain copy otherwise
-    return torch.stack([t.t() if transpose else t for t in tensors]).contiguous()
-
-
-def _bias(linear: nn.Module, out_features: int, like: Tensor) -> Tensor:
-    b = getattr(linear, "bias", None)
-    return b if b is not None else like.new_zeros(out_features)
-
-
-def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """``x @ weight + bias`` for each active layer: x ``(L', n, in)``, weight ``(L', in, out)``."""
-    if bias is None:
-        return torch.bmm(x, weight)
-    return torch.baddbmm(bias.unsqueeze(1), x, weight)
-
-
-def _layer_norm(h: Tensor, params: tuple[Tensor, Tensor], sl: slice, eps: float) -> Tensor:
-    """LayerNorm of ``h`` ``(L', B, P, D)`` with each active layer's own weight and bias."""
-    w, b = params
-    return torch.addcmul(b[sl, None, None, :], F.layer_norm(h, h.shape[-1:], eps=eps), w[sl, None, None, :])
-
-
-def _rope_tables(rotary: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """``(cos, sin)`` ``(1, 1, P, rotary_dim)`` of the base model's rotary embedding for a
-    segment's positions ``0 .. P-1`` (x: ``(..., P, D)``)."""
-    P = x.shape[-2]
-    cos, sin = rotary(x.reshape(-1, P, x.shape[-1])[:1], torch.arange(P, device=x.device).unsqueeze(0))
-    return cos.unsqueeze(1), sin.unsqueeze(1)
-
-
-def _rotate(x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
-    """Rotary position embedding of the first ``rotary_dim`` features of ``x`` (all of them
-    for Llama, a share for GPT-NeoX), as Hugging Face's ``rotate_half`` convention."""
-    cos, sin = rope
-    r = cos.shape[-1]
-    x_rot = x[..., :r]
-    rotated = torch.cat([-x_rot[..., r // 2:], x_rot[..., :r // 2]], dim=-1)
-    out = x_rot * cos + rotated * sin
-    return out if r == x.shape[-1] else torch.cat([out, x[..., r:]], dim=-1)
-
-
-def _attend(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-
-
-class _GPT2:
-    """GPT-2 blocks: ``h + attn(ln_1 h)``, then ``h + mlp(ln_2 h)``, learned positions."""
-
-    layer_classes = ("GPT2Block",)
-
-    def __init__(self, runner: nn.Module, layers):
-        cfg = runner.config
-        if getattr(cfg, "scale_attn_by_inverse_layer_idx", False) or getattr(cfg, "reorder_and_upcast_attn", False):
-            raise ValueError("wavefront reading does not implement GPT-2's scale_attn_by_inverse_layer_idx or "
-                             "reorder_and_upcast_attn; read with wavefront=False.")
-        from transformers.activations import ACT2FN
-
-        self.act = ACT2FN[cfg.activation_function]
-        if cfg.activation_function in ("gelu_new", "gelu_pytorch_tanh"):
-            # the same tanh approximation as one fused kernel instead of seven elementwise passes
-            self.act = lambda x: F.gelu(x, approximate="tanh")
-        self.heads = cfg.n_head
-        self.eps = cfg.layer_norm_epsilon
-        D = cfg.n_embd
-        self.scale = (D // self.heads) ** -0.5 if cfg.scale_attn_weights else 1.0
-        self.wpe = runner.transformer.wpe
-        self.final_norm = runner.transformer.ln_f
-        self.ln1 = (_stack(l.ln_1.weight for l in layers), _stack(l.ln_1.bias for l in layers))
-        self.ln2 = (_stack(l.ln_2.weight for l in layers), _stack(l.ln_2.bias for l in layers))
-        # Conv1D keeps its weight as (in, out): already the layout of x @ W
-        self.qkv = (_stack(l.attn.c_attn.weight for l in layers), _stack(l.attn.c_attn.bias for l in layers))
-        self.proj = (_stack(l.attn.c_proj.weight for l in layers), _stack(l.attn.c_proj.bias for l in layers))
-        self.fc = (_stack(l.mlp.c_fc.weight for l in layers), _stack(l.mlp.c_fc.bias for l in layers))
-        self.fc_out = (_stack(l.mlp.c_proj.weight for l in layers), _stack(l.mlp.c_proj.bias for l in layers))
-
-    def embed(self, x: Tensor) -> Tensor:
-        """Model-level input of the first layer: the token (and memory) embeddings plus positions."""
-        P = x.shape[-2]
-        return x + self.wpe(torch.arange(P, device=x.device))
-
-    def _norm(self, h, params, sl):
-        return _layer_norm(h, params, sl, self.eps)
-
-    def __call__(self, h: Tensor, sl: slice) -> Tensor:
-        Lp, B, P, D = h.shape
-        H = self.heads
-        flat = self._norm(h, self.ln1, sl).view(Lp, B * P, D)
-        qkv = _linear(flat, self.qkv[0][sl], self.qkv[1][sl]).view(Lp * B, P, 3, H, D // H)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (L'B, H, P, D/H)
-        o = _attend(q, k, v, self.scale).transpose(1, 2).reshape(Lp, B * P, D)
-        h = h + _linear(o, self.proj[0][sl], self.proj[1][sl]).view(h.shape)
-        flat = self._norm(h, self.ln2, sl).view(Lp, B * P, D)
-        m = self.act(_linear(flat, self.fc[0][sl], self.fc[1][sl]))
-        return h + _linear(m, self.fc_out[0][sl], self.fc_out[1][sl]).view(h.shape)
-
-
-class _Llama:
-    """Llama-style blocks (Llama, Mistral, Qwen2): RMSNorm, rotary attention with grouped
-    key/value heads, gated MLP."""
-
-    layer_classes = ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer")
-
-    def __init__(self, runner: nn.Module, layers):
-        cfg = runner.config
-        from transformers.activations import ACT2FN
-
-        self.act = ACT2FN[cfg.hidden_act]
-        self.heads = cfg.num_attention_heads
-        self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
-        self.eps = cfg.rms_norm_eps
-        self.window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
-        self.rotary = runner.model.rotary_emb
-        self.final_norm = runner.model.norm
-        attn = [l.self_attn for l in layers]
-        mlp = [l.mlp for l in layers]
-        w = attn[0].q_proj.weight
-        self.ln1 = _stack(l.input_layernorm.weight for l in layers)
-        self.ln2 = _stack(l.post_attention_layernorm.weight for l in layers)
-        # q, k, v read the same input: one product; so do the MLP's gate and up
-        self.qkv = (_stack((torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]) for a in attn), True),
-                    _stack(torch.cat([_bias(a.q_proj, a.q_proj.out_features, w), _bias(a.k_proj, a.k_proj.out_features, w),
-                                      _bias(a.v_proj, a.v_proj.out_features, w)]) for a in attn))
-        self.o = (_stack((a.o_proj.weight for a in attn), True), _stack(_bias(a.o_proj, a.o_proj.out_features, w) for a in attn))
-        I = mlp[0].gate_proj.out_features
-        self.gate_up = (_stack((torch.cat([m.gate_proj.weight, m.up_proj.weight]) for m in mlp), True),
-                        _stack(torch.cat([_bias(m.gate_proj, I, w), _bias(m.up_proj, I, w)]) for m in mlp))
-        self.down = (_stack((m.down_proj.weight for m in mlp), True), _stack(_bias(m.down_proj, cfg.hidden_size, w) for m in mlp))
-        self._rope = None
-
-    def embed(self, x: Tensor) -> Tensor:
-        P = x.shape[-2]
-        if self.window is not None and P > self.window:
-            raise ValueError(f"a segment of {P} positions is longer than the base model's own sliding window "
-                             f"({self.window}); read with wavefront=False.")
-        self._rope = _rope_tables(self.rotary, x)
-        return x
-
-    def _norm(self, h, w, sl):
-        x = h.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return w[sl, None, None, :] * x.to(h.dtype)
-
-
-    def __call__(self, h: Tensor, sl: slice) -> Tensor:
-        Lp, B, P, D = h.shape
-        Hq, Hk, hd = self.heads, self.kv_heads, self.head_dim
-        flat = self._norm(h, self.ln1, sl).view(Lp, B * P, D)
-        qkv = _linear(flat, self.qkv[0][sl], self.qkv[1][sl]).view(Lp * B, P, Hq + 2 * Hk, hd).transpose(1, 2)
-        q, k, v = qkv.split([Hq, Hk, Hk], dim=1)
-        q, k = _rotate(q, self._rope), _rotate(k, self._rope)
-        if Hk != Hq:
-            k, v = k.repeat_interleave(Hq // Hk, dim=1), v.repeat_interleave(Hq // Hk, dim=1)
-        o = _attend(q, k, v, hd ** -0.5).transpose(1, 2).reshape(Lp, B * P, Hq * hd)
-        h = h + _linear(o, self.o[0][sl], self.o[1][sl]).view(h.shape)
-        flat = self._norm(h, self.ln2, sl).view(Lp, B * P, D)
-        gate, up = _linear(flat, self.gate_up[0][sl], self.gate_up[1][sl]).chunk(2, dim=-1)
-        return h + _linear(self.act(gate) * up, self.down[0][sl], self.down[1][sl]).view(h.shape)
-
-
-class _GPTNeoX:
-    """GPT-NeoX (Pythia) layers: LayerNorm, fused query/key/value laid out per head, partial
-    rotary, and the parallel residual ``h + attn(ln_1 h) + mlp(ln_2 h)`` (or the sequential one)."""
-
-    layer_classes = ("GPTNeoXLayer",)
-
-    def __init__(self, runner: nn.Module, layers):
-        cfg = runner.config
-        from transformers.activations import ACT2FN
-
-        self.act = ACT2FN[cfg.hidden_act]
-        self.heads = cfg.num_attention_heads
-        self.eps = cfg.layer_norm_eps
-        self.parallel = cfg.use_parallel_residual
-        self.rotary = runner.gpt_neox.rotary_emb
-        self.final_norm = runner.gpt_neox.final_layer_norm
-        w = layers[0].attention.query_key_value.weight
-        D = cfg.hidden_size
-        self.ln1 = (_stack(l.input_layernorm.weight for l in layers), _stack(l.input_layernorm.bias for l in layers))
-        self.ln2 = (_stack(l.post_attention_layernorm.weight for l in layers),
-                    _stack(l.post_attention_layernorm.bias for l in layers))
-        att = [l.attention for l in layers]
-        self.qkv = (_stack((a.query_key_value.weight for a in att), True),
-                    _stack(_bias(a.query_key_value, 3 * D, w) for a in att))
-        self.dense = (_stack((a.dense.weight for a in att), True), _stack(_bias(a.dense, D, w) for a in att))
-        mlp = [l.mlp for l in layers]
-        self.up = (_stack((m.dense_h_to_4h.weight for m in mlp), True), _stack(m.dense_h_to_4h.bias for m in mlp))
-        self.down = (_stack((m.dense_4h_to_h.weight for m in mlp), True), _stack(m.dense_4h_to_h.bias for m in mlp))
-        self._rope = None
-
-    def embed(self, x: Tensor) -> Tensor:
-        self._rope = _rope_tables(self.rotary, x)
-        return x
-
-    def _norm(self, h, params, sl):
-        return _layer_norm(h, params, sl, self.eps)
-
-
-    def __call__(self, h: Tensor, sl: slice) -> Tensor:
-        Lp, B, P, D = h.shape
-        H = self.heads
-        flat = self._norm(h, self.ln1, sl).view(Lp, B * P, D)
-        qkv = _linear(flat, self.qkv[0][sl], self.qkv[1][sl]).view(Lp * B, P, H, 3 * (D // H)).transpose(1, 2)
-        q, k, v = qkv.chunk(3, dim=-1)
-        o = _attend(_rotate(q, self._rope), _rotate(k, self._rope), v, (D // H) ** -0.5).transpose(1, 2).reshape(Lp, B * P, D)
-        attn = _linear(o, self.dense[0][sl], self.dense[1][sl]).view(h.shape)
-        base = h if self.parallel else h + attn
-        flat = self._norm(base, self.ln2, sl).view(Lp, B * P, D)
-        mlp = _linear(self.act(_linear(flat, self.up[0][sl], self.up[1][sl])), self.down[0][sl], self.down[1][sl])
-        return h + attn + mlp.view(h.shape)
-
-
-# model_type -> the layer maths written with stacked weights
-WAVEFRONT_FAMILIES = {"gpt2": _GPT2, "gpt_neox": _GPTNeoX, "llama": _Llama, "mistral": _Llama, "qwen2": _Llama}
 
 
 def wavefront_blocker(model) -> str | None:
@@ -259,14 +43,18 @@ def wavefront_blocker(model) -> str | None:
     if has_adapters(cell.base_model):
         return ("it runs the base layers from their weights and does not apply peft adapters; merge them first "
                 "(model.cell.base_model.merge_and_unload()) or use wavefront=False")
-    model_type = getattr(cell.runner.config, "model_type", None)
-    family = WAVEFRONT_FAMILIES.get(model_type)
+    config = cell.runner.config
+    family = families.family_of(config)
     if family is None:
-        return f"it supports model types {sorted(WAVEFRONT_FAMILIES)}, not {model_type!r}; use wavefront=False"
+        return (f"it supports model types {families.SUPPORTED_TYPES}, not {getattr(config, 'model_type', None)!r}; "
+                "use wavefront=False")
     kinds = {type(layer).__name__ for layer in cell.decoder_layers}
     if not kinds <= set(family.layer_classes):
-        return (f"it knows the layers {family.layer_classes} for {model_type!r}, but this model has "
+        return (f"it knows the layers {family.layer_classes} for {config.model_type!r}, but this model has "
                 f"{sorted(kinds)}; use wavefront=False")
+    unknown = families.unknown_fields(config)
+    if unknown:
+        return f"its {family.name} layer does not follow " + ", ".join(unknown) + "; use wavefront=False"
     return None
 
 
@@ -357,18 +145,17 @@ class Wavefront:
         if reason:
             raise ValueError(f"wavefront reading cannot run here: {reason}.")
         runner = cell.runner
-        family = WAVEFRONT_FAMILIES[runner.config.model_type]
         layers = cell.decoder_layers
         self.cell = cell
-        self.layers = family(runner, layers)
+        self.layers = families.family_of(runner.config).stacked(runner, layers)
         mem = cell.memory_layers
         self.memory = mem[0]  # every layer's memory has the same shapes and options
         self.use_denom, self.correction = self.memory.use_denom, self.memory.correction
         self.state_dtype = self.memory.state_dtype
-        self.W_q = _stack((m.W_mq.weight for m in mem), True)  # (L, D, d_mem)
+        self.W_q = stack((m.W_mq.weight for m in mem), True)  # (L, D, d_mem)
         projections = [m.write_projection() for m in mem]
-        self.W_kvb = _stack((w for w, _ in projections), True)
-        self.b_kvb = _stack(b for _, b in projections)
+        self.W_kvb = stack((w for w, _ in projections), True)
+        self.b_kvb = stack(b for _, b in projections)
 
     def _read(self, h: Tensor, A: Tensor, z: Tensor | None, sl: slice) -> Tensor:
         Lp, B, P, D = h.shape
@@ -382,7 +169,7 @@ class Wavefront:
         (stacked over those layers); with ``fresh`` the last active layer is on the stream's
         first segment and writes into the empty memory. Returns the new ``(A, z)``."""
         Lp, B, M, D = out.shape
-        kvb = _linear(out.reshape(Lp, B * M, D), self.W_kvb[sl], self.b_kvb[sl]).view(Lp * B, M, -1)
+        kvb = linear(out.reshape(Lp, B * M, D), self.W_kvb[sl], self.b_kvb[sl]).view(Lp * B, M, -1)
         k, v, beta = self.memory.write_features(kvb)
         n = (Lp - 1 if fresh else Lp) * B
         kw = self.memory.write_options()

@@ -38,27 +38,24 @@ import inspect
 import torch
 from torch import Tensor, nn
 
+from . import families
 from .state import LayerMemory, MemoryState
 
-#: families whose window handling is tested: learned absolute positions, and RoPE applied with
-#: ``rotate_half`` to the first ``2 * len(inv_freq)`` channels of every head
-ABSOLUTE_POSITION_FAMILIES = ("gpt2",)
-ROTARY_FAMILIES = ("gpt_neox", "llama", "qwen2", "mistral")
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
 
 _WINDOW, _SINK, _TOKEN, _MEMORY = 0, 1, 2, 3
 
 
 def rotary_module(runner: nn.Module) -> nn.Module | None:
-    """The base model's rotary embedding if the window supports it (``None`` for GPT-2);
-    raises for families or attention implementations the window does not support."""
+    """The base model's rotary embedding if the window supports it (``None`` for learned
+    positions); raises for families or attention implementations the window does not support."""
     config = getattr(runner, "config", None)
-    family = getattr(config, "model_type", None)
+    family = families.family_of(config)
     attn = getattr(config, "_attn_implementation", None)
-    if family not in ABSOLUTE_POSITION_FAMILIES + ROTARY_FAMILIES:
+    if family is None:
         raise ValueError(
-            f"sliding_window=True does not support model_type={family!r}: the window must know how the "
-            f"family encodes positions. Supported: {ABSOLUTE_POSITION_FAMILIES + ROTARY_FAMILIES}; "
+            f"sliding_window=True does not support model_type={getattr(config, 'model_type', None)!r}: the window "
+            f"must know how the family encodes positions. Supported: {families.SUPPORTED_TYPES}; "
             "use sliding_window=False for other models."
         )
     if attn not in ATTENTION_IMPLEMENTATIONS:
@@ -66,7 +63,7 @@ def rotary_module(runner: nn.Module) -> nn.Module | None:
             f"sliding_window=True needs an explicit attention mask, which attn_implementation={attn!r} "
             f"does not take; load the base model with attn_implementation in {ATTENTION_IMPLEMENTATIONS}."
         )
-    if family in ABSOLUTE_POSITION_FAMILIES:
+    if family.positions == "learned":
         return None
     backbone = getattr(runner, "base_model", runner)
     rotary = getattr(backbone, "rotary_emb", None)
@@ -82,7 +79,7 @@ def check_positions(runner: nn.Module, needed: int, segment_size: int) -> None:
     """Refuse a layout that would run past a learned position table (GPT-2's ``n_positions``);
     RoPE has no table, so nothing is checked there."""
     config = runner.config
-    limit = getattr(config, "n_positions", None) if config.model_type in ABSOLUTE_POSITION_FAMILIES else None
+    limit = families.position_table(config)
     if limit is not None and needed > limit:
         spare = needed - 2 * segment_size
         raise ValueError(

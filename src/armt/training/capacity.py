@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import families
 from ..checks import check_positive_int
 from ..config import ARMTConfig
 from ..data.capacity import VARIANTS, CapacityConfig, CapacityDataset, capacity_batch
@@ -72,7 +73,7 @@ class CapacityModelSpec:
         from ..tiny import tiny_base_model
 
         task = task or CapacityConfig(num_pairs=1)
-        base = tiny_base_model("gpt_neox", layers=self.layers, hidden=self.hidden, heads=self.heads,
+        base = tiny_base_model(families.CAPACITY_TINY, layers=self.layers, hidden=self.hidden, heads=self.heads,
                                intermediate=self.intermediate, vocab=task.vocab_size, max_positions=64,
                                seed=self.seed)
         # only the query segment is scored: the other segments skip the head and the loss

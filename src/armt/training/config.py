@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ARMTConfig, legacy_keys
+from .. import families
 from ..tiny import TINY_FAMILIES
 
 DATA_KINDS = ("associative_retrieval", "capacity", "lm", "babilong")
@@ -77,7 +78,7 @@ class ModelSpec:
                 value = self.tiny.get(key)
                 if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                     raise ValueError(f"model.tiny.{key} must be a positive integer, got {value!r}.")
-            family = self.tiny.get("family", "gpt2")
+            family = self.tiny.get("family", families.DEFAULT_TINY)
             if family not in TINY_FAMILIES:
                 raise ValueError(f"model.tiny.family={family!r} is not a tiny family; use one of {TINY_FAMILIES}.")
             dropout = self.tiny.get("dropout")
@@ -392,7 +393,7 @@ def default_run_values() -> dict:
     """The built-in run: a tiny GPT-2 learns associative retrieval across 1 -> 2 -> 4 segments
     on the CPU in a few minutes."""
     return {
-        "model": {"tiny": {"family": "gpt2", "layers": 2, "hidden": 64, "vocab": 16}},
+        "model": {"tiny": {"family": families.DEFAULT_TINY, "layers": 2, "hidden": 64, "vocab": 16}},
         "armt": {"num_mem_tokens": 4, "d_mem": 16, "segment_size": 16},
         "data": {"kind": "associative_retrieval", "num_train": 20000, "num_eval": 64,
                  "options": {"key_len": 1, "value_len": 1, "num_pairs": 2}},

@@ -3,6 +3,8 @@ commands work from an installed package too)."""
 
 from __future__ import annotations
 
+from .. import families
+
 # the official ARMT BABILong curriculum: each stage starts from the best model of the last
 OFFICIAL_BABILONG_CURRICULUM = (2, 3, 5, 8, 16, 32)
 
@@ -14,7 +16,7 @@ def babilong_tiny() -> dict:
     ``data.options.babi``/``background`` at the bAbI folder and a folder of books for the
     real data."""
     return {
-        "model": {"tiny": {"family": "gpt2", "layers": 2, "hidden": 64}},
+        "model": {"tiny": {"family": families.DEFAULT_TINY, "layers": 2, "hidden": 64}},
         "armt": {"num_mem_tokens": 4, "d_mem": 16, "segment_size": 64},
         "data": {"kind": "babilong", "num_train": 2000, "num_eval": 32,
                  "options": {"tasks": ["qa1"], "babi": "builtin", "background": "builtin",
@@ -39,7 +41,7 @@ def babilong_gpt2() -> dict:
     tokens, curriculum 2 -> 3 -> 5 -> 8 -> 16 -> 32 segments on qa1-qa5, loss on the answer
     and EOS only, exact-match validation with generation, early stopping. Needs a GPU."""
     return {
-        "model": {"name_or_path": "gpt2"},
+        "model": {"name_or_path": "openai-community/gpt2"},
         "armt": {"num_mem_tokens": 16, "d_mem": 64, "segment_size": 512},
         "data": {"kind": "babilong", "num_train": 10000, "num_eval": 500,
                  "options": {"tasks": ["qa1", "qa2", "qa3", "qa4", "qa5"], "babi": "data/babi",

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from .. import families
 from ..adapters import has_adapters
 from ..data.babi import VARIANTS
 from ..generation import generation_defaults
@@ -41,7 +42,7 @@ def build_model(cfg: RunConfig) -> ARMTForCausalLM:
         from ..tiny import tiny_base_model
 
         tiny = dict(spec.tiny)
-        base = tiny_base_model(tiny.pop("family", "gpt2"), **tiny, attn=spec.attn_implementation or "sdpa").to(dtype)
+        base = tiny_base_model(tiny.pop("family", families.DEFAULT_TINY), **tiny, attn=spec.attn_implementation or "sdpa").to(dtype)
     elif spec.name_or_path is not None:
         from ..bases import load_base_model
 

@@ -165,3 +165,39 @@ def test_the_private_name_check_can_fail():
     reader = ast.parse("def f(a):\n    return a._hidden()\n")
     assert "_hidden" in _private_names_defined(owner)
     assert _private_reads(reader) == [("_hidden", 2)] and "_hidden" not in _private_names_defined(reader)
+
+
+# members of the facade (ARMTForCausalLM) that the cell does not have
+FACADE_ONLY = {"cell", "check_inputs", "padding_plan", "wavefront_plan", "gradient_checkpointing", "count_loss_pairs",
+               "output_vocab_size", "freeze_base"}
+# the public entries that take a model and hand its cell on: MemoryReader(model), generation_defaults(model=)
+ENTRIES = {("streaming.py", "__init__"), ("generation.py", "generation_defaults")}
+
+
+def _facade_reads(path: Path) -> list[str]:
+    """``x.<facade member>`` in ``path`` outside the public entries that take a model."""
+    found = []
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    allowed = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and (path.name, node.name) in ENTRIES:
+            allowed |= {id(n) for n in ast.walk(node)}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and node.attr in FACADE_ONLY and id(node) not in allowed
+                and not (isinstance(node.value, ast.Name) and node.value.id == "self")):
+            found.append(f"{path.name}:{node.lineno} .{node.attr}")
+    return found
+
+
+def test_the_engine_modules_work_on_the_cell_not_the_model():
+    # generation, streaming and the wavefront sit below the facade: they get the cell (config,
+    # weights, hooks), never the model object whose forward would call back into them
+    found = [hit for name in ("generation.py", "streaming.py", "wavefront.py") for hit in _facade_reads(SRC / name)]
+    assert not found, "facade members used below the facade (pass the cell instead):\n" + "\n".join(found)
+
+
+def test_a_facade_read_below_it_is_caught(tmp_path):
+    module = tmp_path / "generation.py"
+    module.write_text("def generate(model):\n    return model.check_inputs()\n\n"
+                      "def generation_defaults(model):\n    return model.cell\n")
+    assert _facade_reads(module) == ["generation.py:2 .check_inputs"]

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import armt
+import armt.wavefront as wavefront_module
 from armt.wavefront import Wavefront
 
 
@@ -26,12 +27,12 @@ def test_wavefront_state_equals_the_sequential_loop_float64(tiny_armt, family, o
     model = tiny_armt(family, **options)
     ids = torch.randint(99, (2, 8 * 7), generator=torch.Generator().manual_seed(3))
     sequential = model.read([ids]).memory
-    wave = Wavefront(model).read(ids, None)
+    wave = Wavefront(model.cell).read(ids, None)
     assert wave.segments == sequential.segments == 7
     assert _relative_gap(sequential, wave) < 1e-10
     # continuing a state (the first segment reads), with fewer segments than layers too
     more = ids[:, :8]
-    assert _relative_gap(model.read([more], sequential).memory, Wavefront(model).read(more, wave)) < 1e-10
+    assert _relative_gap(model.read([more], sequential).memory, Wavefront(model.cell).read(more, wave)) < 1e-10
 
 
 def test_wavefront_memory_drives_the_same_answer(tiny_armt):
@@ -98,18 +99,18 @@ def test_wavefront_refuses_an_unknown_family():
                                                               word_embed_proj_dim=32)).eval()
     model = armt.ARMTForCausalLM(base, armt.ARMTConfig(num_mem_tokens=2, d_mem=8, segment_size=8)).eval()
     with pytest.raises(ValueError, match="'opt'.*wavefront=False"):
-        Wavefront(model)
+        Wavefront(model.cell)
     with pytest.raises(ValueError, match="ARMTConfig.wavefront=True. cannot run on this model.*'opt'"):
         armt.ARMTForCausalLM(base, armt.ARMTConfig(num_mem_tokens=2, d_mem=8, segment_size=8, wavefront=True))
 
 
 def test_wavefront_refuses_what_it_cannot_run(tiny_armt):
     with pytest.raises(ValueError, match="sliding_window"):
-        Wavefront(tiny_armt("llama", sliding_window=True))
+        Wavefront(tiny_armt("llama", sliding_window=True).cell)
     with pytest.raises(ValueError, match="associative"):
-        Wavefront(tiny_armt("llama", memory="tokens"))
+        Wavefront(tiny_armt("llama", memory="tokens").cell)
     with pytest.raises(ValueError, match="associative"):
-        Wavefront(tiny_armt("llama", memory="none"))
+        Wavefront(tiny_armt("llama", memory="none").cell)
     model = tiny_armt("llama")
     with pytest.raises(ValueError, match="eval"):
         armt.MemoryReader(model.train(), wavefront=True)
@@ -117,7 +118,7 @@ def test_wavefront_refuses_what_it_cannot_run(tiny_armt):
     with pytest.raises(ValueError, match="compute_loss"):
         armt.MemoryReader(model, compute_loss=True, wavefront=True)
     with pytest.raises(ValueError, match="multiple of segment_size"):
-        Wavefront(model).read(torch.zeros(1, 12, dtype=torch.long), None)
+        Wavefront(model.cell).read(torch.zeros(1, 12, dtype=torch.long), None)
 
 
 def test_wavefront_refuses_peft_adapters(tiny_base):
@@ -125,7 +126,7 @@ def test_wavefront_refuses_peft_adapters(tiny_base):
     base = peft.get_peft_model(tiny_base("llama"), peft.LoraConfig(r=2, target_modules=["q_proj"], lora_alpha=4))
     model = armt.ARMTForCausalLM(base, armt.ARMTConfig(num_mem_tokens=2, d_mem=8, segment_size=8)).eval()
     with pytest.raises(ValueError, match="merge"):
-        Wavefront(model)
+        Wavefront(model.cell)
 
 
 @pytest.mark.all_families
@@ -229,7 +230,7 @@ def test_generate_reads_its_context_along_the_diagonals_with_the_config(tiny_arm
                                              pad_token_id=0)
     assert torch.equal(ids, ref_ids)
     assert _relative_gap(ref_memory, memory) < 1e-10
-    assert model._wavefront_cache is not None  # the wavefront did run
+    assert model.cell in wavefront_module._PLANS  # the wavefront did run
 
 
 def test_capacity_model_trains_through_the_wavefront():

@@ -137,6 +137,11 @@ class ARMTCell(nn.Module):
         return backbone if isinstance(backbone, nn.Module) and backbone is not self.runner else None
 
     @property
+    def vocab_size(self) -> int:
+        """Rows of the input embedding: token ids must lie in ``0 .. vocab_size - 1``."""
+        return self.base_model.get_input_embeddings().weight.shape[0]
+
+    @property
     def num_layers(self) -> int:
         """Decoder layers of the base model (each has a memory, unless ``memory="none"``)."""
         return self._num_layers

@@ -103,7 +103,7 @@ def _check_sampling(hf_kwargs: dict) -> None:
 
 @torch.no_grad()
 def generate(
-    model,
+    cell,
     input_ids: Tensor,
     attention_mask: Tensor | None = None,
     memory: MemoryState | None = None,
@@ -113,7 +113,8 @@ def generate(
     return_memory: bool = False,
     **hf_kwargs,
 ):
-    """Read ``input_ids`` through the memory and continue it with Hugging Face ``generate``.
+    """Read ``input_ids`` through the memory of ``cell`` (an :class:`armt.ARMTCell`) and
+    continue it with Hugging Face ``generate``; the inputs were checked by the caller.
 
     See :meth:`armt.ARMTForCausalLM.generate` (the public entry point).
     """
@@ -132,11 +133,11 @@ def generate(
                 f"generate(..., {key}=...) is not supported by ARMT generation: the context is passed "
                 "as input_ids, the cache is managed per segment, and max_new_tokens sets the length."
             )
-    B, L = model.check_inputs(input_ids, None, attention_mask, None, None, memory)
+    B, L = input_ids.shape
     if attention_mask is not None and not bool(attention_mask.all()):
-        return _generate_rows(model, input_ids, attention_mask, memory, max_new_tokens=max_new_tokens,
+        return _generate_rows(cell, input_ids, attention_mask, memory, max_new_tokens=max_new_tokens,
                               write_segments=write_segments, return_memory=return_memory, **hf_kwargs)
-    cell, cfg = model.cell, model.config
+    cfg = cell.config
     S = cfg.segment_size
     if attention_mask is not None and bool(attention_mask.all()):
         attention_mask = None
@@ -147,8 +148,8 @@ def generate(
         return embed(input_ids[:, a:b])
 
     steps = None
-    if use_wavefront(model, None, padded=attention_mask is not None):  # ARMTConfig.wavefront
-        steps = wavefront_segments(model, embed_ids, bounds[:-1], memory, lambda s, last: False)
+    if use_wavefront(cell, None, padded=attention_mask is not None):  # ARMTConfig.wavefront
+        steps = wavefront_segments(cell, embed_ids, bounds[:-1], memory, lambda s, last: False)
     if steps is None:
         steps = iter_segments(cell, embed_ids, bounds[:-1], attention_mask, memory, logits_for=lambda s, last: False)
     for step in steps:
@@ -157,7 +158,7 @@ def generate(
     seg_ids = input_ids[:, start:]
     seg_mask = None if attention_mask is None else attention_mask[:, start:]
 
-    defaults = generation_defaults(model=model, hf_kwargs=hf_kwargs)
+    defaults = _defaults(cell, hf_kwargs)
     eos = _eos_ids(defaults)
     pad = defaults.get("pad_token_id", 0)
     streamer = hf_kwargs.pop("streamer", None)
@@ -196,7 +197,39 @@ def generate(
     return (out, memory) if return_memory else out
 
 
-def _generate_rows(model, input_ids, attention_mask, memory, *, max_new_tokens, write_segments, return_memory,
+def _defaults(cell, hf_kwargs: dict) -> dict:
+    """:func:`generation_defaults` of the call's arguments and the base model's generation config."""
+    base = {"generation_config": getattr(cell.runner, "generation_config", None)}
+    return generation_defaults(hf_kwargs={**base, **hf_kwargs})
+
+
+def _write_rows(cell, ids: Tensor, mask: Tensor, memory: MemoryState | None) -> MemoryState:
+    """Write rows whose real tokens start at 0 (``mask``: right padding) into memory, each row's
+    memory as if it came alone (see :mod:`armt.padding`)."""
+    plan = PaddingPlan.from_mask(mask)
+    table = cell.runner.get_input_embeddings()
+    bounds = segment_bounds(ids.shape[1], cell.config.segment_size, "left")
+
+    def embed(a: int, b: int) -> Tensor:
+        return table(ids[:, a:b])
+
+    if not plan.padded:
+        steps = wavefront_segments(cell, embed, bounds, memory, lambda s, last: False) \
+            if use_wavefront(cell, None, padded=False) else None
+        if steps is None:
+            steps = iter_segments(cell, embed, bounds, None, memory, logits_for=lambda s, last: False)
+    else:
+        if cell.config.sliding_window:
+            raise ValueError("padded batches are not supported with sliding_window=True (a short row's window would "
+                             "hold padding); generate rows of different lengths separately.")
+        steps = iter_segments(cell, embed, bounds, mask, memory, logits_for=lambda s, last: False,
+                              active=plan.active)
+    for step in steps:
+        memory = step.memory
+    return memory
+
+
+def _generate_rows(cell, input_ids, attention_mask, memory, *, max_new_tokens, write_segments, return_memory,
                    **hf_kwargs):
     """A padded batch (left or right padding), exactly as if each row came alone: the full
     segments of every row's context are read in one padded forward pass (exact per row, see
@@ -206,7 +239,7 @@ def _generate_rows(model, input_ids, attention_mask, memory, *, max_new_tokens, 
     plan = PaddingPlan.from_mask(attention_mask)
     if hf_kwargs.get("streamer") is not None:
         raise ValueError("a streamer shows one sequence; pass one row (no padding) when streaming.")
-    S, B = model.config.segment_size, input_ids.shape[0]
+    S, B = cell.config.segment_size, input_ids.shape[0]
     rows = [input_ids[i, int(plan.starts[i]):int(plan.starts[i]) + int(plan.lengths[i])] for i in range(B)]
     # where each row's open segment starts: what comes before it is written to memory first
     cuts = [segment_bounds(r.shape[0], S, "left")[-1][0] for r in rows]
@@ -219,7 +252,7 @@ def _generate_rows(model, input_ids, attention_mask, memory, *, max_new_tokens, 
         for j, i in enumerate(read):
             ids[j, :cuts[i]], mask[j, :cuts[i]] = rows[i][:cuts[i]], 1
         start = None if memory is None else memory.select(read)
-        written = model(ids, attention_mask=mask, memory=start, output_only_last_segment=True).memory
+        written = _write_rows(cell, ids, mask, start)
         for j, i in enumerate(read):
             states[i] = written.select([j])
     groups: dict[tuple[int, bool], list[int]] = {}
@@ -230,11 +263,11 @@ def _generate_rows(model, input_ids, attention_mask, memory, *, max_new_tokens, 
     for (_, has_state), members in groups.items():
         ids = torch.stack([rows[i][cuts[i]:] for i in members])
         state = MemoryState.cat([states[i] for i in members]) if has_state else None
-        out, end = generate(model, ids, None, state, max_new_tokens=max_new_tokens, write_segments=write_segments,
+        out, end = generate(cell, ids, None, state, max_new_tokens=max_new_tokens, write_segments=write_segments,
                             return_memory=True, **hf_kwargs)
         for j, i in enumerate(members):
             new[i], ends[i] = out[j, ids.shape[1]:], end.select([j])
-    pad = generation_defaults(model=model, hf_kwargs=hf_kwargs).get("pad_token_id", 0)
+    pad = _defaults(cell, hf_kwargs).get("pad_token_id", 0)
     width = max(r.shape[0] for r in new)
     tokens = torch.stack([torch.cat([r, r.new_full((width - r.shape[0],), pad)]) for r in new])
     out = torch.cat([input_ids, tokens], dim=1)

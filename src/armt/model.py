@@ -18,7 +18,7 @@ from .padding import PaddingPlan
 from .loss import pair_nll
 from .segments import iter_segments, segment_bounds
 from .state import MemoryState
-from .wavefront import Wavefront, use_wavefront, wavefront_blocker, wavefront_segments
+from .wavefront import Wavefront, use_wavefront, wavefront_blocker, wavefront_plan, wavefront_segments
 
 
 @dataclass
@@ -89,19 +89,14 @@ class ARMTForCausalLM(nn.Module):
         # a flag of the model, not of its (frozen) config: the Trainer switches it on and off
         self.gradient_checkpointing = config.gradient_checkpointing
         if config.wavefront:
-            reason = wavefront_blocker(self)
+            reason = wavefront_blocker(self.cell)
             if reason:
                 raise ValueError(f"ARMTConfig(wavefront=True) cannot run on this model: {reason}.")
-        self._wavefront_cache: tuple | None = None
 
     def wavefront_plan(self) -> Wavefront:
         """The :class:`armt.wavefront.Wavefront` of the current weights: rebuilt only when a
         weight changed (an optimizer step, ``load_state_dict``), since it holds stacked copies."""
-        key = tuple((id(p), p._version, p.dtype, p.device, p.data_ptr()) for p in self.parameters())
-        if self._wavefront_cache is None or self._wavefront_cache[0] != key:
-            with torch.no_grad():
-                self._wavefront_cache = (key, Wavefront(self))
-        return self._wavefront_cache[1]
+        return wavefront_plan(self.cell)
 
     @property
     def base_model(self) -> nn.Module:
@@ -116,7 +111,7 @@ class ARMTForCausalLM(nn.Module):
     @property
     def vocab_size(self) -> int:
         """Rows of the input embedding: token ids must lie in ``0 .. vocab_size - 1``."""
-        return self.base_model.get_input_embeddings().weight.shape[0]
+        return self.cell.vocab_size
 
     @property
     def output_vocab_size(self) -> int:
@@ -222,8 +217,9 @@ class ARMTForCausalLM(nn.Module):
             >>> out.shape
             torch.Size([1, 50])
         """
-        return generation.generate(self, input_ids, attention_mask, memory, max_new_tokens=max_new_tokens,
-                        write_segments=write_segments, return_memory=return_memory, **generate_kwargs)
+        self.check_inputs(input_ids, None, attention_mask, None, None, memory)
+        return generation.generate(self.cell, input_ids, attention_mask, memory, max_new_tokens=max_new_tokens,
+                                   write_segments=write_segments, return_memory=return_memory, **generate_kwargs)
 
     # streaming ------------------------------------------------------------------------
     def read(self, chunks, memory: MemoryState | None = None, *, flush: bool = True, **reader_kwargs):
@@ -433,8 +429,9 @@ class ARMTForCausalLM(nn.Module):
         logits_out, seg_losses = [], []
         loss_sum = loss_count = None
         steps = None
-        if use_wavefront(self, wavefront, padded=plan is not None or attention_mask is not None):
-            steps = wavefront_segments(self, embed, bounds, memory, logits_for)
+        if use_wavefront(self.cell, wavefront, padded=plan is not None or attention_mask is not None,
+                         checkpointing=self.gradient_checkpointing):
+            steps = wavefront_segments(self.cell, embed, bounds, memory, logits_for)
         if steps is None:
             steps = iter_segments(self.cell, embed, bounds, attention_mask, memory, logits_for=logits_for,
                                   checkpointing=self.gradient_checkpointing,

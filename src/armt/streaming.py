@@ -20,6 +20,7 @@ from .checks import check_token_ids
 from .loss import pair_nll, upcast
 from .segments import run_segment
 from .state import MemoryState
+from .wavefront import wavefront_plan
 
 TokenChunk = Union[Tensor, "list[int]"]
 
@@ -65,7 +66,7 @@ class MemoryReader:
     chunks of any sizes gives the same memory as ``model(ids).memory``.
 
     Args:
-        model: an :class:`armt.ARMTForCausalLM`.
+        model: an :class:`armt.ARMTForCausalLM` (the reader keeps only its ``cell``).
         memory: a state to continue (``None`` starts empty).
         compute_loss: track next-token cross-entropy (computes the language-model head).
         keep_last_logits: keep the logits after the last written token.
@@ -98,22 +99,23 @@ class MemoryReader:
     def __init__(self, model, memory: MemoryState | None = None, *, compute_loss: bool = False,
                  keep_last_logits: bool = False, progress: bool = False, total: int | None = None,
                  wavefront: bool | None = None, segment_alignment: str | None = None):
-        self.model = model
-        alignment = segment_alignment or model.config.segment_alignment
+        # the reader works on the model's engine, the cell (its config, weights and hooks)
+        self.cell = cell = model.cell
+        alignment = segment_alignment or cell.config.segment_alignment
         if alignment != "left":
             # a stream's length is not known while it is read, so it can only be cut from its start
             raise ValueError(
-                f"this model has segment_alignment={model.config.segment_alignment!r}, but reading a stream cuts "
+                f"this model has segment_alignment={cell.config.segment_alignment!r}, but reading a stream cuts "
                 "segments from its start, so the memory would differ from model(ids).memory. Call model(ids) on "
                 "the whole input, or pass segment_alignment='left' to read it cut from the start anyway."
             )
         if wavefront and compute_loss:
             raise ValueError("wavefront=True computes no per-token logits; use compute_loss with wavefront=False.")
-        if wavefront and model.training:
+        if wavefront and cell.training:
             raise ValueError("wavefront=True reads in eval mode (it has no dropout); call model.eval() first.")
         if wavefront is None:  # the config's choice, where it applies
-            wavefront = model.config.wavefront and not compute_loss and not model.training
-        self._wavefront = model.wavefront_plan() if wavefront else None
+            wavefront = cell.config.wavefront and not compute_loss and not cell.training
+        self._wavefront = wavefront_plan(cell) if wavefront else None
         self.memory = memory
         self.compute_loss = compute_loss
         self.keep_last_logits = keep_last_logits
@@ -146,13 +148,13 @@ class MemoryReader:
                 f"a chunk must hold token ids as a list, a 1-D tensor or a (batch, n) tensor; got "
                 f"{tuple(ids.shape)} {ids.dtype}."
             )
-        check_token_ids(ids, self.model.vocab_size, "a chunk's token ids")
+        check_token_ids(ids, self.cell.vocab_size, "a chunk's token ids")
         if self._batch is None:
             self._batch = ids.shape[0]
-            self.model.cell.check_memory(self.memory, self._batch)
+            self.cell.check_memory(self.memory, self._batch)
         elif ids.shape[0] != self._batch:
             raise ValueError(f"a chunk has batch size {ids.shape[0]} but the stream started with {self._batch}.")
-        return ids.to(self.model.cell.memory_tokens.device)
+        return ids.to(self.cell.memory_tokens.device)
 
     def feed(self, chunk: TokenChunk, attention_mask: Tensor | None = None) -> None:
         """Add tokens; every segment they complete is written to memory now.
@@ -168,7 +170,7 @@ class MemoryReader:
         self._buffer.append(ids)
         self._masks.append(mask)
         self._buffered += ids.shape[1]
-        S = self.model.config.segment_size
+        S = self.cell.config.segment_size
         if self._buffered < S:
             return
         data = torch.cat(self._buffer, dim=1)
@@ -212,7 +214,7 @@ class MemoryReader:
 
     @torch.no_grad()
     def _write(self, ids: Tensor, mask: Tensor | None = None) -> None:
-        cell = self.model.cell
+        cell = self.cell
         if mask is not None and bool(mask.all()):
             mask = None
         if mask is not None:
@@ -245,8 +247,8 @@ class MemoryReader:
 
     @torch.no_grad()
     def _write_wavefront(self, ids: Tensor) -> None:
-        n = ids.shape[1] // self.model.config.segment_size
-        embeds = self.model.cell.runner.get_input_embeddings()(ids)
+        n = ids.shape[1] // self.cell.config.segment_size
+        embeds = self.cell.runner.get_input_embeddings()(ids)
         logits, self.memory = self._wavefront.run(embeds, self.memory,
                                                   lambda s: self.keep_last_logits and s == n - 1)
         if self.keep_last_logits:
@@ -259,8 +261,8 @@ class MemoryReader:
         """A segment in which some rows have ended: as :meth:`armt.ARMTForCausalLM.forward` does
         for a right-padded batch, rows without tokens keep their memory."""
 
-        cell = self.model.cell
-        if self.model.config.sliding_window:
+        cell = self.cell
+        if self.cell.config.sliding_window:
             raise ValueError("rows that end at different times are not supported with sliding_window=True; "
                              "read those rows separately.")
         active = mask.any(dim=1)

@@ -16,6 +16,7 @@ float64).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -29,10 +30,9 @@ from .segments import SegmentStep, run_segment
 from .state import LayerMemory, MemoryState
 
 
-def wavefront_blocker(model) -> str | None:
-    """Why ``model`` (an :class:`armt.ARMTForCausalLM`) cannot run along the diagonals, with
-    what to do instead; ``None`` when it can."""
-    cell = model.cell
+def wavefront_blocker(cell) -> str | None:
+    """Why the model of ``cell`` (an :class:`armt.ARMTCell`) cannot run along the diagonals,
+    with what to do instead; ``None`` when it can."""
     config = cell.config
     if config.memory != "associative":
         return ("it needs the associative memory (memory='associative'); other configs "
@@ -67,31 +67,33 @@ def _active_dropout(model: nn.Module) -> bool:
     return any(float(getattr(config, name, 0) or 0) > 0 for name in ("attention_dropout", "attn_pdrop"))
 
 
-def use_wavefront(model, wavefront: bool | None, *, padded: bool) -> bool:
-    """Should this pass of ``model`` run along the diagonals? ``wavefront`` is the call's option
-    (``None``: ``ARMTConfig.wavefront``, which covers passes without gradients only: training
-    through the wavefront pays only for small models, since it restacks the weights every pass).
-    An explicit ``True`` that cannot run raises with the reason; the config's default falls
-    back to the segment loop."""
-    if wavefront is False or (wavefront is None and not model.config.wavefront):
+def use_wavefront(cell, wavefront: bool | None, *, padded: bool, checkpointing: bool = False) -> bool:
+    """Should this pass of ``cell``'s model run along the diagonals? ``wavefront`` is the call's
+    option (``None``: ``ARMTConfig.wavefront``, which covers passes without gradients only:
+    training through the wavefront pays only for small models, since it restacks the weights
+    every pass); ``checkpointing``: per-segment gradient checkpointing is on. An explicit
+    ``True`` that cannot run raises with the reason; the config's default falls back to the
+    segment loop."""
+    config = cell.config
+    if wavefront is False or (wavefront is None and not config.wavefront):
         return False
     grad = torch.is_grad_enabled()
     if wavefront is None and grad:
         return False
     blocker = None
-    if grad and model.gradient_checkpointing:
+    if grad and checkpointing:
         blocker = "per-segment gradient checkpointing is on (it recomputes segments one by one)"
-    elif grad and model.config.bptt_segments is not None:
+    elif grad and config.bptt_segments is not None:
         blocker = "bptt_segments is set (truncated backpropagation detaches between segments)"
-    elif model.training and _active_dropout(model.cell.runner):
+    elif cell.training and _active_dropout(cell.runner):
         blocker = ("the model is in training mode with dropout (the wavefront has none); call model.eval() or "
                    "set the dropout to 0")
     elif padded:
         blocker = "the batch is padded (padded rows run segment by segment)"
-    elif model.config.segment_alignment != "left":
-        blocker = f"segment_alignment={model.config.segment_alignment!r} (it needs 'left')"
+    elif config.segment_alignment != "left":
+        blocker = f"segment_alignment={config.segment_alignment!r} (it needs 'left')"
     if blocker is None and wavefront:
-        blocker = wavefront_blocker(model)
+        blocker = wavefront_blocker(cell)
     if blocker is None:
         return True
     if wavefront:
@@ -99,30 +101,47 @@ def use_wavefront(model, wavefront: bool | None, *, padded: bool) -> bool:
     return False
 
 
-def wavefront_segments(model, embed: Callable[[int, int], Tensor], bounds, memory: MemoryState | None,
+# cell -> (the weights' versions, the plan built from them); a cache, not state: it is rebuilt
+# whenever a weight changes and dropped with its cell
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def wavefront_plan(cell) -> "Wavefront":
+    """The :class:`Wavefront` of ``cell``'s current weights: rebuilt only when a weight changed
+    (an optimizer step, ``load_state_dict``), since it holds stacked copies."""
+    key = tuple((id(p), p._version, p.dtype, p.device, p.data_ptr()) for p in cell.parameters())
+    cached = _PLANS.get(cell)
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, Wavefront(cell))
+        _PLANS[cell] = cached
+    return cached[1]
+
+
+def wavefront_segments(cell, embed: Callable[[int, int], Tensor], bounds, memory: MemoryState | None,
                        logits_for: Callable[[int, bool], bool]) -> list[SegmentStep] | None:
     """The segments ``bounds`` of one input as :class:`armt.segments.SegmentStep` (the same
     arguments as :func:`armt.segments.iter_segments`): the full ones run along the diagonals,
     a short last one after them; ``None`` when fewer than two are full. Only the last step
     carries the memory."""
-    S = model.config.segment_size
+    S = cell.config.segment_size
     n, n_full = len(bounds), sum(1 for a, b in bounds if b - a == S)
     if n_full < 2:
         return None
     # with gradients the stacked weights are built for this call, so they carry gradients back
-    plan = Wavefront(model) if torch.is_grad_enabled() else model.wavefront_plan()
+    plan = Wavefront(cell) if torch.is_grad_enabled() else wavefront_plan(cell)
     logits, memory = plan.run(embed(0, n_full * S), memory, lambda s: logits_for(s, s == n - 1))
     steps = [SegmentStep(s, a, b, logits[s], None, s == n - 1) for s, (a, b) in enumerate(bounds[:n_full])]
     if n_full == n:
         steps[-1].memory = memory
         return steps
     a, b = bounds[-1]
-    last_logits, memory = run_segment(model.cell, embed(a, b), None, memory, compute_logits=logits_for(n - 1, True))
+    last_logits, memory = run_segment(cell, embed(a, b), None, memory, compute_logits=logits_for(n - 1, True))
     return steps + [SegmentStep(n - 1, a, b, last_logits, memory, True)]
 
 
 class Wavefront:
-    """Reads full segments of an :class:`armt.ARMTForCausalLM` along the diagonals.
+    """Reads full segments of a model's :class:`armt.ARMTCell` along the diagonals.
 
     Built once per stream (it stacks a copy of the decoder layers' weights, so it sees the
     weights as they were when it was built). Used by :class:`armt.streaming.MemoryReader`
@@ -134,14 +153,13 @@ class Wavefront:
         >>> from armt.tiny import tiny_base_model
         >>> model = ARMTForCausalLM(tiny_base_model("llama"), ARMTConfig(num_mem_tokens=4, d_mem=8, segment_size=16))
         >>> ids = torch.randint(1000, (1, 64))
-        >>> state = Wavefront(model).read(ids, None)
+        >>> state = Wavefront(model.cell).read(ids, None)
         >>> torch.allclose(state.layers[3].A, model.read([ids]).memory.layers[3].A, atol=1e-5)
         True
     """
 
-    def __init__(self, model):
-        cell = model.cell
-        reason = wavefront_blocker(model)
+    def __init__(self, cell):
+        reason = wavefront_blocker(cell)
         if reason:
             raise ValueError(f"wavefront reading cannot run here: {reason}.")
         runner = cell.runner

@@ -50,7 +50,7 @@ def needle_predictions(model, input_ids: Tensor, config: NeedleConfig, *, wipe_m
         memory = None
         if not wipe_memory and not _reads_nothing(model):
             if wavefront is None:
-                wavefront = wavefront_blocker(model) is None
+                wavefront = wavefront_blocker(model.cell) is None
             step = chunk_segments * S
             memory = model.read((context[:, i:i + step] for i in range(0, context.shape[1], step)),
                                 wavefront=wavefront).memory

@@ -53,6 +53,12 @@ def main(argv=None) -> int:
     p.add_argument("--write-margin", type=float, default=0.0,
                    help="with --option write_gate=hard: the penalty counts a gate as open until its input is "
                         "4 x this below the shut point")
+    p.add_argument("--write-penalty-on", choices=["all", "distractors"], default="all",
+                   help="which writes pay the penalty: all, or only those of distractor segments (the task "
+                        "knows where its facts are)")
+    p.add_argument("--init", default=None,
+                   help="start each model from the one an earlier run saved (DIR/<kind>, e.g. runs/length/PREFIX) "
+                        "instead of a fresh one; --stages then continues that run")
     p.add_argument("--hold-last", action="store_true",
                    help="train the last stage for the rest of the budget once it passes (default: stop there)")
     p.add_argument("--keep-best", action="store_true",
@@ -94,13 +100,14 @@ def main(argv=None) -> int:
         text_source = str(shared) if shared.is_dir() else "builtin"
     recipe = CapacityRecipe(time_budget_s=args.budget_min * 60, max_steps=args.max_steps, learning_rate=args.lr,
                             batch_size=args.batch_size, seed=args.seed, advance_at=args.advance_at, write_penalty=args.write_penalty,
-                            write_margin=args.write_margin, hold_last=args.hold_last,
-                            keep_best=args.keep_best)
+                            write_margin=args.write_margin, write_penalty_on=args.write_penalty_on,
+                            hold_last=args.hold_last, keep_best=args.keep_best)
     model = CapacityModelSpec(seed=args.seed, options=tuple(args.option))
     eval_samples, long_samples = args.eval_samples, args.long_samples
     if args.smoke:
         recipe = CapacityRecipe(max_steps_per_stage=2, eval_every=2, eval_samples=8, seed=args.seed,
                                 write_penalty=args.write_penalty, write_margin=args.write_margin,
+                                write_penalty_on=args.write_penalty_on,
                                 hold_last=args.hold_last, keep_best=args.keep_best)
         model = CapacityModelSpec(layers=1, hidden=32, heads=2, intermediate=64, seed=args.seed,
                                   options=tuple(args.option))
@@ -114,7 +121,7 @@ def main(argv=None) -> int:
                                    long_samples=long_samples, long_from=args.long_from, text_source=text_source,
                                    stop_below=args.stop_below,
                                    save_models=f"{args.save_models}/{args.prefix}" if args.save_models else None,
-                                   log=lambda s: print(s, flush=True))
+                                   log=lambda s: print(s, flush=True), init_from=args.init)
     results["wall_seconds"] = round(time.perf_counter() - start, 1)
     results["command"] = "python benchmarks/length.py " + " ".join(sys.argv[1:] if argv is None else argv)
     paths = write_length(results, args.out, args.prefix, overwrite=args.overwrite)

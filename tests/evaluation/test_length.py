@@ -132,3 +132,48 @@ def test_benchmark_script_smoke(tmp_path):
     assert res["recipe"]["keep_best"] is True
     assert "built-in" in res["text_source"]
     assert (tmp_path / "models" / "length" / "armt" / "armt_config.json").exists()
+
+
+def test_a_run_continues_from_a_saved_model_with_the_penalty_on_distractors(tmp_path):
+    spec = CapacityModelSpec(**SMALL, options=(("write_gate", "hard"),))
+    recipe = CapacityRecipe(max_steps_per_stage=2, eval_every=2, eval_samples=8, write_penalty=1.0,
+                            write_penalty_on="distractors")
+    common = dict(recipe=recipe, distractors=["symbols"], eval_segments=[4], eval_samples=8, log=lambda s: None)
+    run_length_benchmark(["armt"], model=spec, stages=[(1, 4)], save_models=tmp_path / "first", **common)
+    res = run_length_benchmark(["armt"], model=spec, stages=[(2, 4)], init_from=tmp_path / "first",
+                               recipe=CapacityRecipe(max_steps_per_stage=0, eval_every=2, eval_samples=8),
+                               distractors=["symbols"], eval_segments=[4], eval_samples=8, log=lambda s: None)
+    # no training step: the evaluated model is the saved one, answering as it did
+    from armt import ARMTForCausalLM
+
+    first = ARMTForCausalLM.from_pretrained(tmp_path / "first" / "armt")
+    cfg = NeedleConfig(num_facts=2, num_segments=4)
+    batch = fixed_needle_batch(cfg, 8, seed=3)
+    built = CapacityModelSpec(**SMALL, options=(("write_gate", "hard"),)).build(cfg)
+    from armt.evaluation.length import _start_from  # noqa: PLC2701 (the loader under test)
+
+    _start_from(built, tmp_path / "first" / "armt")
+    with torch.no_grad():
+        torch.testing.assert_close(built(batch["input_ids"]).logits, first(batch["input_ids"]).logits)
+    assert res["init_from"] == str(tmp_path / "first")
+    with pytest.raises(ValueError, match="write_gate='hard' \\(this run: 'sigmoid'\\)"):
+        run_length_benchmark(["armt"], model=CapacityModelSpec(**SMALL), stages=[(1, 4)],
+                             init_from=tmp_path / "first", **common)
+    with pytest.raises(FileNotFoundError, match="no saved model"):
+        run_length_benchmark(["armt"], model=spec, stages=[(1, 4)], init_from=tmp_path / "nowhere", **common)
+
+
+def test_the_distractor_penalty_needs_batches_that_name_distractors():
+    class Plain:
+        key, fields, penalise_writes = "plain", {}, True
+
+        def batch(self, batch_size, generator):
+            ids = torch.randint(16, (batch_size, 8), generator=generator)
+            return {"input_ids": ids, "labels": ids}
+
+    model = CapacityModelSpec(**SMALL, options=(("write_gate", "hard"),)).build(NeedleConfig(num_facts=1, num_segments=2))
+    recipe = CapacityRecipe(max_steps_per_stage=1, write_penalty=1.0, write_penalty_on="distractors")
+    with pytest.raises(ValueError, match="distractor_segments"):
+        train_stages(model, [Plain()], recipe)
+    with pytest.raises(ValueError, match="write_penalty_on"):
+        CapacityRecipe(write_penalty_on="facts")

@@ -67,3 +67,42 @@ def test_for_model_and_bad_values():
         WritePenalty.for_model(_model(wavefront=True), 1.0)
     with pytest.raises(ValueError, match="write_penalty must be >= 0"):
         WritePenalty(-1.0)
+
+
+def test_on_distractors_counts_only_the_named_segments():
+    model = _model(write_gate="hard")
+    ids = torch.randint(1000, (2, 40))  # 5 segments of 8
+    betas = []  # (layer, segment) -> per-sample mean beta
+    everything = WritePenalty(1.0, hard=True)
+    some = WritePenalty(1.0, hard=True, on="distractors")
+    mask = torch.tensor([[1, 0, 1, 0, 0], [0, 0, 1, 1, 0]])
+    some.only_segments(mask)
+    with watch_memory(model, on_write=lambda layer, old, k, beta, new: betas.append(beta.detach())):
+        with everything.watch(model), some.watch(model):
+            out = model(ids, labels=ids)
+    L = model.cell.num_layers
+    # the writes come segment by segment, layer by layer
+    per_call = [b.flatten(1).mean(1) for b in betas]
+    want = torch.stack([(per_call[i] * mask[:, i // L].float()).mean() for i in range(len(per_call))]).mean()
+    torch.testing.assert_close(some.strength().detach(), want)
+    # all segments named: the plain penalty
+    same = WritePenalty(1.0, hard=True, on="distractors")
+    same.only_segments(torch.ones(2, 5))
+    with same.watch(model), torch.no_grad():
+        model(ids)
+    torch.testing.assert_close(same.strength(), everything.strength().detach())
+    # a fact segment's writes get no gradient from it
+    (out.loss * 0 + some.term()).backward()
+    assert model.cell.memory_layers[1].W_mb.weight.grad is not None
+
+
+def test_on_distractors_needs_the_segments_and_known_targets():
+    model = _model(write_gate="hard")
+    penalty = WritePenalty(1.0, hard=True, on="distractors")
+    with pytest.raises(ValueError, match="only_segments"):
+        with penalty.watch(model), torch.no_grad():
+            model(torch.randint(1000, (1, 16)))
+    with pytest.raises(ValueError, match="use one of"):
+        WritePenalty(1.0, on="facts")
+    with pytest.raises(ValueError, match="on='distractors'"):
+        WritePenalty(1.0).only_segments(torch.ones(1, 2))

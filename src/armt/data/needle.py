@@ -154,8 +154,9 @@ def needle_batch(config: NeedleConfig, batch_size: int, generator: torch.Generat
     """``batch_size`` fresh samples; the draws depend only on ``generator``'s state.
 
     Returns ``input_ids`` ``(B, L)``, ``labels`` (``-100`` except at the answer),
-    ``answer_start`` ``(B,)`` and ``fact_segments`` ``(B, K)`` (where the facts are, sorted)
-    and ``asked`` ``(B,)`` (the index among them of the fact whose value is the answer).
+    ``answer_start`` ``(B,)`` and ``fact_segments`` ``(B, K)`` (where the facts are, sorted),
+    ``asked`` ``(B,)`` (the index among them of the fact whose value is the answer) and
+    ``distractor_segments`` ``(B, M)`` (True where a segment holds no fact).
 
     Example:
         >>> cfg = NeedleConfig(num_facts=2, num_segments=5)
@@ -207,7 +208,7 @@ def needle_batch(config: NeedleConfig, batch_size: int, generator: torch.Generat
     start = ids.shape[1] - c.value_len
     labels[:, start:] = answer
     return {"input_ids": ids, "labels": labels, "answer_start": torch.full((B,), start),
-            "fact_segments": where, "asked": asked}
+            "fact_segments": where, "asked": asked, "distractor_segments": ~is_fact}
 
 
 def fixed_needle_batch(config: NeedleConfig, num_samples: int, seed: int,

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..model import ARMTForCausalLM
 from ..data.needle import DISTRACTORS, NeedleConfig, TextStream
 from ..training.capacity import CapacityModelSpec, CapacityRecipe, train_stages
 from .capacity import capacity_outputs
@@ -77,12 +78,15 @@ def run_length_benchmark(kinds: Sequence[str] = ("armt", "rmt", "none"), *, reci
                          stop_after_chance: int | None = 2, stop_below: float | None = None,
                          text_source: str | None = None,
                          save_models: str | os.PathLike | None = None, log: Callable[[str], None] = print,
-                         log_path: str | os.PathLike | None = None) -> dict[str, Any]:
+                         log_path: str | os.PathLike | None = None,
+                         init_from: str | os.PathLike | None = None) -> dict[str, Any]:
     """Train each model kind through ``stages`` (``(num_facts, num_segments)``, the same budget
     each; batches mix the ``distractors`` kinds) and evaluate it at ``eval_segments`` on each
     distractor kind, with ``eval_samples`` samples (``long_samples`` from ``long_from``
     segments on); the memory models also with their memory wiped before the query. With
-    ``save_models`` each trained model is saved (base included) to ``save_models/<kind>``.
+    ``save_models`` each trained model is saved (base included) to ``save_models/<kind>``; with
+    ``init_from`` each model starts from the one saved at ``init_from/<kind>`` (same spec), so
+    ``stages`` can continue an earlier run.
 
     Returns a JSON-ready dict; :func:`write_length` turns it into files.
 
@@ -109,6 +113,7 @@ def run_length_benchmark(kinds: Sequence[str] = ("armt", "rmt", "none"), *, reci
         "recipe": asdict(recipe), "model": asdict(model), "eval_segments": list(eval_segments),
         "eval_samples": eval_samples, "long_samples": long_samples, "long_from": long_from,
         "eval_seed": eval_seed, "stop_after_chance": stop_after_chance, "stop_below": stop_below,
+        "init_from": None if init_from is None else str(init_from),
         "chance": chance,
         "threads": torch.get_num_threads(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "torch": torch.__version__, "models": {},
@@ -122,6 +127,9 @@ def run_length_benchmark(kinds: Sequence[str] = ("armt", "rmt", "none"), *, reci
     for kind in kinds:
         spec = replace(model, kind=kind, wavefront=model.wavefront and kind == "armt")
         net = spec.build(probe)
+        if init_from is not None:
+            _start_from(net, Path(init_from) / kind)
+            log(f"[{kind}] starting from the model saved at {Path(init_from) / kind}")
         log(f"[{kind}] training: stages (K, M) {[tuple(s) for s in stages]}, budget {recipe.time_budget_s:.0f}s")
 
         def progress(record, kind=kind):
@@ -160,6 +168,20 @@ def run_length_benchmark(kinds: Sequence[str] = ("armt", "rmt", "none"), *, reci
             "eval_seconds": round(time.perf_counter() - start, 1),
         }
     return results
+
+
+def _start_from(net: ARMTForCausalLM, folder: Path) -> None:
+    """Load the model saved (base included) at ``folder`` into ``net``, refusing another spec."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"init_from: no saved model at {folder} (save_models of an earlier run writes one).")
+    saved = ARMTForCausalLM.from_pretrained(folder)
+    if saved.config != net.config:
+        theirs, ours = saved.config.to_dict(), net.config.to_dict()
+        differ = ", ".join(f"{k}={theirs.get(k)!r} (this run: {ours.get(k)!r})"
+                           for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k))
+        raise ValueError(f"init_from: the model at {folder} was built with {differ}; use the same --option "
+                         "settings as the run that saved it.")
+    net.load_state_dict(saved.state_dict())
 
 
 def _cell(result: dict) -> str:

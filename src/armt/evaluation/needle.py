@@ -122,7 +122,7 @@ class NeedleStage:
 
     def batch(self, batch_size: int, generator: torch.Generator) -> dict[str, Tensor]:
         parts = [needle_batch(t, n, generator, self.text) for t, n in zip(self.tasks, self._split(batch_size)) if n]
-        return {key: torch.cat([p[key] for p in parts]) for key in ("input_ids", "labels")}
+        return {key: torch.cat([p[key] for p in parts]) for key in ("input_ids", "labels", "distractor_segments")}
 
     def evaluate(self, model, num_samples: int, seed: int) -> float:
         total = 0

@@ -25,7 +25,7 @@ from ..checks import check_positive_int
 from ..config import ARMTConfig
 from ..data.capacity import VARIANTS, CapacityConfig, CapacityDataset, capacity_batch
 from ..model import ARMTForCausalLM
-from .write_penalty import WritePenalty
+from .write_penalty import PENALTY_TARGETS, WritePenalty
 
 MODEL_KINDS = ("armt", "rmt", "none")
 
@@ -114,6 +114,9 @@ class CapacityRecipe:
             writes with ``clip(x / 4 + 1/2, 0, 1)``). Without a margin, penalised gates settle just
             at the edge, where a slightly different input opens them a little again. Each
             evaluation record gets ``write_open``, the share of writes with ``beta > 0``.
+        write_penalty_on: ``"all"`` writes pay the penalty, or only ``"distractors"``: the writes
+            of segments that hold nothing the task needs, which a stage's batches name in
+            ``distractor_segments`` (the needle task's do). Fact writes are then free.
         hold_last: once the last stage reaches ``advance_at``, keep training on it until the time
             budget (or its step limit) is spent instead of stopping there. The evaluations go on
             being logged; the stage counts as passed.
@@ -138,6 +141,7 @@ class CapacityRecipe:
     seed: int = 0
     write_penalty: float = 0.0
     write_margin: float = 0.0
+    write_penalty_on: str = "all"
     hold_last: bool = False
     keep_best: bool = False
 
@@ -149,6 +153,8 @@ class CapacityRecipe:
             raise ValueError(f"write_margin must be >= 0, got {self.write_margin!r}.")
         if not self.write_penalty >= 0:
             raise ValueError(f"write_penalty must be >= 0, got {self.write_penalty!r}.")
+        if self.write_penalty_on not in PENALTY_TARGETS:
+            raise ValueError(f"write_penalty_on={self.write_penalty_on!r}: use one of {PENALTY_TARGETS}.")
         if not self.curriculum or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
                                       for n in self.curriculum):
             raise ValueError(f"curriculum must be a non-empty list of pair counts >= 1, got {self.curriculum!r}.")
@@ -300,7 +306,7 @@ def train_stages(model: ARMTForCausalLM, stages: Sequence, recipe: CapacityRecip
             sink.write(json.dumps(record) + "\n")
             sink.flush()
 
-    penalty = WritePenalty.for_model(model, recipe.write_penalty, recipe.write_margin)
+    penalty = WritePenalty.for_model(model, recipe.write_penalty, recipe.write_margin, recipe.write_penalty_on)
     try:
         model.train()
         stages = list(stages)
@@ -319,6 +325,11 @@ def train_stages(model: ARMTForCausalLM, stages: Sequence, recipe: CapacityRecip
                 batch = stage.batch(recipe.batch_size, gen)
                 t0 = time.perf_counter()
                 watched = penalty is not None and getattr(stage, "penalise_writes", True)
+                if watched and penalty.on == "distractors":
+                    if "distractor_segments" not in batch:
+                        raise ValueError("write_penalty_on='distractors' needs batches with 'distractor_segments' "
+                                         f"(the needle task's have them); stage {stage.key!r} gives none.")
+                    penalty.only_segments(batch["distractor_segments"].to(device))
                 with penalty.watch(model) if watched else nullcontext():
                     # ARMTConfig.wavefront covers passes without gradients; training asks per call
                     out = model(batch["input_ids"].to(device), labels=batch["labels"].to(device),

@@ -22,6 +22,8 @@ from ..inspection import watch_memory
 
 # the hard gate is clip(x / 4 + 1/2, 0, 1): it shuts at x = -2
 _HARD_SHUT = -2.0
+#: which writes a penalty costs: every write, or only those of segments the task does not need
+PENALTY_TARGETS = ("all", "distractors")
 
 
 def check_write_penalty(config, weight: float, margin: float = 0.0) -> None:
@@ -53,6 +55,9 @@ class WritePenalty:
             so that penalised gates settle with room to spare instead of at the edge, where a
             slightly different input opens them again. The model still writes with the plain gate.
         hard: the model's gate is ``write_gate="hard"`` (``margin`` needs it).
+        on: ``"all"`` writes, or only the ``"distractors"``: then each pass is told, with
+            :meth:`only_segments`, which segments of which sample hold nothing the task needs
+            (the needle task knows where its facts are), and only their writes cost something.
 
     Example:
         >>> import torch
@@ -72,15 +77,28 @@ class WritePenalty:
     weight: float
     margin: float = 0.0
     hard: bool = False
+    on: str = "all"
     _strengths: list[Tensor] = field(default_factory=list, repr=False)
     _opened: list[Tensor] = field(default_factory=list, repr=False)
+    _segments: Tensor | None = field(default=None, repr=False)
+    _calls: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         gate = SimpleNamespace(write_gate="hard" if self.hard else "sigmoid", memory="associative", wavefront=False)
         check_write_penalty(gate, self.weight, self.margin)
+        if self.on not in PENALTY_TARGETS:
+            raise ValueError(f"write penalty on={self.on!r}: use one of {PENALTY_TARGETS}.")
+
+    def only_segments(self, penalised: Tensor | None) -> None:
+        """With ``on="distractors"``: ``(B, n_segments)`` 1 where a segment's writes are
+        penalised (nothing there is needed), 0 elsewhere, for the next watched pass; segments
+        past its width cost nothing."""
+        if self.on != "distractors":
+            raise ValueError("only_segments is for WritePenalty(on='distractors').")
+        self._segments = None if penalised is None else penalised.float()
 
     @classmethod
-    def for_model(cls, model, weight: float, margin: float = 0.0) -> WritePenalty | None:
+    def for_model(cls, model, weight: float, margin: float = 0.0, on: str = "all") -> WritePenalty | None:
         """The penalty for ``model``, or ``None`` where there is nothing to penalise (a zero
         weight, or a model without an associative memory: RMT, no memory). Refuses the
         wavefront, whose passes do not go through the memories' writes."""
@@ -88,20 +106,31 @@ class WritePenalty:
         check_write_penalty(cfg, weight, margin)
         if weight == 0 or cfg.memory != "associative":
             return None
-        return cls(weight, margin, hard=cfg.write_gate == "hard")
+        return cls(weight, margin, hard=cfg.write_gate == "hard", on=on)
 
     def _on_gate(self, layer: int, x: Tensor) -> None:
         if self.hard:
             m = self.margin
-            self._strengths.append((x * 0.25 + 0.5 + m).clamp(0, 1 + m).mean())
+            strength = (x * 0.25 + 0.5 + m).clamp(0, 1 + m)
             self._opened.append((x.detach() > _HARD_SHUT).float().mean())
         else:
-            self._strengths.append(torch.sigmoid(x).mean())
+            strength = torch.sigmoid(x)
+        if self.on == "all":
+            self._strengths.append(strength.mean())
+            return
+        if self._segments is None:
+            raise ValueError("WritePenalty(on='distractors') needs only_segments(...) before the pass.")
+        # a layer's k-th write is the k-th segment's (the segment loop writes every segment)
+        segment = self._calls.get(layer, 0)
+        self._calls[layer] = segment + 1
+        per_sample = strength.flatten(1).mean(1)
+        mask = self._segments[:, segment] if segment < self._segments.shape[1] else torch.zeros_like(per_sample)
+        self._strengths.append((per_sample * mask.to(per_sample)).mean())
 
     @contextmanager
     def watch(self, model) -> Iterator[WritePenalty]:
         """Record the write strengths of the passes run inside (earlier records are dropped)."""
-        self._strengths, self._opened = [], []
+        self._strengths, self._opened, self._calls = [], [], {}
         with watch_memory(model, on_gate=self._on_gate):
             yield self
 

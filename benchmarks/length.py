@@ -10,6 +10,9 @@ with 95% intervals and the memory-wiped control, and writes length.json / .md / 
 
     python benchmarks/length.py [--budget-min 7] [--out docs/length]
     python benchmarks/length.py --models armt --option write_gate=hard --write-penalty 0.5 --hold-last --prefix length_hold
+    # continue a saved run's model on the last stage (runs/length/<prefix>/<kind> is what a run saves)
+    python benchmarks/length.py --models armt --option write_gate=hard --write-penalty 2 --write-margin 0.25 \
+        --init runs/length/length_w2_2000_seed2_best --stages "4,16" --hold-last --max-steps 400 --prefix more
     python benchmarks/length.py --smoke     # seconds: a tiny model, two steps (a test of this script)
 """
 

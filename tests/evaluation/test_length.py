@@ -177,3 +177,23 @@ def test_the_distractor_penalty_needs_batches_that_name_distractors():
         train_stages(model, [Plain()], recipe)
     with pytest.raises(ValueError, match="write_penalty_on"):
         CapacityRecipe(write_penalty_on="facts")
+
+
+def test_open_gate_share_counts_distractor_segments_whose_gate_opens():
+    from armt.evaluation.needle import open_gate_share
+
+    cfg = NeedleConfig(num_facts=2, num_segments=8)
+    spec = CapacityModelSpec(**SMALL, options=(("write_gate", "hard"),))
+    model = spec.build(cfg)
+    memory = model.cell.memory_layers[0]
+    with torch.no_grad():  # the gate's input is the bias alone: shut, then open, everywhere
+        memory.W_mb.weight.zero_()
+        memory.W_mb.bias.fill_(-3.0)
+        assert open_gate_share(model, cfg, num_samples=4) == 0.0
+        memory.W_mb.bias.fill_(3.0)
+        assert open_gate_share(model, cfg, num_samples=4) == 1.0
+    model.train()
+    open_gate_share(model, cfg, num_samples=2)
+    assert model.training  # the mode it had
+    with pytest.raises(ValueError, match="write_gate='hard'"):
+        open_gate_share(CapacityModelSpec(**SMALL).build(cfg), cfg)

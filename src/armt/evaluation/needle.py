@@ -14,6 +14,8 @@ import torch
 from torch import Tensor
 
 from ..data.needle import DISTRACTORS, NeedleConfig, TextStream, fixed_needle_batch, needle_batch
+from ..inspection import watch_memory
+from ..ops import fused
 from ..wavefront import wavefront_blocker
 from .reports import wilson_interval
 
@@ -140,3 +142,41 @@ def needle_stages(stages: Sequence[tuple[int, int]] = DEFAULT_STAGES, **kwargs) 
         ['K1xM1', 'K4xM16']
     """
     return [NeedleStage(k, m, **kwargs) for k, m in stages]
+
+
+def open_gate_share(model, config: NeedleConfig, *, num_samples: int = 16, seed: int = 54321,
+                    text: TextStream | None = None) -> float:
+    """Share of distractor segments at which some layer's write gate opens (``beta > 0`` for any
+    memory token), over ``num_samples`` fixed samples of ``config``: how much a hard-gated memory
+    leaks. A gated memory whose gate opens on distractors grows with the input's length and fades
+    (docs/results/length.md); this sees it on inputs far shorter than those where exact match drops.
+
+    Example:
+        >>> from armt.training.capacity import CapacityModelSpec
+        >>> cfg = NeedleConfig(num_facts=1, num_segments=8)
+        >>> spec = CapacityModelSpec(layers=1, hidden=32, heads=2, intermediate=64, options=(("write_gate", "hard"),))
+        >>> 0.0 <= open_gate_share(spec.build(cfg), cfg, num_samples=2) <= 1.0
+        True
+    """
+    if model.config.memory != "associative" or model.config.write_gate != "hard":
+        raise ValueError("open_gate_share needs an associative memory with write_gate='hard' (only that gate "
+                         "shuts exactly).")
+    batch = fixed_needle_batch(config, num_samples, seed, text)
+    opened = torch.zeros(num_samples, config.num_segments, dtype=torch.bool)
+    calls: dict[int, int] = {}
+
+    def on_gate(layer: int, x: Tensor) -> None:
+        segment = calls.get(layer, 0)  # a layer's k-th write is segment k's
+        calls[layer] = segment + 1
+        if segment < config.num_segments:
+            opened[:, segment] |= (fused.gate(x.detach(), "hard") > 0).flatten(1).any(1).cpu()
+
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), watch_memory(model, on_gate=on_gate):
+            model(batch["input_ids"].to(model.cell.memory_tokens.device), output_only_last_segment=True,
+                  wavefront=False)
+    finally:
+        model.train(training)
+    return float(opened[batch["distractor_segments"]].float().mean())

@@ -16,6 +16,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+
 from .family import SHARED_INERT_FIELDS, Family
 from . import gpt2, gpt_neox, llama
 
@@ -74,6 +76,12 @@ def position_table(config) -> int | None:
     return getattr(config, "n_positions", None)
 
 
+@functools.lru_cache(maxsize=None)
+def _defaults(config_class) -> dict:
+    # built once per class: the wavefront asks on every call that requests it
+    return config_class().to_dict()
+
+
 def unknown_fields(config) -> list[str]:
     """Config fields set away from their default that the family's stacked layer neither
     follows nor knows to be harmless, and the refused ones, each with the reason: what the
@@ -82,7 +90,7 @@ def unknown_fields(config) -> list[str]:
     family = family_of(config)
     if family is None:
         raise ValueError(f"model_type={_model_type(config)!r} is not one of {SUPPORTED_TYPES}")
-    defaults = type(config)().to_dict()
+    defaults = _defaults(type(config))
     missing = object()
     known = family.followed_fields | set(family.dropout_fields) | SHARED_INERT_FIELDS
     found = []
@@ -109,8 +117,9 @@ def tiny_config(model_type: str = DEFAULT_TINY, *, layers: int = 4, hidden: int 
     if family is None:
         raise ValueError(f"family={model_type!r} has no tiny config; use one of {SUPPORTED_TYPES}.")
     cfg = family.tiny(model_type, layers=layers, hidden=hidden, heads=heads or max(1, hidden // 32),
-                      kv_heads=kv_heads, vocab=vocab, max_positions=max_positions, intermediate=intermediate,
-                      end_token=end_token)
+                      kv_heads=kv_heads, vocab=vocab, max_positions=max_positions, intermediate=intermediate)
+    if end_token:
+        cfg.bos_token_id = cfg.eos_token_id = vocab - 1
     if dropout is not None:
         for name in family.dropout_fields:
             setattr(cfg, name, dropout)

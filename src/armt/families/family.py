@@ -37,7 +37,7 @@ class Family:
             ``layers`` stacked; ``.embed(x)`` prepares a segment's input; ``(h, sl)`` runs the
             layers ``sl``; ``.final_norm`` is the norm before the head.
         tiny: ``tiny(model_type, layers=, hidden=, heads=, kv_heads=, vocab=, max_positions=,
-            intermediate=, end_token=)`` a small config for tests, demos and benchmarks.
+            intermediate=)`` a small config for tests, demos and benchmarks.
     """
 
     name: str

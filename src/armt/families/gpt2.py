@@ -55,12 +55,11 @@ class StackedGPT2:
 
 
 def tiny_config(model_type: str, *, layers: int, hidden: int, heads: int, kv_heads: int | None, vocab: int,
-                max_positions: int, intermediate: int | None, end_token: bool):
+                max_positions: int, intermediate: int | None):
     import transformers
 
-    ids = dict(bos_token_id=vocab - 1, eos_token_id=vocab - 1) if end_token else {}
     return transformers.GPT2Config(n_layer=layers, n_embd=hidden, n_head=heads, n_inner=intermediate,
-                                   vocab_size=vocab, n_positions=max_positions, **ids)
+                                   vocab_size=vocab, n_positions=max_positions)
 
 
 FAMILY = Family(

@@ -59,13 +59,12 @@ class StackedGPTNeoX:
 
 
 def tiny_config(model_type: str, *, layers: int, hidden: int, heads: int, kv_heads: int | None, vocab: int,
-                max_positions: int, intermediate: int | None, end_token: bool):
+                max_positions: int, intermediate: int | None):
     import transformers
 
-    ids = dict(bos_token_id=vocab - 1, eos_token_id=vocab - 1) if end_token else {}
     return transformers.GPTNeoXConfig(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
                                       intermediate_size=intermediate or 4 * hidden, vocab_size=vocab,
-                                      max_position_embeddings=max_positions, **ids)
+                                      max_position_embeddings=max_positions)
 
 
 FAMILY = Family(

@@ -70,14 +70,13 @@ class StackedLlama:
 
 
 def tiny_config(model_type: str, *, layers: int, hidden: int, heads: int, kv_heads: int | None, vocab: int,
-                max_positions: int, intermediate: int | None, end_token: bool):
+                max_positions: int, intermediate: int | None):
     import transformers
 
     config_class = transformers.AutoConfig.for_model(model_type).__class__
-    ids = dict(bos_token_id=vocab - 1, eos_token_id=vocab - 1) if end_token else {}
     return config_class(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
                         num_key_value_heads=kv_heads or max(1, heads // 2), intermediate_size=intermediate or 2 * hidden,
-                        vocab_size=vocab, max_position_embeddings=max_positions, **ids)
+                        vocab_size=vocab, max_position_embeddings=max_positions)
 
 
 FAMILY = Family(

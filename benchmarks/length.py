@@ -66,6 +66,13 @@ def main(argv=None) -> int:
                    help="train the last stage for the rest of the budget once it passes (default: stop there)")
     p.add_argument("--keep-best", action="store_true",
                    help="with --hold-last: keep the weights of the held stage's best evaluation, not the last step's")
+    p.add_argument("--leak-stop", type=float, default=None,
+                   help="with --hold-last: end the held stage at the first passing evaluation whose gate leak (share "
+                        "of distractor segments beyond the training length where a hard gate opens) is at most this; "
+                        "with --keep-best keep the passing evaluation with the least leak")
+    p.add_argument("--leak-segments", type=int, default=CapacityRecipe.leak_segments,
+                   help="segments of the inputs the leak is measured on")
+    p.add_argument("--leak-samples", type=int, default=CapacityRecipe.leak_samples)
     p.add_argument("--lr", type=float, default=CapacityRecipe.learning_rate)
     p.add_argument("--batch-size", type=int, default=CapacityRecipe.batch_size)
     p.add_argument("--seed", type=int, default=0, help="model and data seed")
@@ -81,6 +88,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.keep_best and not args.hold_last:
         p.error("--keep-best picks among the evaluations of the held last stage: add --hold-last")
+    if args.leak_stop is not None and not args.hold_last:
+        p.error("--leak-stop ends the held last stage: add --hold-last")
     if args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
@@ -104,14 +113,16 @@ def main(argv=None) -> int:
     recipe = CapacityRecipe(time_budget_s=args.budget_min * 60, max_steps=args.max_steps, learning_rate=args.lr,
                             batch_size=args.batch_size, seed=args.seed, advance_at=args.advance_at, write_penalty=args.write_penalty,
                             write_margin=args.write_margin, write_penalty_on=args.write_penalty_on,
-                            hold_last=args.hold_last, keep_best=args.keep_best)
+                            hold_last=args.hold_last, keep_best=args.keep_best, leak_stop=args.leak_stop,
+                            leak_segments=args.leak_segments, leak_samples=args.leak_samples)
     model = CapacityModelSpec(seed=args.seed, options=tuple(args.option))
     eval_samples, long_samples = args.eval_samples, args.long_samples
     if args.smoke:
         recipe = CapacityRecipe(max_steps_per_stage=2, eval_every=2, eval_samples=8, seed=args.seed,
                                 write_penalty=args.write_penalty, write_margin=args.write_margin,
                                 write_penalty_on=args.write_penalty_on,
-                                hold_last=args.hold_last, keep_best=args.keep_best)
+                                hold_last=args.hold_last, keep_best=args.keep_best, leak_stop=args.leak_stop,
+                                leak_segments=8, leak_samples=4)
         model = CapacityModelSpec(layers=1, hidden=32, heads=2, intermediate=64, seed=args.seed,
                                   options=tuple(args.option))
         stages, segments, eval_samples, long_samples = stages[:2], segments[:2], 8, 8

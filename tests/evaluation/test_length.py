@@ -124,12 +124,13 @@ def test_benchmark_script_smoke(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "length.py"), "--smoke", "--models", "armt,none",
                           "--out", str(tmp_path), "--save-models", str(tmp_path / "models"),
                           "--option", "write_gate=hard", "--text-source", "builtin", "--write-penalty", "0.1",
-                          "--write-margin", "0.1", "--hold-last", "--keep-best", "--stop-below", "0.01"],
+                          "--write-margin", "0.1", "--hold-last", "--keep-best", "--stop-below", "0.01", "--leak-stop", "0.0"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads((tmp_path / "length.json").read_text())
     assert res["model"]["options"] == [["write_gate", "hard"]]
-    assert res["recipe"]["keep_best"] is True
+    assert res["recipe"]["keep_best"] is True and res["recipe"]["leak_stop"] == 0.0
+    assert 0.0 <= res["models"]["armt"]["leak"] <= 1.0 and res["models"]["none"]["leak"] is None
     assert "built-in" in res["text_source"]
     assert (tmp_path / "models" / "length" / "armt" / "armt_config.json").exists()
 
@@ -180,7 +181,7 @@ def test_the_distractor_penalty_needs_batches_that_name_distractors():
 
 
 def test_open_gate_share_counts_distractor_segments_whose_gate_opens():
-    from armt.evaluation.needle import open_gate_share
+    from armt.evaluation.needle import NeedleStage, open_gate_share
 
     cfg = NeedleConfig(num_facts=2, num_segments=8)
     spec = CapacityModelSpec(**SMALL, options=(("write_gate", "hard"),))
@@ -190,8 +191,13 @@ def test_open_gate_share_counts_distractor_segments_whose_gate_opens():
         memory.W_mb.weight.zero_()
         memory.W_mb.bias.fill_(-3.0)
         assert open_gate_share(model, cfg, num_samples=4) == 0.0
+        assert NeedleStage(2, 4).leak(model, 8, num_samples=4) == 0.0
         memory.W_mb.bias.fill_(3.0)
         assert open_gate_share(model, cfg, num_samples=4) == 1.0
+        assert open_gate_share(model, cfg, num_samples=4, after=6) == 1.0
+        assert NeedleStage(2, 4).leak(model, 8, num_samples=4) == 1.0
+    with pytest.raises(ValueError, match="after=8"):
+        open_gate_share(model, cfg, after=8)
     model.train()
     open_gate_share(model, cfg, num_samples=2)
     assert model.training  # the mode it had

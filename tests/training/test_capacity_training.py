@@ -184,6 +184,59 @@ def test_keep_best_ends_with_the_weights_of_the_best_held_evaluation():
         CapacityRecipe(keep_best=True)
 
 
+def test_leak_stop_ends_the_held_stage_and_keep_best_keeps_the_least_leak():
+    from armt.evaluation.needle import NeedleStage
+    from armt.training.capacity import train_stages
+
+    class Scripted(NeedleStage):
+        """Scripted exact match and leak; records the weights each evaluation saw."""
+
+        def __init__(self, scores, leaks):
+            super().__init__(1, 2)
+            self.scores, self.leaks, self.seen, self.leak_calls = list(scores), list(leaks), [], []
+
+        def evaluate(self, model, num_samples, seed):
+            self.seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            return self.scores[len(self.seen) - 1]
+
+        def leak(self, model, num_segments, num_samples=32):
+            self.leak_calls.append((num_segments, num_samples))
+            return self.leaks[len(self.seen) - 1]
+
+    def run(scores, leaks, stop, keep_best=True):
+        model = CapacityModelSpec(**SMALL).build()
+        stage = Scripted(scores, leaks)
+        recipe = CapacityRecipe(curriculum=(1,), advance_at=0.5, max_steps_per_stage=8, eval_every=2,
+                                eval_samples=4, hold_last=True, keep_best=keep_best, learning_rate=1e-2,
+                                leak_stop=stop, leak_segments=9, leak_samples=3)
+        return model, stage, train_stages(model, [stage], recipe)
+
+    # never below the stop: held to the step limit, the least-leaking passing evaluation kept
+    model, stage, result = run([0.9, 0.9, 0.9, 0.9], [0.3, 0.1, 0.2, 0.15], stop=0.01)
+    done = result.stages[-1]
+    assert done["steps"] == 8 and done["kept_step"] == 4 and done["kept_leak"] == 0.1
+    assert [e["leak"] for e in result.evaluations] == [0.3, 0.1, 0.2, 0.15]
+    assert stage.leak_calls == [(9, 3)] * 4
+    final = model.state_dict()
+    assert all(torch.equal(final[k], stage.seen[1][k]) for k in final)
+    # the first passing evaluation at or below the stop ends the stage
+    _, _, result = run([0.9, 0.9, 0.9, 0.9], [0.3, 0.1, 0.2, 0.15], stop=0.12)
+    assert result.stages[-1]["steps"] == 4 and result.stages[-1]["kept_step"] == 4
+    # a failing evaluation neither stops the stage nor is kept, however little it leaks
+    _, _, result = run([0.9, 0.1, 0.9, 0.9], [0.3, 0.0, 0.4, 0.35], stop=0.01)
+    assert result.stages[-1]["steps"] == 8 and result.stages[-1]["kept_step"] == 2
+    with pytest.raises(ValueError, match="hold_last"):
+        CapacityRecipe(leak_stop=0.1)
+    with pytest.raises(ValueError, match="leak_stop"):
+        CapacityRecipe(hold_last=True, leak_stop=1.5)
+
+    class Plain:
+        key, fields = "plain", {}
+
+    with pytest.raises(ValueError, match="leak"):
+        train_stages(CapacityModelSpec(**SMALL).build(), [Plain()], CapacityRecipe(hold_last=True, leak_stop=0.1))
+
+
 def test_write_margin_shuts_gates_with_room_to_spare():
     from armt.evaluation.needle import NeedleStage
     from armt.training.capacity import train_stages

@@ -135,18 +135,26 @@ def run_length_benchmark(kinds: Sequence[str] = ("armt", "rmt", "none"), *, reci
         def progress(record, kind=kind):
             if "stage_done" in record:
                 s = record["stage_done"]
+                kept = f", kept step {s['kept_step']}" if "kept_step" in s else ""
+                kept += f" (leak {s['kept_leak']:.4f})" if "kept_leak" in s else ""
                 log(f"[{kind}] K={s['num_facts']} M={s['num_segments']}: {'passed' if s['passed'] else 'stopped'} "
-                    f"after {s['steps']} steps, {s['seconds']}s, best exact match {s['best_exact_match']:.3f}")
+                    f"after {s['steps']} steps, {s['seconds']}s, best exact match {s['best_exact_match']:.3f}{kept}")
             else:
                 beta = f", write strength {record['write_strength']:.4f}" if "write_strength" in record else ""
                 beta += f", open {record['write_open']:.3f}" if "write_open" in record else ""
+                beta += f", leak {record['leak']:.4f}" if "leak" in record else ""
                 log(f"[{kind}] step {record['step']} K={record['num_facts']} M={record['num_segments']} loss "
                     f"{record['loss']:.3f} exact match {record['exact_match']:.3f}{beta} ({record['step_s']:.3f}s/step, "
                     f"{record['elapsed_s']}s)")
 
         path = None if log_path is None else f"{log_path}.{kind}.jsonl"
-        run = train_stages(net, needle_stages(stages, distractors=distractors, variant=variant, text=text), recipe,
-                           log=progress, log_path=path)
+        trained = needle_stages(stages, distractors=distractors, variant=variant, text=text)
+        run = train_stages(net, trained, recipe, log=progress, log_path=path)
+        leak = None
+        if net.config.memory == "associative" and net.config.write_gate == "hard":
+            leak = trained[-1].leak(net, recipe.leak_segments, recipe.leak_samples)
+            log(f"[{kind}] leak of the trained model: {leak:.4f} of the distractor segments beyond "
+                f"{stages[-1][1]} open a gate (inputs of {recipe.leak_segments} segments)")
         if save_models is not None:
             net.save_pretrained(Path(save_models) / kind, save_base=True, overwrite=True)
         start = time.perf_counter()
@@ -163,7 +171,7 @@ def run_length_benchmark(kinds: Sequence[str] = ("armt", "rmt", "none"), *, reci
         results["models"][kind] = {
             "label": LABELS[kind], "exact_match": em, "memory_wiped": wiped,
             "trained_to": None if not passed else [passed[-1]["num_facts"], passed[-1]["num_segments"]],
-            "stages": run.stages, "train_seconds": round(run.seconds, 1), "steps": run.steps,
+            "stages": run.stages, "train_seconds": round(run.seconds, 1), "steps": run.steps, "leak": leak,
             "step_seconds": {str(k): round(v, 4) for k, v in run.step_seconds.items()},
             "eval_seconds": round(time.perf_counter() - start, 1),
         }

@@ -9,6 +9,7 @@ value is scored. Samples are fixed by a seed, so models are compared on the same
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -126,6 +127,14 @@ class NeedleStage:
         parts = [needle_batch(t, n, generator, self.text) for t, n in zip(self.tasks, self._split(batch_size)) if n]
         return {key: torch.cat([p[key] for p in parts]) for key in ("input_ids", "labels", "distractor_segments")}
 
+    def leak(self, model, num_segments: int, num_samples: int = 32) -> float:
+        """:func:`open_gate_share` of ``model`` at ``num_segments`` segments, counted beyond this
+        stage's own length, averaged over the stage's distractor kinds (the same samples each call)."""
+        shares = [open_gate_share(model, replace(task, num_segments=num_segments), num_samples=num_samples,
+                                  text=self.text, after=task.num_segments)
+                  for task in self.tasks]
+        return sum(shares) / len(shares)
+
     def evaluate(self, model, num_samples: int, seed: int) -> float:
         total = 0
         for task, n in zip(self.tasks, self._split(num_samples)):
@@ -145,11 +154,15 @@ def needle_stages(stages: Sequence[tuple[int, int]] = DEFAULT_STAGES, **kwargs) 
 
 
 def open_gate_share(model, config: NeedleConfig, *, num_samples: int = 16, seed: int = 54321,
-                    text: TextStream | None = None) -> float:
+                    text: TextStream | None = None, after: int = 0) -> float:
     """Share of distractor segments at which some layer's write gate opens (``beta > 0`` for any
     memory token), over ``num_samples`` fixed samples of ``config``: how much a hard-gated memory
     leaks. A gated memory whose gate opens on distractors grows with the input's length and fades
     (docs/results/length.md); this sees it on inputs far shorter than those where exact match drops.
+
+    ``after``: count only the distractor segments from this index on (0-based). The first segments
+    of a sample are written more and their number does not grow with the length; the segments
+    beyond the training length are the ones whose writes add up.
 
     Example:
         >>> from armt.training.capacity import CapacityModelSpec
@@ -161,6 +174,9 @@ def open_gate_share(model, config: NeedleConfig, *, num_samples: int = 16, seed:
     if model.config.memory != "associative" or model.config.write_gate != "hard":
         raise ValueError("open_gate_share needs an associative memory with write_gate='hard' (only that gate "
                          "shuts exactly).")
+    if not 0 <= after < config.num_segments:
+        raise ValueError(f"after={after} must lie in [0, num_segments={config.num_segments}); count from a segment "
+                         "the samples have.")
     batch = fixed_needle_batch(config, num_samples, seed, text)
     opened = torch.zeros(num_samples, config.num_segments, dtype=torch.bool)
     calls: dict[int, int] = {}
@@ -179,4 +195,9 @@ def open_gate_share(model, config: NeedleConfig, *, num_samples: int = 16, seed:
                   wavefront=False)
     finally:
         model.train(training)
-    return float(opened[batch["distractor_segments"]].float().mean())
+    counted = batch["distractor_segments"].clone()
+    counted[:, :after] = False
+    if not counted.any():
+        raise ValueError(f"no distractor segment from index {after} on in these samples; lower after or raise "
+                         "num_segments.")
+    return float(opened[counted].float().mean())

@@ -123,6 +123,15 @@ class CapacityRecipe:
         keep_best: with ``hold_last``, end with the weights of the held stage's best evaluation
             (the latest of equal ones) instead of the last step's: a late collapse of the held
             stage then does not reach the saved model. The stage record gets ``kept_step``.
+        leak_stop: with ``hold_last``, measure at every evaluation of the held stage how much the
+            write gate leaks (the stage's ``leak(model, leak_segments, leak_samples)``: for a
+            needle stage, the share of distractor segments beyond the stage's length, in inputs of
+            ``leak_segments`` segments, where a hard gate opens; recorded as ``leak``), and end the
+            stage at the first passing evaluation whose leak is at most this. With ``keep_best``
+            the kept weights are those of the passing evaluation with the least leak (then the best
+            exact match, then the latest); exact match at the training length does not tell which model holds at
+            1,000 times it, the leak does (docs/results/length.md).
+        leak_segments, leak_samples: the inputs the leak is measured on.
     """
 
     curriculum: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
@@ -144,8 +153,18 @@ class CapacityRecipe:
     write_penalty_on: str = "all"
     hold_last: bool = False
     keep_best: bool = False
+    leak_stop: float | None = None
+    leak_segments: int = 64
+    leak_samples: int = 32
 
     def __post_init__(self) -> None:
+        if self.leak_stop is not None:
+            if not self.hold_last:
+                raise ValueError("leak_stop ends the held last stage; set hold_last=True as well.")
+            if not 0 <= self.leak_stop <= 1:
+                raise ValueError(f"leak_stop is a share of segments in [0, 1], got {self.leak_stop!r}.")
+        for name in ("leak_segments", "leak_samples"):
+            check_positive_int(self, name, "Use a positive number.")
         if self.keep_best and not self.hold_last:
             raise ValueError("keep_best picks among the evaluations of the held last stage; set hold_last=True "
                              "as well (without it every stage ends at its first passing evaluation).")
@@ -285,6 +304,10 @@ def train_stages(model: ARMTForCausalLM, stages: Sequence, recipe: CapacityRecip
     (see :attr:`CapacityRecipe.write_penalty`): :class:`CapacityStage`, or
     :class:`armt.evaluation.needle.NeedleStage`.
     """
+    stages = list(stages)
+    if recipe.leak_stop is not None and not callable(getattr(stages[-1], "leak", None)):
+        raise ValueError("leak_stop needs a last stage that measures its leak (a needle stage, "
+                         "armt.evaluation.needle.NeedleStage); this one has no leak(model, ...).")
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -309,11 +332,10 @@ def train_stages(model: ARMTForCausalLM, stages: Sequence, recipe: CapacityRecip
     penalty = WritePenalty.for_model(model, recipe.write_penalty, recipe.write_margin, recipe.write_penalty_on)
     try:
         model.train()
-        stages = list(stages)
         for index, stage in enumerate(stages):
             hold = recipe.hold_last and index == len(stages) - 1
             stage_start, stage_steps, passed, best = time.perf_counter(), 0, False, 0.0
-            kept: tuple[int, dict] | None = None
+            kept: tuple[int, dict, tuple] | None = None
             step_time, losses, betas, opens = [], [], [], []
             while True:
                 if recipe.max_steps_per_stage is not None and stage_steps >= recipe.max_steps_per_stage:
@@ -364,15 +386,23 @@ def train_stages(model: ARMTForCausalLM, stages: Sequence, recipe: CapacityRecip
                         if opens:
                             record["write_open"] = sum(opens) / len(opens)
                     losses, betas, opens = [], [], []
+                    passing = em >= recipe.advance_at
+                    leak = None
+                    if hold and recipe.leak_stop is not None:
+                        leak = record["leak"] = stage_leak(stage, model, recipe)
                     run.evaluations.append(record)
                     emit(record)
-                    if em >= recipe.advance_at:
+                    if hold and recipe.keep_best:
+                        # passing evaluations outrank failing ones; among them the least leak (then,
+                        # or without a leak measure, the best exact match) wins, the latest of equals
+                        rank = (passing, -leak if leak is not None and passing else 0.0, em)
+                        if kept is None or rank >= kept[2]:
+                            # a copy, not a reference: the optimiser updates the tensors in place
+                            kept = (run.steps, {k: v.detach().clone() for k, v in model.state_dict().items()}, rank)
+                    if passing:
                         passed = True
-                        if not hold:
+                        if not hold or (leak is not None and leak <= recipe.leak_stop):
                             break
-                    if hold and recipe.keep_best and em >= best:
-                        # a copy, not a reference: the optimiser updates the tensors in place
-                        kept = (run.steps, {k: v.detach().clone() for k, v in model.state_dict().items()})
             if step_time:
                 run.step_seconds[stage.key] = sorted(step_time)[len(step_time) // 2]
             done = {**stage.fields, "steps": stage_steps, "passed": passed, "best_exact_match": best,
@@ -380,6 +410,8 @@ def train_stages(model: ARMTForCausalLM, stages: Sequence, recipe: CapacityRecip
             if kept is not None:
                 model.load_state_dict(kept[1])
                 done["kept_step"] = kept[0]
+                if recipe.leak_stop is not None and kept[2][0]:
+                    done["kept_leak"] = -kept[2][1]
             run.stages.append(done)
             emit({"stage_done": done})
             if not passed:
@@ -389,6 +421,11 @@ def train_stages(model: ARMTForCausalLM, stages: Sequence, recipe: CapacityRecip
         if sink is not None:
             sink.close()
     return run
+
+
+def stage_leak(stage, model: ARMTForCausalLM, recipe: CapacityRecipe) -> float:
+    """The leak of ``model`` as ``stage`` measures it, on ``recipe``'s leak inputs."""
+    return float(stage.leak(model, recipe.leak_segments, recipe.leak_samples))
 
 
 def time_training_step(model: ARMTForCausalLM, num_pairs: int = 16, *, batch_size: int = 32, repeats: int = 5,

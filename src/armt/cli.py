@@ -394,14 +394,17 @@ def _babilong_eval(args: argparse.Namespace) -> int:
     model, tokenizer = _load(args)
     memory = (MemoryState.load(args.memory, device=args.device, model=model, check_model=not args.any_model)
               if args.memory else None)
-    prompt = BabilongPrompt(question_prefix=_unescape(args.question_prefix),
-                            answer_prefix=_unescape(args.answer_prefix))
+    if args.harness_prompt:
+        prompt = BabilongPrompt.from_harness_task(args.harness_prompt)
+    else:
+        prompt = BabilongPrompt(question_prefix=_unescape(args.question_prefix),
+                                answer_prefix=_unescape(args.answer_prefix))
     run = evaluate_babilong(model, tokenizer, tasks=args.tasks, lengths=args.lengths, n_samples=args.n,
                             babi_source=args.babi, background=args.background, seed=args.seed,
                             max_new_tokens=args.max_new_tokens, prompt=prompt, split=args.split,
                             out_dir=args.out, overwrite=args.overwrite, progress=not args.quiet, memory=memory,
                             model_name=args.model, wipe_memory=args.wipe_memory,
-                            question_segment=args.question_segment)
+                            question_segment=args.question_segment, metric=args.metric)
     print()
     print(run.table)
     print(f"\nresults.md, results.csv, results.json, heatmap.png and predictions/ in {args.out}; "
@@ -461,6 +464,7 @@ def _babilong_compare(args: argparse.Namespace) -> int:
 
 def _add_babilong_parsers(sub) -> None:
     from .data.babilong_prompt import QUESTION_SEGMENTS
+    from .evaluation.babilong_scoring import METRICS
 
     bl = sub.add_parser("babilong", help="BABILong: write data sets, evaluate a model")
     bl_sub = bl.add_subparsers(dest="babilong_command", required=True)
@@ -505,6 +509,13 @@ def _add_babilong_parsers(sub) -> None:
                          "context's last partial segment, as in BABILong's evaluation); alone: the context is "
                          "written into memory whole and the question starts its own segment, so only the memory "
                          "carries the facts to it")
+    ev.add_argument("--harness-prompt", default=None, metavar="TASK_YAML",
+                    help="lay samples out as this lm-evaluation-harness task file does (its description and few-shot "
+                         "examples before the context, the question after a line break; e.g. lm_eval's "
+                         "tasks/babilong/babilong_qa1.yaml); replaces --question-prefix and --answer-prefix")
+    ev.add_argument("--metric", choices=METRICS, default="babilong",
+                    help="babilong: BABILong's label rule on the answer's first line; contains: lm-evaluation-harness's "
+                         "test (the target anywhere in the generated text)")
     ev.set_defaults(func=_babilong_eval)
 
     tr = bl_sub.add_parser(
@@ -703,6 +714,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     conv.set_defaults(func=_convert_official)
 
+    # listed for --help; main() hands `armt lm-eval ...` to lm_eval's own parser
+    sub.add_parser("lm-eval", add_help=False,
+                   help="lm-evaluation-harness with the 'armt' model and armt's tasks (armt lm-eval --help)")
     rd = sub.add_parser("read", help="read a text file of any length into memory and save the state")
     _add_model_args(rd)
     rd.add_argument("--input", required=True, help="text file to read (streamed, never loaded whole)")
@@ -761,9 +775,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _lm_eval(argv: list[str]) -> int:
+    """``armt lm-eval ARGS``: lm-evaluation-harness's command line with the ``armt`` model
+    registered and armt's task folder on the include path (before any the user gives)."""
+    if argv[:1] in (["-h"], ["--help"]) or not argv:
+        print("usage: armt lm-eval [lm_eval arguments]\n\nRuns lm-evaluation-harness (pip install \"armt[eval]\") "
+              "with the model 'armt' registered and armt's tasks (armt_babilong_qa1, armt_text_perplexity) on the "
+              "include path, e.g.\n  armt lm-eval --model armt --model_args pretrained=DIR --tasks babilong_qa1\n"
+              "lm_eval's own arguments follow: armt lm-eval run --help")
+        if not argv:
+            return 2
+        argv = ["run", "--help"]
+    try:
+        from lm_eval.__main__ import cli_evaluate
+
+        from .harness import TASKS_DIR
+    except ImportError as err:
+        print(f"error: armt lm-eval needs lm-evaluation-harness: pip install \"armt[eval]\" ({err})", file=sys.stderr)
+        return 2
+    if "--include_path" in argv:
+        at = argv.index("--include_path") + 1
+        if at < len(argv):
+            argv[at] = f"{TASKS_DIR}:{argv[at]}"
+    elif any(a in argv for a in ("--tasks", "-t")) or "ls" in argv[:1]:
+        argv = argv + ["--include_path", str(TASKS_DIR)]
+    saved = sys.argv
+    sys.argv = ["lm_eval", *argv]
+    try:
+        cli_evaluate()
+    except SystemExit as done:
+        return int(done.code or 0) if not isinstance(done.code, str) else 2
+    finally:
+        sys.argv = saved
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["lm-eval"]:
+        return _lm_eval(argv[1:])
+    parser = build_parser()
     overrides: list[str] = []
     if argv[:1] == ["train"] or argv[:2] == ["babilong", "train"]:
         # --section.key value pairs override the run config; the command's own flags stay

@@ -259,7 +259,8 @@ def load_babi_task(task: str | int, split: str = "test", root: str | os.PathLike
 
 def load_babilong_hf(task: str | int, length: str, *, dataset: str = HF_BABILONG,
                      n: int | None = None, **load_kwargs: Any) -> list[dict[str, Any]]:
-    """Records of a published BABILong set from the Hugging Face Hub (or its local cache).
+    """Records of a published BABILong set from the Hugging Face Hub (or its local cache), or of
+    a folder that ``armt babilong make-data`` wrote (``dataset`` is then that folder).
 
     The sets have one config per length (``"0k"``, ``"1k"``, ...) and one split per task
     (``"qa1"``, ...). The records have the fields of :func:`armt.data.babilong.make_dataset`:
@@ -268,7 +269,7 @@ def load_babilong_hf(task: str | int, length: str, *, dataset: str = HF_BABILONG
     Args:
         task: ``"qa1"`` .. ``"qa20"`` (the published sets hold qa1-qa5 for most lengths).
         length: the config name, e.g. ``"4k"``.
-        dataset: the Hub name.
+        dataset: the Hub name, or a local folder holding ``<length>/<task>.jsonl``.
         n: keep the first ``n`` records.
         load_kwargs: passed to ``datasets.load_dataset`` (``cache_dir=...``, ...).
     """
@@ -277,8 +278,19 @@ def load_babilong_hf(task: str | int, length: str, *, dataset: str = HF_BABILONG
         import datasets
     except ImportError as err:
         raise ImportError("load_babilong_hf needs the 'datasets' package: pip install datasets.") from err
+    local = Path(dataset).expanduser()
+    if local.is_dir():
+        # a folder that armt babilong make-data wrote: <length>/<task>.jsonl, the Hub sets' layout
+        path = local / str(length) / f"{task}.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist; write it with armt babilong make-data --tasks {task} "
+                                    f"--lengths {length} --out {local}.")
+        dataset, load_kwargs = "json", {"data_files": str(path), **load_kwargs}
+        config, split = None, "train"
+    else:
+        config, split = length, task
     try:
-        rows = datasets.load_dataset(dataset, length, split=task, **load_kwargs)
+        rows = datasets.load_dataset(dataset, config, split=split, **load_kwargs)
     # offline, missing config and missing cache all surface as different exception types
     except Exception as err:
         raise RuntimeError(

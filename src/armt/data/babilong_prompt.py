@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from armt.data.background import clean_sentence
@@ -52,6 +54,9 @@ class BabilongPrompt:
         add_bos: start with the BOS token; ``None`` does as the tokenizer does with
             ``add_special_tokens=True`` (Llama adds it, GPT-2 does not).
         add_eos: end training sequences with EOS, so the model learns to stop.
+        preamble: text between BOS and the context: an instruction and worked examples, as the
+            BABILong benchmark and lm-evaluation-harness prompt a model
+            (:meth:`from_harness_task` builds it from a harness task file).
 
     Example:
         >>> class Chars:  # one token per character, BOS 1 never added
@@ -73,9 +78,10 @@ class BabilongPrompt:
     target_prefix: str = " "
     add_bos: bool | None = None
     add_eos: bool = True
+    preamble: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("question_prefix", "answer_prefix", "target_prefix"):
+        for name in ("question_prefix", "answer_prefix", "target_prefix", "preamble"):
             if not isinstance(getattr(self, name), str):
                 raise InputTypeError(f"{name} must be a string, got {getattr(self, name)!r}; use '' for none.")
         if self.add_bos not in (None, True, False) or self.add_eos not in (True, False):
@@ -99,6 +105,52 @@ class BabilongPrompt:
             return [bos] if special[:1] == [bos] and plain[:1] != [bos] else []
         return [bos]
 
+    def head_ids(self, tokenizer: Tokenizer) -> list[int]:
+        """Everything before the context: :meth:`prefix_ids` and the preamble's tokens."""
+        head = self.prefix_ids(tokenizer)
+        return head + token_ids(tokenizer, [self.preamble])[0] if self.preamble else head
+
+    @classmethod
+    def from_harness_task(cls, path: str | os.PathLike, num_fewshot: int | None = None) -> BabilongPrompt:
+        """The layout of an lm-evaluation-harness BABILong task file (``babilong_qa1.yaml``, or
+        armt's ``armt_babilong_qa1.yaml``): its description and its ``num_fewshot`` examples
+        (``input``, newline, question, space, target; two newlines after each) before the
+        context, a newline before the question and nothing after it. Reads the file (and the one
+        it includes) as data: its ``!function`` lines are not run.
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> f = pathlib.Path(tempfile.mkdtemp()) / "t.yaml"
+            >>> _ = f.write_text("description: Answer.\\nnum_fewshot: 1\\nprocess_results: !function u.p\\n"
+            ...                  "fewshot_config:\\n  samples:\\n    - {input: 'A went home.', question: 'Where is A?', "
+            ...                  "target: home}\\n")
+            >>> p = BabilongPrompt.from_harness_task(f)
+            >>> p.preamble, p.query_text("Where is B?")
+            ('Answer.A went home.\\nWhere is A? home\\n\\n', '\\nWhere is B?')
+        """
+        import yaml
+
+        class _Loader(yaml.SafeLoader):
+            pass
+
+        # the harness's own tags name code; here they are only strings
+        _Loader.add_multi_constructor("!", lambda loader, tag, node: f"{tag} {loader.construct_scalar(node)}")
+        config = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_Loader) or {}
+        if config.get("include"):  # the harness's tasks share settings through an included file
+            config = {**yaml.load((Path(path).parent / config["include"]).read_text(encoding="utf-8"),
+                                  Loader=_Loader), **config}
+        if num_fewshot is None:
+            num_fewshot = int(config.get("num_fewshot", 0) or 0)
+        samples = (config.get("fewshot_config") or {}).get("samples") or []
+        if isinstance(samples, str) or len(samples) < num_fewshot:
+            raise ValueError(f"{path} lists {0 if isinstance(samples, str) else len(samples)} fixed few-shot "
+                             f"samples, fewer than num_fewshot={num_fewshot}; pass num_fewshot=0 or a task file "
+                             "whose fewshot_config lists its samples.")
+        delimiter = config.get("target_delimiter", " ")
+        shots = "".join(f"{str(x['input']).strip()}\n{str(x['question']).strip()}{delimiter}{x['target']}\n\n"
+                        for x in samples[:num_fewshot])
+        return cls(question_prefix="\n", answer_prefix="", preamble=str(config.get("description", "")) + shots)
+
     def query_ids(self, tokenizer: Tokenizer, question: str) -> list[int]:
         """Token ids of :meth:`query_text`; generation starts after them."""
         return token_ids(tokenizer, [self.query_text(question)])[0]
@@ -115,7 +167,7 @@ class BabilongPrompt:
                     target: str) -> tuple[list[int], int]:
         """A whole training sequence and the position of its first answer token (the loss
         goes on the answer: ``labels_mask[start - 1:-1]`` in the official convention)."""
-        head = self.prefix_ids(tokenizer) + list(context_ids) + self.query_ids(tokenizer, question)
+        head = self.head_ids(tokenizer) + list(context_ids) + self.query_ids(tokenizer, question)
         return head + self.answer_ids(tokenizer, target), len(head)
 
     @staticmethod

@@ -70,6 +70,9 @@ def open_sources(babi: Any = None, background: Any = None, *, seed: int = 0, spl
         babi = os.environ.get(BABI_DIR_ENV) or BUILTIN
     if is_hub_source(babi):
         name = babi[3:] or HF_BABILONG
+        if Path(name).expanduser().is_dir():
+            return BabilongSources(f"hf:{name}", f"BABILong samples in {name} (written by armt babilong make-data; "
+                                   "contexts included)", None, "none (the samples hold their contexts)")
         return BabilongSources(f"hf:{name}", f"published BABILong sets from Hugging Face {name} (contexts included)",
                                None, "none (the published samples hold their contexts)")
     if isinstance(babi, str) and babi == BUILTIN:

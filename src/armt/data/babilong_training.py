@@ -48,7 +48,7 @@ class BabilongTrainingSet(Dataset):
                  babi_variant: str = "en"):
         prompt = prompt or BabilongPrompt()
         check_question_segment(question_segment)
-        prefix = len(prompt.prefix_ids(tokenizer))
+        prefix = len(prompt.head_ids(tokenizer))
         if question_segment == "alone":  # the context of an evaluation length, the question after it
             context = (num_segments - 1) * segment_size
             total = prefix + context + segment_size
@@ -64,7 +64,7 @@ class BabilongTrainingSet(Dataset):
                 ids, start = prompt.example_ids(tokenizer, sample.input_ids(), sample.question, sample.target)
                 if len(ids) > total:  # an unusually long question: drop context from the front
                     cut = len(ids) - total
-                    ids, start = ids[:1] + ids[1 + cut:] if prompt.prefix_ids(tokenizer) else ids[cut:], start - cut
+                    ids, start = ids[:prefix] + ids[prefix + cut:], start - cut
                 ids = torch.tensor(ids)
                 labels = torch.full_like(ids, -100)
                 labels[start:] = ids[start:]

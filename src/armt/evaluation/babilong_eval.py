@@ -34,7 +34,7 @@ from armt.data.babi import SPLITS, load_babilong_hf, normalize_task
 from armt.data.babilong import BabilongPrompt, iter_babilong, length_name, parse_length, write_jsonl
 from armt.data.babilong_prompt import check_question_segment
 from armt.data.babilong_sources import BUILTIN, BabilongSources, open_sources  # noqa: F401  (part of this API)
-from armt.evaluation.babilong_scoring import compare_answers, exact_match
+from armt.evaluation.babilong_scoring import METRICS, compare_answers, contains_target, exact_match
 from armt.evaluation.reports import (
     FILES,
     PREDICTIONS_DIR,
@@ -75,6 +75,10 @@ class BabilongSettings:
             the two are cut into segments together) or ``"alone"`` (the context is written into
             memory whole, its last partial segment too, and the question starts a segment of its
             own, so only the memory can carry the facts to it); see :func:`answer_sample`.
+        metric: ``"babilong"`` (BABILong's label rule on the answer's first line,
+            :func:`~armt.evaluation.babilong_scoring.compare_answers`) or ``"contains"``
+            (lm-evaluation-harness's babilong metric: the target inside the generated text,
+            :func:`~armt.evaluation.babilong_scoring.contains_target`).
 
     Example:
         >>> s = BabilongSettings(tasks="qa1, 2", lengths="0k,4096", n_samples=5)
@@ -90,6 +94,7 @@ class BabilongSettings:
     split: str = "test"
     prompt: BabilongPrompt = field(default_factory=BabilongPrompt)
     question_segment: str = "shared"
+    metric: str = "babilong"
 
     def __post_init__(self) -> None:
         tasks = self.tasks.split(",") if isinstance(self.tasks, str) else list(self.tasks)
@@ -106,6 +111,8 @@ class BabilongSettings:
         if self.split not in SPLITS:
             raise ValueError(f"split={self.split!r} is unknown; use one of {SPLITS}.")
         check_question_segment(self.question_segment)
+        if self.metric not in METRICS:
+            raise ValueError(f"metric={self.metric!r} is unknown; use one of {METRICS}.")
         if not isinstance(self.prompt, BabilongPrompt):
             raise InputTypeError(f"prompt must be a BabilongPrompt, got {type(self.prompt).__name__}.")
 
@@ -113,8 +120,13 @@ class BabilongSettings:
         """The settings two runs must share for their results to go in one table."""
         key = asdict(self)
         del key["tasks"], key["lengths"]
-        if key["question_segment"] == "shared":  # results saved before the option existed stay resumable
+        # results saved before these options existed stay resumable
+        if key["question_segment"] == "shared":
             del key["question_segment"]
+        if key["metric"] == "babilong":
+            del key["metric"]
+        if not key["prompt"]["preamble"]:
+            del key["prompt"]["preamble"]
         return key
 
 
@@ -212,7 +224,7 @@ def answer_sample(model, tokenizer, sample, *, prompt: BabilongPrompt | None = N
     check_question_segment(question_segment)
     prompt = prompt or BabilongPrompt()
     device = model.cell.memory_tokens.device
-    head = prompt.prefix_ids(tokenizer)
+    head = prompt.head_ids(tokenizer)
     query = torch.tensor([prompt.query_ids(tokenizer, sample.question)], device=device)
     start = time.perf_counter()
     if wipe_memory and question_segment == "alone" and model.config.segment_alignment == "left":
@@ -332,11 +344,13 @@ def evaluate_babilong(model, tokenizer, *, tasks: Sequence[str] | str = DEFAULT_
                       prompt: BabilongPrompt | None = None, split: str = "test",
                       out_dir: str | os.PathLike | None = None, overwrite: bool = False, progress: bool = True,
                       memory=None, model_name: str | None = None, log: Log | None = print,
-                      wipe_memory: bool = False, question_segment: str = "shared") -> BabilongEvalResult:
+                      wipe_memory: bool = False, question_segment: str = "shared",
+                      metric: str = "babilong") -> BabilongEvalResult:
     """Accuracy of ``model`` on BABILong, per task and context length.
 
     Every sample is read in chunks at constant memory and answered greedily
-    (:func:`answer_sample`); an answer is right when :func:`compare_answers` says so. With
+    (:func:`answer_sample`); an answer is right when :func:`compare_answers` (or the ``metric``
+    chosen) says so. With
     ``out_dir``, each finished (task, length) pair is saved at once (results tables, heatmap,
     ``predictions/<task>_<length>.jsonl``), and a later call with the same model, sources and
     settings skips the pairs found there; results of a different run are refused unless
@@ -357,6 +371,7 @@ def evaluate_babilong(model, tokenizer, *, tasks: Sequence[str] | str = DEFAULT_
             (see :func:`answer_sample`); recorded in the results, so such a run never mixes
             with a normal one.
         question_segment: ``"shared"`` or ``"alone"``, see :class:`BabilongSettings`.
+        metric: ``"babilong"`` or ``"contains"``, see :class:`BabilongSettings`.
 
     Example:
         >>> import torch
@@ -374,7 +389,7 @@ def evaluate_babilong(model, tokenizer, *, tasks: Sequence[str] | str = DEFAULT_
     from tqdm.auto import tqdm
 
     settings = BabilongSettings(tasks, lengths, n_samples, seed, max_new_tokens, split, prompt or BabilongPrompt(),
-                                question_segment)
+                                question_segment, metric)
     say = log or (lambda line: None)
     sources = babi_source if isinstance(babi_source, BabilongSources) else open_sources(
         babi_source, background, seed=seed, split=split)
@@ -408,7 +423,8 @@ def evaluate_babilong(model, tokenizer, *, tasks: Sequence[str] | str = DEFAULT_
             records.append({
                 "task": task, "length": length, "index": index, "question": sample.question,
                 "target": sample.target, "prediction": got.text, "answer": got.answer,
-                "correct": compare_answers(got.answer, sample.target, sample.question, task),
+                "correct": (compare_answers(got.answer, sample.target, sample.question, task)
+                            if settings.metric == "babilong" else contains_target(got.text, sample.target)),
                 "exact_match": exact_match(got.answer, sample.target), "context_tokens": sample.num_tokens,
                 "prompt_tokens": got.prompt_tokens, "new_tokens": len(got.new_ids),
                 "seconds": round(got.seconds, 4), "tokens_per_s": round(got.tokens_per_second, 1)})

@@ -108,6 +108,24 @@ def compare_answers(output: str, target: str, question: str, task: str,
     return said == {wanted}
 
 
+# how an answer is judged: BABILong's label rule, or lm-evaluation-harness's substring test
+METRICS = ("babilong", "contains")
+
+
+def contains_target(output: str, target: str) -> bool:
+    """lm-evaluation-harness's babilong metric: the target, lower-cased, anywhere in the whole
+    generated text (control characters read as line breaks, outer blanks stripped).
+
+    Example:
+        >>> contains_target("The most recent location of Mary is Kitchen.", "kitchen")
+        True
+        >>> contains_target("garden", "kitchen")
+        False
+    """
+    text = re.sub(r"[\x00-\x1f]", "\n", output.strip()).strip()
+    return target.strip().lower() in text.lower()
+
+
 def exact_match(output: str, target: str) -> bool:
     """Equality after stripping, lower-casing and dropping trailing punctuation.
 

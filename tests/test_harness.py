@@ -56,7 +56,13 @@ def model_dir(tiny_base, tok, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lm(model_dir):
-    return ARMTHarnessLM(str(model_dir))
+    lm = ARMTHarnessLM(str(model_dir))
+    lm.folder = model_dir
+    return lm
+
+
+def lm_dir(lm):
+    return lm.folder
 
 
 def request(kind, *args):
@@ -177,6 +183,16 @@ def test_the_harness_babilong_task_gives_armt_babilong_evals_answers_and_score(l
     assert run.results[0]["accuracy"] == pytest.approx(score) and score >= 0.5
     if length == "1k":
         assert min(r["context_tokens"] for r in run.predictions) > 30 * S  # many segments read into memory
+    else:  # the command line's flags reach the same settings
+        from armt.cli import main
+
+        out = babilong_dir / "eval"
+        assert main(["babilong", "eval", "--model", str(lm_dir(lm)), "--babi", f"hf:{babilong_dir}", "--tasks", "qa1",
+                     "--lengths", length, "--n", "4", "--harness-prompt", str(TASKS_DIR / "armt_babilong_qa1.yaml"),
+                     "--metric", "contains", "--out", str(out), "--threads", "1", "--quiet"]) == 0
+        saved = [json.loads(line) for line in (out / "predictions" / f"qa1_{length}.jsonl").read_text().splitlines()]
+        assert [r["prediction"] for r in saved] == answers
+        assert json.loads((out / "results.json").read_text())["metadata"]["settings"]["metric"] == "contains"
 
 
 def test_the_preamble_is_the_harness_prompt(tok):

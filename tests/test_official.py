@@ -145,3 +145,82 @@ def test_gpt_neox_checkpoints_of_either_transformers_naming_load(tiny_armt, head
     loaded = load_official_checkpoint(fresh, sd, armt.ARMTConfig(segment_size=model.config.segment_size))
     ids = torch.randint(99, (1, 20), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(loaded.eval()(ids).logits, model(ids).logits)
+
+
+def _official_folder(folder, kind, reference_dir, **changes):
+    """A folder in the layout the official code's ARMTForCausalLM.save_pretrained writes
+    (modeling_amt/model.py): config.json with model_type 'armt', the base's config as a dict and
+    the official ARMTConfig's fields, and the weights under armt.* (the reference dump's tensors)."""
+    from safetensors.torch import save_file
+
+    meta = json.loads((reference_dir / f"{kind}_meta.json").read_text())
+    config = {"architectures": ["ARMTForCausalLM"], "model_type": "armt", "transformers_version": "4.53.3",
+              "base_model_name": None, "base_model_config": meta["base_config"],
+              "num_mem_tokens": meta["armt"]["num_mem_tokens"], "d_mem": meta["armt"]["d_mem"],
+              "segment_size": meta["armt"]["segment_size"], "segment_alignment": "left", "sliding_window": False,
+              "attend_to_previous_input": False, "use_sink": False, "layers_attr": meta["armt"]["layers_attr"],
+              "wrap_pos": False, "correction": True, "n_heads": 1, "use_denom": True, "gating": False,
+              "freeze_mem": False, "act_on": False, "max_hop": 4, "act_type": "associative", "act_format": "linear",
+              "noisy_halting": False, "constant_depth": False, "time_penalty": 0.0}
+    config.update(changes)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    state = load_file(reference_dir / f"{kind}_state_dict.safetensors")
+    # save_pretrained keeps one name per storage: the memory_cell.layers.* aliases go
+    state = {f"armt.{k}": v.contiguous() for k, v in state.items() if not k.startswith("memory_cell.layers.")}
+    save_file(state, str(folder / "model.safetensors"))
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_official_hub_folders_convert_and_match_the_official_outputs(kind, reference_dir, tmp_path):
+    from armt.cli import main
+    from armt.official import load_official_folder
+
+    meta = json.loads((reference_dir / f"{kind}_meta.json").read_text())
+    io = load_file(reference_dir / f"{kind}_io.safetensors")
+    folder = _official_folder(tmp_path / "official", kind, reference_dir)
+    model = load_official_folder(folder).eval()
+    assert (model.config.segment_size, model.config.layers_path) == (meta["armt"]["segment_size"],
+                                                                     meta["armt"]["layers_attr"])
+    with torch.no_grad():
+        out = model(io["input_ids"], attention_mask=io["attention_mask"], labels=io["labels"])
+    assert (out.logits - io["logits"]).abs().max() <= 1e-4
+    assert out.loss.item() == pytest.approx(meta["loss"], abs=1e-5)
+    for i, layer in enumerate(out.memory.layers):
+        torch.testing.assert_close(layer.A, io[f"state.layer{i}.W_mem"], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(layer.z, io[f"state.layer{i}.z"], rtol=1e-4, atol=1e-5)
+    # the command writes an armt folder that loads to the same model
+    assert main(["convert-official", str(folder), str(tmp_path / "converted")]) == 0
+    again = armt.ARMTForCausalLM.from_pretrained(tmp_path / "converted").eval()
+    with torch.no_grad():
+        assert torch.equal(again(io["input_ids"]).logits, model(io["input_ids"]).logits)
+
+
+def test_official_folders_that_armt_cannot_reproduce_are_refused(reference_dir, tmp_path, capsys):
+    from armt.cli import main
+    from armt.official import load_official_folder
+
+    cases = {
+        "inner": ({"architectures": ["InnerLoopARMTForCausalLM"]}, "inner-loop"),
+        "act": ({"act_on": True}, "act_on=True"),
+        "wrap": ({"wrap_pos": True}, "wrap_pos"),
+        "unknown": ({"think_tokens": 4}, "think_tokens"),
+        "segment": ({"segment_size": 64}, None),  # a config the weights do not contradict: converts
+        "heads": ({"d_mem": 64}, "d_mem"),
+    }
+    for name, (changes, message) in cases.items():
+        folder = _official_folder(tmp_path / name, "gpt2", reference_dir, **changes)
+        if message is None:
+            assert load_official_folder(folder).config.segment_size == 64
+            continue
+        with pytest.raises(ValueError, match=message):
+            load_official_folder(folder)
+    folder = tmp_path / "segment"
+    assert main(["convert-official", str(folder), str(tmp_path / "out"), "--segment-size", "32"]) == 2
+    assert "--segment-size" in capsys.readouterr().err
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        load_official_folder(folder)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_official_folder(tmp_path / "nothing")

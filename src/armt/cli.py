@@ -144,7 +144,7 @@ def _convert_official(args: argparse.Namespace) -> int:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from .config import ARMTConfig
-    from .official import load_official_checkpoint
+    from .official import load_official_checkpoint, load_official_folder
     from .saving import CONFIG_NAME
 
     if os.path.exists(os.path.join(args.output, CONFIG_NAME)) and not args.overwrite:
@@ -154,12 +154,26 @@ def _convert_official(args: argparse.Namespace) -> int:
         print(f"error: {args.output} is not empty; pass --overwrite to write into it, or choose an empty folder.",
               file=sys.stderr)
         return 2
-    base_cfg = AutoConfig.from_pretrained(args.base)
-    base = AutoModelForCausalLM.from_config(base_cfg)
-    cfg = ARMTConfig(segment_size=args.segment_size, n_heads=args.n_heads, use_denom=not args.no_denom,
-                     correction=not args.no_correction, segment_alignment=args.segment_alignment)
-    model = load_official_checkpoint(base, args.input, cfg)
+    if os.path.isdir(args.input):
+        # a Hugging Face folder of the official code: its config.json says everything
+        flags = [f for f, given in (("--segment-size", args.segment_size is not None),
+                                    ("--n-heads", args.n_heads is not None), ("--no-denom", args.no_denom),
+                                    ("--no-correction", args.no_correction),
+                                    ("--segment-alignment", args.segment_alignment is not None)) if given]
+        if flags:
+            raise ValueError(f"{args.input} is a folder whose config.json sets the options; drop {', '.join(flags)}.")
+        model = load_official_folder(args.input, base=args.base)
+    else:
+        if args.base is None:
+            raise ValueError("a state-dict file needs --base (the base model's name or config folder); only an "
+                             "official folder's config.json names its base.")
+        base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.base))
+        cfg = ARMTConfig(segment_size=args.segment_size or 512, n_heads=args.n_heads or 1,
+                         use_denom=not args.no_denom, correction=not args.no_correction,
+                         segment_alignment=args.segment_alignment or "left")
+        model = load_official_checkpoint(base, args.input, cfg)
     model.save_pretrained(args.output, save_base=True, overwrite=args.overwrite)
+    base = model.base_model
     c = model.config
     print(f"converted {args.input} -> {args.output}: {type(base).__name__}, {c.num_mem_tokens} memory tokens, "
           f"d_mem={c.d_mem}, n_heads={c.n_heads}, gating={c.gating}, sink={c.use_sink}, "
@@ -701,14 +715,19 @@ def build_parser() -> argparse.ArgumentParser:
     exp.set_defaults(func=_export_base)
 
     conv = sub.add_parser("convert-official", help="convert a checkpoint of the official ARMT code")
-    conv.add_argument("input", help="official state dict (.safetensors, or .bin/.pt opened weights-only)")
+    conv.add_argument("input", help="a folder the official code saved (config.json with model_type armt, as on the "
+                                    "Hub), or an official state dict (.safetensors, or .bin/.pt opened weights-only)")
     conv.add_argument("output", help="directory to write (ARMT config + weights + base model)")
-    conv.add_argument("--base", required=True,
-                      help="Hub name or local directory of the base model's config (its weights are not used)")
-    conv.add_argument("--segment-size", type=_int_at_least(1), default=512, help="segment size the checkpoint was trained with")
-    conv.add_argument("--n-heads", type=_int_at_least(1), default=1, help="memory heads (needed only with gating)")
-    conv.add_argument("--segment-alignment", default="left", choices=["left", "right", "center"],
-                      help="how inputs are split into segments")
+    conv.add_argument("--base", default=None,
+                      help="Hub name or local directory of the base model's config (its weights are not used); "
+                           "needed for a state dict, and for a folder that names its base by base_model_name only "
+                           "when that name cannot be read")
+    conv.add_argument("--segment-size", type=_int_at_least(1), default=None,
+                      help="segment size the checkpoint was trained with (state dicts; default 512)")
+    conv.add_argument("--n-heads", type=_int_at_least(1), default=None,
+                      help="memory heads (state dicts, needed only with gating; default 1)")
+    conv.add_argument("--segment-alignment", default=None, choices=["left", "right", "center"],
+                      help="how inputs are split into segments (state dicts; default left)")
     conv.add_argument("--no-denom", action="store_true", help="the checkpoint was trained with use_denom=False")
     conv.add_argument("--no-correction", action="store_true", help="the checkpoint was trained with correction=False")
     conv.add_argument("--overwrite", action="store_true", help="replace an existing output directory")

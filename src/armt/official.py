@@ -210,3 +210,140 @@ def _tied_names(model: nn.Module) -> set[str]:
         else:
             seen[id(p)] = name
     return tied
+
+
+# --- the official code's Hugging Face folders (modeling_amt/model.py: config.json + weights) ---
+
+# official ARMTConfig field -> armt's ARMTConfig field
+OFFICIAL_FIELDS = {"num_mem_tokens": "num_mem_tokens", "d_mem": "d_mem", "segment_size": "segment_size",
+                   "segment_alignment": "segment_alignment", "sliding_window": "sliding_window",
+                   "use_sink": "use_sink", "layers_attr": "layers_path", "correction": "correction",
+                   "n_heads": "n_heads", "use_denom": "use_denom", "gating": "gating"}
+# official options armt does not have, accepted only at the value that switches them off
+OFFICIAL_OFF = {"wrap_pos": False, "act_on": False, "attend_to_previous_input": False}
+# settings that change nothing once the options above are off (or only training)
+OFFICIAL_INERT = {"freeze_mem", "max_hop", "act_type", "act_format", "noisy_halting", "constant_depth",
+                  "time_penalty", "base_model_name", "base_model_config"}
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def _official_folder_weights(folder) -> dict[str, Tensor]:
+    """Every tensor of a saved folder (single or sharded, safetensors or weights-only .bin)."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    for name in WEIGHT_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        if name.endswith(".index.json"):
+            shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+            state: dict[str, Tensor] = {}
+            for shard in shards:
+                state.update(read_state_dict(folder / shard))
+            return state
+        return read_state_dict(path)
+    raise FileNotFoundError(f"{folder} holds none of {', '.join(WEIGHT_FILES)}: no weights to convert.")
+
+
+def official_folder_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """armt's :class:`ARMTConfig` fields from an official ``config.json`` (``model_type: armt``),
+    refusing what armt cannot reproduce.
+
+    Example:
+        >>> official_folder_config({"model_type": "armt", "architectures": ["ARMTForCausalLM"], "d_mem": 32,
+        ...                         "segment_size": 128, "layers_attr": "transformer.h", "wrap_pos": False})
+        {'d_mem': 32, 'segment_size': 128, 'layers_path': 'transformer.h'}
+    """
+    from transformers import PretrainedConfig
+
+    if config.get("model_type") != "armt":
+        raise ValueError(f"model_type={config.get('model_type')!r}: not a folder of the official ARMT code "
+                         "(config.json with model_type 'armt'); for a bare state dict pass the file instead.")
+    classes = config.get("architectures") or ["ARMTForCausalLM"]
+    if any("InnerLoop" in c for c in classes):
+        raise ValueError(
+            f"architectures={classes}: the official inner-loop model runs every layer over the whole input with "
+            "positions that continue across segments (memory tokens included) and keeps the first token "
+            "outside the segments; armt computes the outer-loop ARMT (positions restart in every segment), "
+            "so its outputs would differ. Only ARMTForCausalLM folders convert.")
+    unknown_class = [c for c in classes if c != "ARMTForCausalLM"]
+    if unknown_class:
+        raise ValueError(f"architectures={classes}: only the official ARMTForCausalLM converts (the thinking and "
+                         "other variants have no armt counterpart).")
+    for name, off in OFFICIAL_OFF.items():
+        if config.get(name, off) != off:
+            raise ValueError(f"{name}={config[name]!r}: armt has no {name} (ACT, position wrapping and attending to "
+                             f"the previous input are not implemented); only checkpoints with {name}={off!r} convert.")
+    generic = set(PretrainedConfig().to_dict()) | {"transformers_version", "architectures", "model_type", "dtype",
+                                                   "torch_dtype", "_name_or_path", "auto_map"}
+    unknown = sorted(k for k in config if k not in OFFICIAL_FIELDS and k not in OFFICIAL_OFF
+                     and k not in OFFICIAL_INERT and k not in generic)
+    if unknown:
+        raise ValueError(f"config.json sets {unknown}, which armt does not know; this folder comes from a newer or "
+                         "another variant of the official code and cannot be converted faithfully.")
+    return {ours: config[theirs] for theirs, ours in OFFICIAL_FIELDS.items() if theirs in config}
+
+
+def load_official_folder(folder: str | os.PathLike, base: str | os.PathLike | None = None) -> ARMTForCausalLM:
+    """Build an :class:`ARMTForCausalLM` from a folder that the official code's
+    ``ARMTForCausalLM.save_pretrained`` wrote (``config.json`` with ``model_type: armt``, weights
+    under ``armt.memory_cell.*``), as published on the Hub. The folder is read as data: no code
+    of it runs (no ``trust_remote_code``), ``.bin`` files open weights-only.
+
+    Args:
+        folder: the folder (download a Hub repository first, e.g. ``huggingface_hub.snapshot_download``).
+        base: where the base model's config comes from when the folder names it by
+            ``base_model_name`` only (a local folder or a Hub name; default that name). Its
+            weights are not needed: the folder holds them.
+
+    Example:
+        ``model = load_official_folder("armt_babilong_qa1")``
+    """
+    import json
+    from pathlib import Path
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = Path(folder)
+    path = folder / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; pass the folder the official code saved (config.json and "
+                                "weights), or a state-dict file with --base.")
+    config = json.loads(path.read_text())
+    fields = official_folder_config(config)
+    base_config = config.get("base_model_config")
+    name = base or config.get("base_model_name")
+    if isinstance(base_config, Mapping):
+        if "model_type" not in base_config:
+            raise ValueError("base_model_config has no model_type; the folder is incomplete.")
+        # what the saving library records about itself is not the model's config
+        values = {k: v for k, v in base_config.items() if k not in ("transformers_version", "_name_or_path")}
+        resolved = AutoConfig.for_model(values.pop("model_type"), **values)
+    elif isinstance(base_config, str) or name:
+        source = str(base) if base is not None else (base_config if isinstance(base_config, str) else name)
+        try:
+            resolved = AutoConfig.from_pretrained(source)
+        except OSError as err:
+            raise ValueError(f"the base model's config {source!r} could not be read ({err}); pass base= a local "
+                             "folder holding it (its config.json is enough).") from None
+    else:
+        raise ValueError("config.json names no base model (base_model_config or base_model_name).")
+    torch.manual_seed(0)  # every weight is overwritten by the folder's
+    base_model = AutoModelForCausalLM.from_config(resolved)
+    state = _official_folder_weights(folder)
+    stray = [k for k in state if not k.startswith("armt.")]
+    if stray:
+        raise ValueError(f"weights outside armt.* ({stray[:3]}): not the official ARMTForCausalLM's folder.")
+    state = {k[len("armt."):]: v for k, v in state.items()}
+    # every field of config.json was written by the official code: each must agree with the weights
+    # (load_official_checkpoint can only check fields set away from armt's defaults)
+    inferred = convert_official_state_dict(state)[2]
+    clash = {k: (fields[k], v) for k, v in inferred.items() if k in fields and fields[k] != v}
+    if clash:
+        raise ValueError("config.json contradicts the weights: " + ", ".join(
+            f"{k}={given!r} but the weights say {told!r}" for k, (given, told) in clash.items())
+            + "; the folder is inconsistent.")
+    return load_official_checkpoint(base_model, state, ARMTConfig(**fields))

@@ -438,6 +438,29 @@ def test_two_processes_with_gloo_equal_one_process(tmp_path):
     assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-4, (a, b)
 
 
+def test_fsdp_on_the_cpu_runs_as_ddp_and_says_so_and_fsdp_proper_is_refused(tmp_path, monkeypatch, caplog):
+    """accelerate enables FSDP only on accelerator devices: asked for on the CPU, the run is DDP (a
+    warning says so); where FSDP would shard, armt refuses, as its checkpoints would be shards."""
+    import logging
+    from types import SimpleNamespace
+
+    from armt.training.run import _check_fsdp
+
+    def trainer(fsdp, kind):
+        return SimpleNamespace(args=SimpleNamespace(fsdp=fsdp),
+                               accelerator=SimpleNamespace(distributed_type=SimpleNamespace(value=kind)))
+
+    with caplog.at_level(logging.WARNING, logger="armt.training.run"):
+        _check_fsdp(trainer(["full_shard"], "MULTI_CPU"))
+        _check_fsdp(trainer([], "MULTI_CPU"))
+    assert [r.getMessage() for r in caplog.records if "FSDP was asked" in r.getMessage()] == [
+        "FSDP was asked for, but accelerate runs it as MULTI_CPU (plain data parallelism: every process holds every "
+        "parameter); it enables FSDP only on GPUs and similar devices"]
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ValueError, match="FSDP is not supported"):
+        _check_fsdp(trainer([], "FSDP"))
+
+
 def test_babilong_recipe_trains_on_real_babi_and_books(data_dir, tmp_path, capsys):
     from armt.cli import main
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -311,7 +312,6 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, toke
     (finished stages are skipped, the current one restarts from its last checkpoint with
     its optimizer, scheduler, data order and RNG state).
     """
-    import os
 
     import yaml
 
@@ -458,6 +458,25 @@ def _check_removable(out: Path) -> None:
                          "away (or delete the run yourself) or choose another training.output_dir.")
 
 
+def _check_fsdp(trainer, say: bool = True) -> None:
+    """Refuse FSDP where it would run, and say so where the launcher quietly replaced it by DDP.
+
+    On the CPU accelerate enables FSDP only for accelerator devices (accelerate/state.py), so an
+    FSDP config runs as MULTI_CPU, i.e. DDP: the same numbers, every parameter on every process.
+    On GPUs FSDP would shard the parameters, and armt's checkpoints are written from the module's
+    own parameters, which would then be shards: refused until saving gathers them (and a GPU
+    has shown it)."""
+    asked = bool(trainer.args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    kind = trainer.accelerator.distributed_type.value
+    if kind == "FSDP":
+        raise ValueError("FSDP is not supported by armt train yet: checkpoints would be saved from sharded "
+                         "parameters. Train with DDP (torchrun or accelerate launch without FSDP; see "
+                         "configs/accelerate/ddp.yaml) or on one process.")
+    if asked and say:
+        logger.warning("FSDP was asked for, but accelerate runs it as %s (plain data parallelism: every process "
+                       "holds every parameter); it enables FSDP only on GPUs and similar devices", kind)
+
+
 def _barrier() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
@@ -546,6 +565,12 @@ def _train_stages(cfg: RunConfig, out: Path, *, resume: bool, tokenizer, metric_
             generation_kwargs=generation_defaults(tokenizer),
             write_penalty=WritePenalty.for_model(model, cfg.write_penalty, cfg.write_margin),
         )
+        if i == 0 and main_process and trainer.accelerator.num_processes > 1:
+            # say which parallelism the launcher and the config chose (DDP, FSDP, DeepSpeed)
+            logger.warning("distributed: %s over %d processes", trainer.accelerator.distributed_type.value,
+                           trainer.accelerator.num_processes)
+        if i == 0:
+            _check_fsdp(trainer, say=main_process)
         checkpoint = _latest_checkpoint(stage_dir) if resume else None
         finished = _finished_checkpoint(checkpoint, stage.max_steps)
         if finished is not None:

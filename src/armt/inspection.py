@@ -110,6 +110,29 @@ def default_marks(num_segments: int, dense: int = 64, per_octave: int = 8) -> li
     return sorted(marks | {num_segments})
 
 
+def by_segment(callback: Callable) -> Callable:
+    """``callback(layer, segment, *rest)`` as a hook of :func:`watch_memory` (``hook(layer, *rest)``):
+    the segment loop runs every layer once per segment, so a layer's k-th call is segment k's. Make
+    one per pass; it counts from 0.
+
+    Example:
+        >>> seen = []
+        >>> hook = by_segment(lambda layer, segment, x: seen.append((layer, segment)))
+        >>> for layer in (0, 1, 0, 1):
+        ...     hook(layer, None)
+        >>> seen
+        [(0, 0), (1, 0), (0, 1), (1, 1)]
+    """
+    calls: dict[int, int] = {}
+
+    def hook(layer: int, *rest) -> None:
+        segment = calls.get(layer, 0)
+        calls[layer] = segment + 1
+        callback(layer, segment, *rest)
+
+    return hook
+
+
 @contextmanager
 def watch_memory(model, on_read: Callable | None = None, on_write: Callable | None = None,
                  on_gate: Callable | None = None) -> Iterator[None]:

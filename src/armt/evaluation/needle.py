@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..data.needle import DISTRACTORS, NeedleConfig, TextStream, fixed_needle_batch, needle_batch
-from ..inspection import watch_memory
+from ..inspection import by_segment, watch_memory
 from ..ops import fused
 from ..wavefront import wavefront_blocker
 from .reports import wilson_interval
@@ -179,18 +179,15 @@ def open_gate_share(model, config: NeedleConfig, *, num_samples: int = 16, seed:
                          "the samples have.")
     batch = fixed_needle_batch(config, num_samples, seed, text)
     opened = torch.zeros(num_samples, config.num_segments, dtype=torch.bool)
-    calls: dict[int, int] = {}
 
-    def on_gate(layer: int, x: Tensor) -> None:
-        segment = calls.get(layer, 0)  # a layer's k-th write is segment k's
-        calls[layer] = segment + 1
+    def on_gate(layer: int, segment: int, x: Tensor) -> None:
         if segment < config.num_segments:
             opened[:, segment] |= (fused.gate(x.detach(), "hard") > 0).flatten(1).any(1).cpu()
 
     training = model.training
     model.eval()
     try:
-        with torch.no_grad(), watch_memory(model, on_gate=on_gate):
+        with torch.no_grad(), watch_memory(model, on_gate=by_segment(on_gate)):
             model(batch["input_ids"].to(model.cell.memory_tokens.device), output_only_last_segment=True,
                   wavefront=False)
     finally:

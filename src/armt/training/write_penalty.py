@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import torch
 from torch import Tensor
 
-from ..inspection import watch_memory
+from ..inspection import by_segment, watch_memory
 
 # the hard gate is clip(x / 4 + 1/2, 0, 1): it shuts at x = -2
 _HARD_SHUT = -2.0
@@ -81,7 +81,6 @@ class WritePenalty:
     _strengths: list[Tensor] = field(default_factory=list, repr=False)
     _opened: list[Tensor] = field(default_factory=list, repr=False)
     _segments: Tensor | None = field(default=None, repr=False)
-    _calls: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         gate = SimpleNamespace(write_gate="hard" if self.hard else "sigmoid", memory="associative", wavefront=False)
@@ -108,7 +107,7 @@ class WritePenalty:
             return None
         return cls(weight, margin, hard=cfg.write_gate == "hard", on=on)
 
-    def _on_gate(self, layer: int, x: Tensor) -> None:
+    def _on_gate(self, layer: int, segment: int, x: Tensor) -> None:
         if self.hard:
             m = self.margin
             strength = (x * 0.25 + 0.5 + m).clamp(0, 1 + m)
@@ -120,9 +119,6 @@ class WritePenalty:
             return
         if self._segments is None:
             raise ValueError("WritePenalty(on='distractors') needs only_segments(...) before the pass.")
-        # a layer's k-th write is the k-th segment's (the segment loop writes every segment)
-        segment = self._calls.get(layer, 0)
-        self._calls[layer] = segment + 1
         per_sample = strength.flatten(1).mean(1)
         mask = self._segments[:, segment] if segment < self._segments.shape[1] else torch.zeros_like(per_sample)
         self._strengths.append((per_sample * mask.to(per_sample)).mean())
@@ -130,8 +126,8 @@ class WritePenalty:
     @contextmanager
     def watch(self, model) -> Iterator[WritePenalty]:
         """Record the write strengths of the passes run inside (earlier records are dropped)."""
-        self._strengths, self._opened, self._calls = [], [], {}
-        with watch_memory(model, on_gate=self._on_gate):
+        self._strengths, self._opened = [], []
+        with watch_memory(model, on_gate=by_segment(self._on_gate)):
             yield self
 
     def strength(self) -> Tensor | None:

@@ -111,6 +111,21 @@ def test_text_requests_tokenize_as_the_harness_does(lm, tok):
     assert got == lm.loglikelihood_tokens([(head, cont)])[0]
 
 
+def test_answers_that_share_a_context_read_it_once_and_keep_their_order(lm, monkeypatch):
+    context = torch.arange(5, 5 + 3 * S + 2).tolist()
+    choices = [[7, 8], [9], [10, 11, 12]]
+    alone = [lm.loglikelihood_tokens([(context, c)])[0] for c in choices]
+    reads = []
+    read = lm._read_context
+    monkeypatch.setattr(lm, "_read_context", lambda ids: reads.append(len(ids)) or read(ids))
+    requests = [request("loglikelihood", "Mary went home.", " kitchen"), request("loglikelihood", "Where", " is"),
+                request("loglikelihood", "Mary went home.", " garden")]
+    together = lm.loglikelihood(requests)
+    assert len(reads) == 2  # two distinct contexts
+    assert together == [lm.loglikelihood([r])[0] for r in requests]
+    assert lm.loglikelihood_tokens([(context, c) for c in choices]) == alone
+
+
 def test_rolling_loglikelihood_streams_a_document_as_one_forward(lm, tok, data_dir):
     text = (data_dir / "gutenberg" / "austen-emma.txt").read_text(encoding="utf-8")[30_000:31_500]
     (got,) = lm.loglikelihood_rolling([request("loglikelihood_rolling", text)])

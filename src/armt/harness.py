@@ -170,10 +170,14 @@ class ARMTHarnessLM(LM):
         token-id lists, the context read through the memory."""
         device = self.model.cell.memory_tokens.device
         out = []
+        read: dict[tuple[int, ...], tuple[Any, Tensor]] = {}  # multiple choice: one context, several answers
         for context, continuation in pairs:
             if not continuation:
                 raise ValueError("an empty continuation has no likelihood to score.")
-            memory, rest = self._read_context(context)
+            key = tuple(context)
+            if key not in read:
+                read = {key: self._read_context(context)}  # only the latest: constant memory
+            memory, rest = read[key]
             ids = torch.cat([rest, torch.tensor([list(continuation)], dtype=torch.long)], dim=1).to(device)
             logits = self.model(ids, memory=memory).logits[0].float()
             # the logits at the context's last token and after predict the continuation
@@ -198,7 +202,13 @@ class ARMTHarnessLM(LM):
             context_ids = self.encode(context) if context else []
             head = self.prefix_ids + context_ids or [self.rolling_prefix_id]
             pairs.append((head, whole[len(context_ids):]))
-        return self.loglikelihood_tokens(pairs)
+        # requests that share a context run one after another, so it is read once
+        order = sorted(range(len(pairs)), key=lambda i: pairs[i][0])
+        scored = self.loglikelihood_tokens([pairs[i] for i in order])
+        out: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
+        for i, result in zip(order, scored):
+            out[i] = result
+        return out
 
     @torch.no_grad()
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:

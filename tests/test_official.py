@@ -201,18 +201,19 @@ def test_official_folders_that_armt_cannot_reproduce_are_refused(reference_dir, 
     from armt.cli import main
     from armt.official import load_official_folder
 
+    half = json.loads((reference_dir / "gpt2_meta.json").read_text())["armt"]["segment_size"] // 2
     cases = {
         "inner": ({"architectures": ["InnerLoopARMTForCausalLM"]}, "inner-loop"),
         "act": ({"act_on": True}, "act_on=True"),
         "wrap": ({"wrap_pos": True}, "wrap_pos"),
         "unknown": ({"think_tokens": 4}, "think_tokens"),
-        "segment": ({"segment_size": 64}, None),  # a config the weights do not contradict: converts
+        "segment": ({"segment_size": half}, None),  # a config the weights do not contradict: converts
         "heads": ({"d_mem": 64}, "d_mem"),
     }
     for name, (changes, message) in cases.items():
         folder = _official_folder(tmp_path / name, "gpt2", reference_dir, **changes)
         if message is None:
-            assert load_official_folder(folder).config.segment_size == 64
+            assert load_official_folder(folder).config.segment_size == half
             continue
         with pytest.raises(ValueError, match=message):
             load_official_folder(folder)

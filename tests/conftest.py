@@ -50,6 +50,16 @@ def _tiny_armt(family: str = "gpt2", attn: str = "sdpa", dtype=torch.float64, se
 
 
 @pytest.fixture
+def one_thread():
+    """Run the test on one thread: two threads on a shared 2-core machine are many times slower
+    than one for tiny models. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def reference_dir() -> Path:
     """The official code's dumps: ../shared/reference when present, else the small dumps of the
     same official code copied into tests/fixtures/official_small (its README says how they were made)."""

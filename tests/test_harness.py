@@ -26,12 +26,7 @@ from armt.harness import TASKS_DIR, ARMTHarnessLM  # noqa: E402
 S = 16  # segment size: every context below crosses several segments
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

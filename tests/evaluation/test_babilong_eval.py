@@ -36,13 +36,7 @@ def need_data(babi, books):
         pytest.skip(f"bAbI files or books not found under {babi.parent}")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # two threads on a shared 2-core machine are many times slower than one for these tiny models
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -59,6 +59,9 @@ def main(argv=None) -> int:
     p.add_argument("--write-penalty-on", choices=["all", "distractors"], default="all",
                    help="which writes pay the penalty: all, or only those of distractor segments (the task "
                         "knows where its facts are)")
+    p.add_argument("--write-penalty-shape", choices=["clipped", "linear"], default="clipped",
+                   help="with --option write_gate=hard: the penalty flat past the fully open point like the gate "
+                        "(clipped), or rising there (linear), so a gate stuck open is pulled back")
     p.add_argument("--init", default=None,
                    help="start each model from the one an earlier run saved (DIR/<kind>, e.g. runs/length/PREFIX) "
                         "instead of a fresh one; --stages then continues that run")
@@ -113,6 +116,7 @@ def main(argv=None) -> int:
     recipe = CapacityRecipe(time_budget_s=args.budget_min * 60, max_steps=args.max_steps, learning_rate=args.lr,
                             batch_size=args.batch_size, seed=args.seed, advance_at=args.advance_at, write_penalty=args.write_penalty,
                             write_margin=args.write_margin, write_penalty_on=args.write_penalty_on,
+                            write_penalty_shape=args.write_penalty_shape,
                             hold_last=args.hold_last, keep_best=args.keep_best, leak_stop=args.leak_stop,
                             leak_segments=args.leak_segments, leak_samples=args.leak_samples)
     model = CapacityModelSpec(seed=args.seed, options=tuple(args.option))
@@ -120,7 +124,7 @@ def main(argv=None) -> int:
     if args.smoke:
         recipe = CapacityRecipe(max_steps_per_stage=2, eval_every=2, eval_samples=8, seed=args.seed,
                                 write_penalty=args.write_penalty, write_margin=args.write_margin,
-                                write_penalty_on=args.write_penalty_on,
+                                write_penalty_on=args.write_penalty_on, write_penalty_shape=args.write_penalty_shape,
                                 hold_last=args.hold_last, keep_best=args.keep_best, leak_stop=args.leak_stop,
                                 leak_segments=8, leak_samples=4)
         model = CapacityModelSpec(layers=1, hidden=32, heads=2, intermediate=64, seed=args.seed,

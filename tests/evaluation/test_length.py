@@ -124,12 +124,14 @@ def test_benchmark_script_smoke(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "length.py"), "--smoke", "--models", "armt,none",
                           "--out", str(tmp_path), "--save-models", str(tmp_path / "models"),
                           "--option", "write_gate=hard", "--text-source", "builtin", "--write-penalty", "0.1",
-                          "--write-margin", "0.1", "--hold-last", "--keep-best", "--stop-below", "0.01", "--leak-stop", "0.0"],
+                          "--write-margin", "0.1", "--write-penalty-shape", "linear", "--hold-last", "--keep-best",
+                          "--stop-below", "0.01", "--leak-stop", "0.0"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads((tmp_path / "length.json").read_text())
     assert res["model"]["options"] == [["write_gate", "hard"]]
     assert res["recipe"]["keep_best"] is True and res["recipe"]["leak_stop"] == 0.0
+    assert res["recipe"]["write_penalty_shape"] == "linear"
     assert 0.0 <= res["models"]["armt"]["leak"] <= 1.0 and res["models"]["none"]["leak"] is None
     assert "built-in" in res["text_source"]
     assert (tmp_path / "models" / "length" / "armt" / "armt_config.json").exists()

@@ -255,3 +255,5 @@ def test_write_margin_shuts_gates_with_room_to_spare():
                      CapacityRecipe(max_steps_per_stage=1, write_penalty=1.0, write_margin=0.1))
     with pytest.raises(ValueError, match="write_margin must be >= 0"):
         CapacityRecipe(write_margin=-0.1)
+    with pytest.raises(ValueError, match="write_penalty_shape='flat'"):
+        CapacityRecipe(write_penalty_shape="flat")

@@ -150,6 +150,11 @@ def test_write_penalty_config_is_checked(tmp_path):
     cfg = RunConfig.from_dict({**values, "armt": {**values["armt"], "write_gate": "hard"}, "write_penalty": 2,
                                "write_margin": 0.25})
     assert cfg.to_dict()["write_penalty"] == 2 and RunConfig.from_dict(cfg.to_dict()) == cfg
+    assert "write_penalty_shape" not in cfg.to_dict()  # the default is not written
+    linear = RunConfig.from_dict({**cfg.to_dict(), "write_penalty_shape": "linear"})
+    assert RunConfig.from_dict(linear.to_dict()).write_penalty_shape == "linear"
+    with pytest.raises(ValueError, match="write_penalty_shape='linear' needs"):
+        RunConfig.from_dict({**values, "write_penalty": 1.0, "write_penalty_shape": "linear"})
 
 
 class Crash(TrainerCallback):

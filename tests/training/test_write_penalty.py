@@ -106,3 +106,50 @@ def test_on_distractors_needs_the_segments_and_known_targets():
         WritePenalty(1.0, on="facts")
     with pytest.raises(ValueError, match="on='distractors'"):
         WritePenalty(1.0).only_segments(torch.ones(1, 2))
+
+
+def _gate_grads(shape, bias):
+    model = _model(write_gate="hard")
+    with torch.no_grad():
+        for mem in model.cell.memory_layers:
+            mem.W_mb.bias.fill_(bias)
+    ids = torch.randint(1000, (2, 40), generator=torch.Generator().manual_seed(1))
+    inputs = []
+    penalty = WritePenalty(1.0, margin=0.25, hard=True, shape=shape)
+    with watch_memory(model, on_gate=lambda layer, x: inputs.append(x.detach())), penalty.watch(model):
+        out = model(ids, labels=ids)
+    task = torch.autograd.grad(out.loss, [m.W_mb.bias for m in model.cell.memory_layers], allow_unused=True,
+                               retain_graph=True)
+    penalty.term().backward()
+    return torch.cat(inputs), penalty, [m.W_mb.bias.grad for m in model.cell.memory_layers], task
+
+
+def test_linear_shape_pulls_back_a_gate_stuck_open():
+    # every gate far past the fully open point (x >= 2): the write is flat there, so neither the
+    # task nor the clipped penalty has a gradient that could shut it again
+    x, clipped, clipped_grads, task = _gate_grads("clipped", 20.0)
+    assert float(x.min()) > 2.0
+    assert all(g is None or float(g.abs().max()) == 0.0 for g in task)
+    assert all(float(g.abs().max()) == 0.0 for g in clipped_grads)
+    assert float(clipped.strength().detach()) == pytest.approx(1.25)
+    x, linear, linear_grads, _ = _gate_grads("linear", 20.0)
+    # the linear penalty is x/4 + 3/4 there, and its gradient lowers every gate's bias
+    assert float(linear.strength().detach()) == pytest.approx(float((x / 4 + 0.75).mean()), rel=1e-5)
+    assert all(float(g.min()) > 0 for g in linear_grads)
+
+
+def test_linear_shape_equals_the_clipped_one_below_the_open_point():
+    x, clipped, clipped_grads, _ = _gate_grads("clipped", -1.0)
+    assert float(x.max()) < 2.0  # nothing fully open: the two shapes must agree exactly
+    _, linear, linear_grads, _ = _gate_grads("linear", -1.0)
+    torch.testing.assert_close(linear.strength(), clipped.strength())
+    for a, b in zip(linear_grads, clipped_grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_linear_shape_needs_the_hard_gate():
+    assert WritePenalty.for_model(_model(write_gate="hard"), 1.0, shape="linear").shape == "linear"
+    with pytest.raises(ValueError, match="write_penalty_shape='linear' needs ARMTConfig"):
+        WritePenalty.for_model(_model(), 1.0, shape="linear")
+    with pytest.raises(ValueError, match="write_penalty_shape='flat': use one of"):
+        WritePenalty(1.0, hard=True, shape="flat")

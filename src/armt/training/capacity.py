@@ -25,7 +25,7 @@ from ..checks import check_positive_int
 from ..config import ARMTConfig
 from ..data.capacity import VARIANTS, CapacityConfig, CapacityDataset, capacity_batch
 from ..model import ARMTForCausalLM
-from .write_penalty import PENALTY_TARGETS, WritePenalty
+from .write_penalty import PENALTY_SHAPES, PENALTY_TARGETS, WritePenalty
 
 MODEL_KINDS = ("armt", "rmt", "none")
 
@@ -117,6 +117,10 @@ class CapacityRecipe:
         write_penalty_on: ``"all"`` writes pay the penalty, or only ``"distractors"``: the writes
             of segments that hold nothing the task needs, which a stage's batches name in
             ``distractor_segments`` (the needle task's do). Fact writes are then free.
+        write_penalty_shape: with the hard gate, ``"clipped"`` (flat past the fully open point,
+            like the gate) or ``"linear"`` (keeps rising there, so a gate stuck fully open, which
+            gets no gradient from the task, is pulled back):
+            :class:`armt.training.write_penalty.WritePenalty`'s ``shape``.
         hold_last: once the last stage reaches ``advance_at``, keep training on it until the time
             budget (or its step limit) is spent instead of stopping there. The evaluations go on
             being logged; the stage counts as passed.
@@ -151,6 +155,7 @@ class CapacityRecipe:
     write_penalty: float = 0.0
     write_margin: float = 0.0
     write_penalty_on: str = "all"
+    write_penalty_shape: str = "clipped"
     hold_last: bool = False
     keep_best: bool = False
     leak_stop: float | None = None
@@ -174,6 +179,8 @@ class CapacityRecipe:
             raise ValueError(f"write_penalty must be >= 0, got {self.write_penalty!r}.")
         if self.write_penalty_on not in PENALTY_TARGETS:
             raise ValueError(f"write_penalty_on={self.write_penalty_on!r}: use one of {PENALTY_TARGETS}.")
+        if self.write_penalty_shape not in PENALTY_SHAPES:
+            raise ValueError(f"write_penalty_shape={self.write_penalty_shape!r}: use one of {PENALTY_SHAPES}.")
         if not self.curriculum or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
                                       for n in self.curriculum):
             raise ValueError(f"curriculum must be a non-empty list of pair counts >= 1, got {self.curriculum!r}.")
@@ -329,7 +336,8 @@ def train_stages(model: ARMTForCausalLM, stages: Sequence, recipe: CapacityRecip
             sink.write(json.dumps(record) + "\n")
             sink.flush()
 
-    penalty = WritePenalty.for_model(model, recipe.write_penalty, recipe.write_margin, recipe.write_penalty_on)
+    penalty = WritePenalty.for_model(model, recipe.write_penalty, recipe.write_margin, recipe.write_penalty_on,
+                                     recipe.write_penalty_shape)
     try:
         model.train()
         for index, stage in enumerate(stages):

@@ -192,8 +192,9 @@ class RunConfig:
 
     ``write_penalty`` adds that times the memory's mean write strength to the training loss, and
     ``write_margin`` (with ``armt.write_gate: hard``) keeps penalised gates that far from the
-    edge: :class:`armt.training.write_penalty.WritePenalty`, the recipe that keeps a memory right
-    far beyond its training length (docs/results/length.md).
+    edge; ``write_penalty_shape: linear`` keeps the penalty rising past the fully open point, so a
+    gate stuck open is pulled back: :class:`armt.training.write_penalty.WritePenalty`, the recipe
+    that keeps a memory right far beyond its training length (docs/results/length.md).
     """
 
     model: ModelSpec
@@ -207,6 +208,7 @@ class RunConfig:
     batch_transforms: list[str] = field(default_factory=list)
     write_penalty: float = 0.0
     write_margin: float = 0.0
+    write_penalty_shape: str = "clipped"
     # the armt keys the config gave (from_dict records them); with model.init_from these, and
     # only these, are checked against the saved model's config (None: those that differ from
     # ARMTConfig's defaults)
@@ -249,7 +251,7 @@ class RunConfig:
                              "(set armt.memory: associative, or write_penalty: 0).")
         from .write_penalty import check_write_penalty
 
-        check_write_penalty(self.armt, self.write_penalty, self.write_margin)
+        check_write_penalty(self.armt, self.write_penalty, self.write_margin, self.write_penalty_shape)
         bad = sorted(set(self.metrics) - set(METRICS))
         if bad:
             raise ValueError(f"metrics: {bad[0]!r} is unknown; built-in metrics are {METRICS} "
@@ -292,6 +294,8 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         # the penalty's keys only where set: a run saved before they existed resumes unchanged
         penalty = {k: getattr(self, k) for k in ("write_penalty", "write_margin") if getattr(self, k)}
+        if self.write_penalty_shape != "clipped":
+            penalty["write_penalty_shape"] = self.write_penalty_shape
         return {
             "model": dataclasses.asdict(self.model),
             "armt": self.armt.to_dict(),

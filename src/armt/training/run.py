@@ -563,7 +563,8 @@ def _train_stages(cfg: RunConfig, out: Path, *, resume: bool, tokenizer, metric_
             callbacks=stage_callbacks, metrics=cfg.metrics, metric_fns=fns, num_segments=stage.num_segments,
             save_base=not cfg.model.freeze_base or cfg.model.tiny is not None,
             generation_kwargs=generation_defaults(tokenizer),
-            write_penalty=WritePenalty.for_model(model, cfg.write_penalty, cfg.write_margin),
+            write_penalty=WritePenalty.for_model(model, cfg.write_penalty, cfg.write_margin,
+                                                 shape=cfg.write_penalty_shape),
         )
         if i == 0 and main_process and trainer.accelerator.num_processes > 1:
             # say which parallelism the launcher and the config chose (DDP, FSDP, DeepSpeed)

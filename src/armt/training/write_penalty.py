@@ -24,12 +24,20 @@ from ..inspection import by_segment, watch_memory
 _HARD_SHUT = -2.0
 #: which writes a penalty costs: every write, or only those of segments the task does not need
 PENALTY_TARGETS = ("all", "distractors")
+#: how the hard gate's penalty goes past the fully open point: flat (as the gate itself) or rising
+PENALTY_SHAPES = ("clipped", "linear")
 
 
-def check_write_penalty(config, weight: float, margin: float = 0.0) -> None:
+def check_write_penalty(config, weight: float, margin: float = 0.0, shape: str = "clipped") -> None:
     """Refuse a penalty that ``config`` (an :class:`armt.ARMTConfig`) cannot take, saying what to
-    change: negative values, a margin without the hard gate, a penalty on the wavefront. Both the
-    run config (before any model is built) and :meth:`WritePenalty.for_model` call it."""
+    change: negative values, a margin or a linear shape without the hard gate, a penalty on the
+    wavefront. Both the run config (before any model is built) and :meth:`WritePenalty.for_model`
+    call it."""
+    if shape not in PENALTY_SHAPES:
+        raise ValueError(f"write_penalty_shape={shape!r}: use one of {PENALTY_SHAPES}.")
+    if shape == "linear" and config.write_gate != "hard":
+        raise ValueError("write_penalty_shape='linear' needs ARMTConfig(write_gate='hard') (armt.write_gate: hard in "
+                         "a run config): the sigmoid gate has a gradient everywhere and never saturates flat.")
     if not weight >= 0:
         raise ValueError(f"write_penalty must be >= 0, got {weight!r}.")
     if not margin >= 0:
@@ -54,7 +62,13 @@ class WritePenalty:
             ``4 * margin`` below the shut point (``clip(x / 4 + 1/2 + margin, 0, 1 + margin)``),
             so that penalised gates settle with room to spare instead of at the edge, where a
             slightly different input opens them again. The model still writes with the plain gate.
-        hard: the model's gate is ``write_gate="hard"`` (``margin`` needs it).
+        hard: the model's gate is ``write_gate="hard"`` (``margin`` and ``shape="linear"`` need it).
+        shape: with the hard gate, ``"clipped"`` penalises the strength as above, flat once the
+            gate is fully open (input ``x >= 2``), where the write itself is flat too: a gate
+            pushed far open gets no gradient from the penalty or from the task and stays open
+            for good (a layer that writes every segment, docs/results/length.md).
+            ``"linear"`` penalises ``max(x / 4 + 1/2 + margin, 0)``, which keeps rising past
+            the open point, so such a gate is pulled back to where the task's gradient reaches it.
         on: ``"all"`` writes, or only the ``"distractors"``: then each pass is told, with
             :meth:`only_segments`, which segments of which sample hold nothing the task needs
             (the needle task knows where its facts are), and only their writes cost something.
@@ -78,13 +92,14 @@ class WritePenalty:
     margin: float = 0.0
     hard: bool = False
     on: str = "all"
+    shape: str = "clipped"
     _strengths: list[Tensor] = field(default_factory=list, repr=False)
     _opened: list[Tensor] = field(default_factory=list, repr=False)
     _segments: Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         gate = SimpleNamespace(write_gate="hard" if self.hard else "sigmoid", memory="associative", wavefront=False)
-        check_write_penalty(gate, self.weight, self.margin)
+        check_write_penalty(gate, self.weight, self.margin, self.shape)
         if self.on not in PENALTY_TARGETS:
             raise ValueError(f"write penalty on={self.on!r}: use one of {PENALTY_TARGETS}.")
 
@@ -97,20 +112,21 @@ class WritePenalty:
         self._segments = None if penalised is None else penalised.float()
 
     @classmethod
-    def for_model(cls, model, weight: float, margin: float = 0.0, on: str = "all") -> WritePenalty | None:
+    def for_model(cls, model, weight: float, margin: float = 0.0, on: str = "all",
+                  shape: str = "clipped") -> WritePenalty | None:
         """The penalty for ``model``, or ``None`` where there is nothing to penalise (a zero
         weight, or a model without an associative memory: RMT, no memory). Refuses the
         wavefront, whose passes do not go through the memories' writes."""
         cfg = model.config
-        check_write_penalty(cfg, weight, margin)
+        check_write_penalty(cfg, weight, margin, shape)
         if weight == 0 or cfg.memory != "associative":
             return None
-        return cls(weight, margin, hard=cfg.write_gate == "hard", on=on)
+        return cls(weight, margin, hard=cfg.write_gate == "hard", on=on, shape=shape)
 
     def _on_gate(self, layer: int, segment: int, x: Tensor) -> None:
         if self.hard:
             m = self.margin
-            strength = (x * 0.25 + 0.5 + m).clamp(0, 1 + m)
+            strength = (x * 0.25 + 0.5 + m).clamp(0, 1 + m if self.shape == "clipped" else None)
             self._opened.append((x.detach() > _HARD_SHUT).float().mean())
         else:
             strength = torch.sigmoid(x)

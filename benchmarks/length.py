@@ -10,6 +10,10 @@ with 95% intervals and the memory-wiped control, and writes length.json / .md / 
 
     python benchmarks/length.py [--budget-min 7] [--out docs/length]
     python benchmarks/length.py --models armt --option write_gate=hard --write-penalty 0.5 --hold-last --prefix length_hold
+    # hard gate, linear penalty, leak rule: an exact gate on every seed tried (docs/results/length.md)
+    python benchmarks/length.py --models armt --option write_gate=hard --write-penalty 2 --write-margin 0.25 \
+        --write-penalty-shape linear --hold-last --keep-best --leak-stop 0 --leak-segments 256 \
+        --max-steps 3000 --seed 0 --threads 1 --long-samples 64 --prefix length_linear_seed0
     # continue a saved run's model on the last stage (runs/length/<prefix>/<kind> is what a run saves)
     python benchmarks/length.py --models armt --option write_gate=hard --write-penalty 2 --write-margin 0.25 \
         --init runs/length/length_w2_2000_seed2_best --stages "4,16" --hold-last --max-steps 400 --prefix more

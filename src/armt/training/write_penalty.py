@@ -69,6 +69,8 @@ class WritePenalty:
             for good (a layer that writes every segment, docs/results/length.md).
             ``"linear"`` penalises ``max(x / 4 + 1/2 + margin, 0)``, which keeps rising past
             the open point, so such a gate is pulled back to where the task's gradient reaches it.
+            :meth:`strength` (logged as ``write_strength``) is then the penalised value, which
+            can exceed ``1 + margin``.
         on: ``"all"`` writes, or only the ``"distractors"``: then each pass is told, with
             :meth:`only_segments`, which segments of which sample hold nothing the task needs
             (the needle task knows where its facts are), and only their writes cost something.

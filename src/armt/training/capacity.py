@@ -25,7 +25,7 @@ from ..checks import check_positive_int
 from ..config import ARMTConfig
 from ..data.capacity import VARIANTS, CapacityConfig, CapacityDataset, capacity_batch
 from ..model import ARMTForCausalLM
-from .write_penalty import PENALTY_SHAPES, PENALTY_TARGETS, WritePenalty
+from .write_penalty import PENALTY_TARGETS, WritePenalty, check_penalty_shape
 
 MODEL_KINDS = ("armt", "rmt", "none")
 
@@ -179,8 +179,7 @@ class CapacityRecipe:
             raise ValueError(f"write_penalty must be >= 0, got {self.write_penalty!r}.")
         if self.write_penalty_on not in PENALTY_TARGETS:
             raise ValueError(f"write_penalty_on={self.write_penalty_on!r}: use one of {PENALTY_TARGETS}.")
-        if self.write_penalty_shape not in PENALTY_SHAPES:
-            raise ValueError(f"write_penalty_shape={self.write_penalty_shape!r}: use one of {PENALTY_SHAPES}.")
+        check_penalty_shape(self.write_penalty_shape)
         if not self.curriculum or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
                                       for n in self.curriculum):
             raise ValueError(f"curriculum must be a non-empty list of pair counts >= 1, got {self.curriculum!r}.")

@@ -28,13 +28,18 @@ PENALTY_TARGETS = ("all", "distractors")
 PENALTY_SHAPES = ("clipped", "linear")
 
 
+def check_penalty_shape(shape: str) -> None:
+    """Refuse a penalty shape other than those of :data:`PENALTY_SHAPES`."""
+    if shape not in PENALTY_SHAPES:
+        raise ValueError(f"write_penalty_shape={shape!r}: use one of {PENALTY_SHAPES}.")
+
+
 def check_write_penalty(config, weight: float, margin: float = 0.0, shape: str = "clipped") -> None:
     """Refuse a penalty that ``config`` (an :class:`armt.ARMTConfig`) cannot take, saying what to
     change: negative values, a margin or a linear shape without the hard gate, a penalty on the
     wavefront. Both the run config (before any model is built) and :meth:`WritePenalty.for_model`
     call it."""
-    if shape not in PENALTY_SHAPES:
-        raise ValueError(f"write_penalty_shape={shape!r}: use one of {PENALTY_SHAPES}.")
+    check_penalty_shape(shape)
     if shape == "linear" and config.write_gate != "hard":
         raise ValueError("write_penalty_shape='linear' needs ARMTConfig(write_gate='hard') (armt.write_gate: hard in "
                          "a run config): the sigmoid gate has a gradient everywhere and never saturates flat.")

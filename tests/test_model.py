@@ -308,3 +308,54 @@ def test_memory_dtype_keeps_the_state_wide_under_a_bf16_model(tiny_armt):
         torch.testing.assert_close(out.memory.layers[0].A, narrow(ids).memory.layers[0].A.float(),
                                    atol=0.02, rtol=0.02)
     assert wide.read([ids]).memory.layers[0].A.dtype == torch.float32
+
+
+@pytest.mark.all_families
+@pytest.mark.parametrize("options", [{}, {"memory": "tokens"}, {"sliding_window": True}, {"bptt_segments": 2},
+                                     {"gradient_checkpointing": True}])
+def test_a_loss_without_its_logits_has_the_same_value_and_gradients(tiny_armt, family, options):
+    # output_only_last_segment: the scored segments that are not returned get their loss from the
+    # head applied to their hidden states, recomputed in the backward (armt.loss.head_pair_nll)
+    model = tiny_armt(family, **options)  # eval mode (no dropout), gradients on
+    assert model.cell.head is not None
+    ids = _ids(2, 29, seed=7)
+    mask = torch.ones_like(ids)
+    if not options.get("sliding_window"):
+        mask[1, :5] = 0  # a padded row takes the padding plan's path too (the window refuses padding)
+    results = []
+    for only_last in (False, True):
+        model.zero_grad()
+        out = model(ids, attention_mask=mask, labels=ids, output_only_last_segment=only_last)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out.loss.detach(), out.segment_losses, grads))
+    (loss, seg, grads), (loss2, seg2, grads2) = results
+    torch.testing.assert_close(loss2, loss, rtol=0, atol=1e-12)
+    torch.testing.assert_close(seg2, seg, rtol=0, atol=1e-12, equal_nan=True)
+    assert grads.keys() == grads2.keys() and len(grads) > 0
+    for name in grads:
+        torch.testing.assert_close(grads2[name], grads[name], rtol=0, atol=1e-10, msg=name)
+
+
+def test_a_training_pass_keeps_no_earlier_segment_logits(tiny_armt):
+    model = tiny_armt("llama", segment_size=4)
+    vocab = model.cell.vocab_size
+    ids = _ids(1, 24, seed=3)
+
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def saved_vocab_rows(only_last):
+        rows = []
+
+        def pack(t):  # activations of vocabulary size (not the head's weight)
+            if t.dim() and t.shape[-1] == vocab and t.untyped_storage().data_ptr() not in weights:
+                rows.append(t.numel() // vocab)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(ids, labels=ids, output_only_last_segment=only_last).loss.backward()
+        return sum(rows)
+
+    # logits or log-probabilities of all 6 segments (4 positions each) against the last one's only
+    assert saved_vocab_rows(False) >= 24
+    assert saved_vocab_rows(True) <= 2 * 4

@@ -137,6 +137,17 @@ class ARMTCell(nn.Module):
         return backbone if isinstance(backbone, nn.Module) and backbone is not self.runner else None
 
     @property
+    def head(self) -> nn.Module | None:
+        """The language-model head when the logits are exactly ``head(hidden)`` of the base
+        model's last hidden states (the fully supported families; ``None`` otherwise, e.g. for
+        models that scale or cap their logits). ``forward(..., return_hidden=True)`` then gives
+        those hidden states, and a loss can recompute the logits in the backward pass instead of
+        keeping them (:func:`armt.loss.head_pair_nll`)."""
+        if self._backbone is None or families.family_of(getattr(self.runner, "config", None)) is None:
+            return None
+        return self.runner.get_output_embeddings()
+
+    @property
     def vocab_size(self) -> int:
         """Rows of the input embedding: token ids must lie in ``0 .. vocab_size - 1``."""
         return self.base_model.get_input_embeddings().weight.shape[0]
@@ -267,6 +278,7 @@ class ARMTCell(nn.Module):
         memory: MemoryState | None,
         compute_logits: bool = True,
         last_logits_only: bool = False,
+        return_hidden: bool = False,
     ) -> tuple[Tensor | None, MemoryState]:
         """Run one segment.
 
@@ -280,14 +292,22 @@ class ARMTCell(nn.Module):
             memory: the state after the previous segment, ``None`` before the first.
             compute_logits: skip the language-model head when False.
             last_logits_only: return the logits of the last token only, ``(B, 1, vocab)``.
+            return_hidden: return the base model's last hidden states ``(B, T, d_model)``, the
+                input of :attr:`head`, instead of the logits (needs :attr:`head`).
 
         Returns:
-            ``(logits (B, T, vocab) or None, new memory state)``.
+            ``(logits (B, T, vocab) (the hidden states with return_hidden) or None, new memory state)``.
         """
+        if return_hidden and self.head is None:
+            raise ValueError(
+                f"return_hidden=True needs a base model whose logits are head(last hidden state); "
+                f"{type(self.runner).__name__} is not one armt knows (use compute_logits instead)."
+            )
         B, T, _ = inputs_embeds.shape
         M = self.num_mem_tokens
         if self.token_memory:
-            return self._forward_tokens(inputs_embeds, attention_mask, memory, compute_logits, last_logits_only)
+            return self._forward_tokens(inputs_embeds, attention_mask, memory, compute_logits, last_logits_only,
+                                        return_hidden)
         parts = [inputs_embeds, self.memory_tokens.unsqueeze(0).expand(B, -1, -1)]
         offset = 0
         if self.sink is not None:
@@ -296,7 +316,7 @@ class ARMTCell(nn.Module):
         embeds = torch.cat(parts, dim=1)  # (B, offset + T + M, d_model)
         kwargs = _segment_inputs(embeds, attention_mask, offset, T)
         attention_mask = kwargs["attention_mask"]
-        backbone = self._backbone if not compute_logits else None
+        backbone = self._backbone if return_hidden or not compute_logits else None
         if self.config.sliding_window:
             cache, rotary, W = self._window_inputs(kwargs, inputs_embeds, attention_mask, memory,
                                                    backbone or self.runner)
@@ -306,8 +326,8 @@ class ARMTCell(nn.Module):
             ios = [stack.enter_context(mem.bind(self.decoder_layers[i], layers[i], M))
                    for i, mem in enumerate(self.memory_layers)]
             if backbone is not None:
-                backbone(**kwargs)
-                logits = None
+                hidden = backbone(**kwargs).last_hidden_state
+                logits = hidden[:, offset:offset + T] if return_hidden else None
             elif compute_logits and self._logits_to_keep:
                 first = offset + T - 1 if last_logits_only else offset
                 keep = torch.arange(first, offset + T, device=embeds.device)
@@ -336,7 +356,8 @@ class ARMTCell(nn.Module):
         written, window_mask = sliding.new_window(cache, written, W + offset, valid, rotary, offset + W, offset)
         return logits, MemoryState(written, segments, window_mask, counts=counts)
 
-    def _forward_tokens(self, inputs_embeds, attention_mask, memory, compute_logits, last_logits_only):
+    def _forward_tokens(self, inputs_embeds, attention_mask, memory, compute_logits, last_logits_only,
+                        return_hidden=False):
         """One RMT segment: ``[sink?, read, tokens, write]``; the write tokens' final hidden
         states (after the base model's last norm) are the next segment's read memory."""
         B, T, _ = inputs_embeds.shape
@@ -351,7 +372,10 @@ class ARMTCell(nn.Module):
         head = self.runner.get_output_embeddings()
         if backbone is not None and head is not None:
             hidden = backbone(**kwargs).last_hidden_state
-            logits = head(hidden[:, first:offset + T]) if compute_logits else None
+            if return_hidden:
+                logits = hidden[:, offset:offset + T]
+            else:
+                logits = head(hidden[:, first:offset + T]) if compute_logits else None
         else:  # no separate backbone: the last entry of hidden_states is the normed output
             out = self.runner(**kwargs, output_hidden_states=True)
             hidden = out.hidden_states[-1]

@@ -15,7 +15,7 @@ from .cell import ARMTCell
 from .checks import InputTypeError, check_labels, check_token_ids
 from .config import ARMTConfig
 from .padding import PaddingPlan
-from .loss import pair_nll
+from .loss import head_pair_nll, pair_nll
 from .segments import iter_segments, segment_bounds
 from .state import MemoryState
 from .wavefront import Wavefront, use_wavefront, wavefront_blocker, wavefront_plan, wavefront_segments
@@ -426,6 +426,13 @@ class ARMTForCausalLM(nn.Module):
         def logits_for(s: int, last: bool) -> bool:
             return wants_loss(last) or last or not output_only_last_segment
 
+        # a segment scored but not returned, in a pass with gradients: its loss recomputes the
+        # logits in the backward instead of keeping them (and their log-softmax) until then
+        head = self.cell.head if torch.is_grad_enabled() and output_only_last_segment else None
+
+        def hidden_for(s: int, last: bool) -> bool:
+            return head is not None and wants_loss(last) and not last
+
         logits_out, seg_losses = [], []
         loss_sum = loss_count = None
         steps = None
@@ -434,12 +441,13 @@ class ARMTForCausalLM(nn.Module):
             steps = wavefront_segments(self.cell, embed, bounds, memory, logits_for)
         if steps is None:
             steps = iter_segments(self.cell, embed, bounds, attention_mask, memory, logits_for=logits_for,
-                                  checkpointing=self.gradient_checkpointing,
+                                  hidden_for=hidden_for, checkpointing=self.gradient_checkpointing,
                                   active=None if plan is None else plan.active, detach_every=cfg.bptt_segments)
         for step in steps:
             a, b, last, logits, memory = step.start, step.end, step.last, step.logits, step.memory
             if wants_loss(last):
-                ce_sum, ce_count, within = self._segment_loss(logits, labels, labels_mask, a, b, L, last)
+                scores = logits if step.hidden is None else (head, step.hidden)
+                ce_sum, ce_count, within = self._segment_loss(scores, labels, labels_mask, a, b, L, last)
                 if cfg.last_segment_loss_only:
                     ce_sum, ce_count = within
                 loss_sum = ce_sum if loss_sum is None else loss_sum + ce_sum
@@ -468,8 +476,9 @@ class ARMTForCausalLM(nn.Module):
         return out
 
     @staticmethod
-    def _segment_loss(logits, labels, labels_mask, a, b, L, last):
-        """CE of the pairs whose logits lie in segment [a, b).
+    def _segment_loss(scores, labels, labels_mask, a, b, L, last):
+        """CE of the pairs whose logits lie in segment [a, b); ``scores`` are those logits, or
+        ``(head, hidden states)`` to compute them with :func:`head_pair_nll`.
 
         Returns ``(sum, count, (sum_within, count_within))``; "within" leaves out the pair
         that crosses into the next segment, as the official per-segment loss does.
@@ -480,7 +489,11 @@ class ARMTForCausalLM(nn.Module):
         valid = targets != -100
         if labels_mask is not None:
             valid = valid & labels_mask[:, a:a + n_pairs]
-        ce = pair_nll(logits[:, :n_pairs], targets, valid)
+        if isinstance(scores, tuple):
+            head, hidden = scores
+            ce = head_pair_nll(head, hidden[:, :n_pairs], targets, valid)
+        else:
+            ce = pair_nll(scores[:, :n_pairs], targets, valid)
         n_within = (b - a) - 1
         within = (ce[:, :n_within].sum(), valid[:, :n_within].sum())
         return ce.sum(), valid.sum(), within

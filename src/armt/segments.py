@@ -39,31 +39,31 @@ def segment_bounds(length: int, segment_size: int, alignment: str) -> list[tuple
 
 
 def run_segment(cell, embeds: Tensor, mask: Tensor | None, memory: MemoryState | None, *,
-                compute_logits: bool = True, last_logits_only: bool = False, checkpointing: bool = False,
-                active: Tensor | None = None) -> tuple[Tensor | None, MemoryState]:
+                compute_logits: bool = True, last_logits_only: bool = False, return_hidden: bool = False,
+                checkpointing: bool = False, active: Tensor | None = None) -> tuple[Tensor | None, MemoryState]:
     """One segment through ``cell`` (an :class:`armt.cell.ARMTCell`).
 
     Args:
         embeds: ``(B, T, d_model)`` embeddings of the segment's tokens.
         mask: ``(B, T)`` padding mask of those tokens, or ``None``.
         memory: the state before the segment (``None``: empty).
-        compute_logits, last_logits_only: as :meth:`ARMTCell.forward`.
+        compute_logits, last_logits_only, return_hidden: as :meth:`ARMTCell.forward`.
         checkpointing: recompute the segment in the backward pass (only while gradients are on).
         active: ``(B,)`` bool, rows that have tokens in this segment; the others keep ``memory``.
 
     Returns:
-        ``(logits or None, state after the segment)``.
+        ``(logits, the hidden states with return_hidden, or None; state after the segment)``.
     """
     if checkpointing and torch.is_grad_enabled():
-        logits, new = _checkpointed(cell, embeds, mask, memory, compute_logits, last_logits_only)
+        logits, new = _checkpointed(cell, embeds, mask, memory, compute_logits, last_logits_only, return_hidden)
     else:
-        logits, new = cell(embeds, mask, memory, compute_logits, last_logits_only)
+        logits, new = cell(embeds, mask, memory, compute_logits, last_logits_only, return_hidden)
     if active is not None:
         new = keep_inactive(active, new, memory)
     return logits, new
 
 
-def _checkpointed(cell, embeds, mask, memory, compute_logits, last_logits_only):
+def _checkpointed(cell, embeds, mask, memory, compute_logits, last_logits_only, return_hidden):
     # without memory the state holds only the (detached) window: nothing to pass through
     carried = memory is not None and cell.config.use_memory
     flat = [t for m in memory.layers for t in (m.A, m.z) if t is not None] if carried else []
@@ -78,7 +78,7 @@ def _checkpointed(cell, embeds, mask, memory, compute_logits, last_logits_only):
                 replace(m, A=flat[i], z=flat[i + 1] if use_denom else None)
                 for m, i in zip(memory.layers, range(0, len(flat), step))
             ))
-        return cell(embeds, mask, mem, compute_logits, last_logits_only)
+        return cell(embeds, mask, mem, compute_logits, last_logits_only, return_hidden)
 
     return checkpoint(run, embeds, *flat, use_reentrant=False)
 
@@ -86,7 +86,8 @@ def _checkpointed(cell, embeds, mask, memory, compute_logits, last_logits_only):
 @dataclass
 class SegmentStep:
     """One segment of :func:`iter_segments`: its index, its ``[start, end)`` in the input, its
-    logits (``None`` when not asked for), the memory after it, and whether it is the last."""
+    logits (``None`` when not asked for), the memory after it, whether it is the last, and the
+    base model's last hidden states where they were asked for instead of the logits."""
 
     index: int
     start: int
@@ -94,12 +95,13 @@ class SegmentStep:
     logits: Tensor | None
     memory: MemoryState | None
     last: bool
+    hidden: Tensor | None = None
 
 
 def iter_segments(cell, embed: Callable[[int, int], Tensor], bounds: Sequence[tuple[int, int]],
                   attention_mask: Tensor | None, memory: MemoryState | None, *,
                   logits_for: Callable[[int, bool], bool] = lambda index, last: True,
-                  checkpointing: bool = False, active: Callable[[int], Tensor] | None = None,
+                  hidden_for: Callable[[int, bool], bool] | None = None, checkpointing: bool = False, active: Callable[[int], Tensor] | None = None,
                   detach_every: int | None = None) -> Iterator[SegmentStep]:
     """Run the segments ``bounds`` of one input through ``cell``, yielding each as it completes.
 
@@ -109,6 +111,8 @@ def iter_segments(cell, embed: Callable[[int, int], Tensor], bounds: Sequence[tu
         attention_mask: ``(B, L)`` padding mask of the whole input, or ``None``.
         memory: the state before the first segment.
         logits_for: ``logits_for(index, last)``: does this segment need logits.
+        hidden_for: ``hidden_for(index, last)``: give this segment's hidden states (the head's
+            input, ``return_hidden`` of :meth:`ARMTCell.forward`) instead of its logits.
         checkpointing: per-segment gradient checkpointing.
         active: ``active(start) -> (B,)`` rows with tokens in the segment starting there (padded
             batches); the others keep their memory.
@@ -131,9 +135,11 @@ def iter_segments(cell, embed: Callable[[int, int], Tensor], bounds: Sequence[tu
     for s, (a, b) in enumerate(bounds):
         last = s == n - 1
         mask = None if attention_mask is None else attention_mask[:, a:b]
-        logits, memory = run_segment(cell, embed(a, b), mask, memory, compute_logits=logits_for(s, last),
-                                     checkpointing=checkpointing, active=None if active is None else active(a))
-        step = SegmentStep(s, a, b, logits, memory, last)
+        hidden = hidden_for is not None and hidden_for(s, last)
+        out, memory = run_segment(cell, embed(a, b), mask, memory, compute_logits=not hidden and logits_for(s, last),
+                                  return_hidden=hidden, checkpointing=checkpointing,
+                                  active=None if active is None else active(a))
+        step = SegmentStep(s, a, b, None, memory, last, out) if hidden else SegmentStep(s, a, b, out, memory, last)
         yield step
         if detach_every is not None and (s + 1) % detach_every == 0 and not last:
             memory = memory.detach()

@@ -19,7 +19,10 @@
 set -euo pipefail
 RUNS=${RUNS:-runs}
 OUT=${OUT:-results/babilong_smollm2_gate}
-N=${N:-40}; N_8K=${N_8K:-12}; N_16K=${N_16K:-15}; N_32K=${N_32K:-6}
+N=${N:-30}; N_8K=${N_8K:-12}; N_16K=${N_16K:-12}; N_32K=${N_32K:-5}
+# the model evaluated (docs/results/babilong-smollm2.md used run 2 stopped at step 25 of its last
+# stage: MODEL=runs/part4_p2/stage2-5seg/checkpoint-25)
+MODEL=${MODEL:-$RUNS/part4_p2/best}
 BASE=bases/smollm2-135m
 CONFIG=configs/babilong_smollm2.yaml
 COMMON="--data.options.question_segment alone --data.options.babi_variant en-10k --data.num_eval 24 --armt.write_gate hard"
@@ -28,19 +31,19 @@ DATA="--tasks qa1 --babi ../shared/data/babi --background ../shared/data/gutenbe
 [ -d "$RUNS/part4_p1/best" ] || armt train $CONFIG $COMMON --data.num_train 2000 \
     "--curriculum=[{num_segments: 1, max_steps: 30, learning_rate: 3.0e-4}, {num_segments: 2, max_steps: 400, learning_rate: 1.0e-4}]" \
     --training.eval_steps 100 --training.save_steps 100 --training.output_dir "$RUNS/part4_p1"
-[ -d "$RUNS/part4_p2/best" ] || armt train $CONFIG $COMMON --data.num_train 1000 --data.seed 1 \
+[ -d "$MODEL" ] || [ -d "$RUNS/part4_p2/best" ] || armt train $CONFIG $COMMON --data.num_train 1000 --data.seed 1 \
     --model.init_from "$RUNS/part4_p1/best" --write_penalty 0.25 --write_margin 0.25 --write_penalty_shape linear \
     "--curriculum=[{num_segments: 3, max_steps: 70, learning_rate: 1.0e-4}, {num_segments: 5, max_steps: 50, learning_rate: 1.0e-4}]" \
     --training.eval_steps 25 --training.save_steps 25 --training.output_dir "$RUNS/part4_p2"
 # how the memory grows over one 16k sample: the norms of A and z after 1, 2, 4, ... segments, and
 # the answer read from the memory after each
 mkdir -p "$OUT"
-python benchmarks/memory_growth.py --model "$RUNS/part4_p2/best" --length 16k --babi ../shared/data/babi \
+python benchmarks/memory_growth.py --model "$MODEL" --length 16k --babi ../shared/data/babi \
     --background ../shared/data/gutenberg > "$OUT/memory_growth_16k.txt" || echo "memory_growth failed"
 # each length with the memory kept and wiped; the wiped model reads only the question
 for KIND in armt armt_wiped; do
     WIPE=""; [ "$KIND" = armt_wiped ] && WIPE="--wipe-memory"
-    EVAL="armt babilong eval --model $RUNS/part4_p2/best $DATA --question-segment alone $WIPE"
+    EVAL="armt babilong eval --model $MODEL $DATA --question-segment alone $WIPE"
     $EVAL --lengths 2k --n "$N" --out "$OUT/$KIND"
     $EVAL --lengths 8k --n "$N_8K" --out "$OUT/${KIND}_8k"
     $EVAL --lengths 16k --n "$N_16K" --out "$OUT/${KIND}_16k"

@@ -446,8 +446,11 @@ class ARMTForCausalLM(nn.Module):
         for step in steps:
             a, b, last, logits, memory = step.start, step.end, step.last, step.logits, step.memory
             if wants_loss(last):
-                scores = logits if step.hidden is None else (head, step.hidden)
-                ce_sum, ce_count, within = self._segment_loss(scores, labels, labels_mask, a, b, L, last)
+                if step.hidden is None:
+                    ce_sum, ce_count, within = self._segment_loss(logits, labels, labels_mask, a, b, L, last)
+                else:
+                    ce_sum, ce_count, within = self._segment_loss(step.hidden, labels, labels_mask, a, b, L, last,
+                                                                  head=head)
                 if cfg.last_segment_loss_only:
                     ce_sum, ce_count = within
                 loss_sum = ce_sum if loss_sum is None else loss_sum + ce_sum
@@ -476,9 +479,9 @@ class ARMTForCausalLM(nn.Module):
         return out
 
     @staticmethod
-    def _segment_loss(scores, labels, labels_mask, a, b, L, last):
-        """CE of the pairs whose logits lie in segment [a, b); ``scores`` are those logits, or
-        ``(head, hidden states)`` to compute them with :func:`head_pair_nll`.
+    def _segment_loss(logits, labels, labels_mask, a, b, L, last, head=None):
+        """CE of the pairs whose logits lie in segment [a, b); with ``head``, ``logits`` are the
+        hidden states that the head turns into them (:func:`head_pair_nll`).
 
         Returns ``(sum, count, (sum_within, count_within))``; "within" leaves out the pair
         that crosses into the next segment, as the official per-segment loss does.
@@ -489,11 +492,10 @@ class ARMTForCausalLM(nn.Module):
         valid = targets != -100
         if labels_mask is not None:
             valid = valid & labels_mask[:, a:a + n_pairs]
-        if isinstance(scores, tuple):
-            head, hidden = scores
-            ce = head_pair_nll(head, hidden[:, :n_pairs], targets, valid)
+        if head is None:
+            ce = pair_nll(logits[:, :n_pairs], targets, valid)
         else:
-            ce = pair_nll(scores[:, :n_pairs], targets, valid)
+            ce = head_pair_nll(head, logits[:, :n_pairs], targets, valid)
         n_within = (b - a) - 1
         within = (ce[:, :n_within].sum(), valid[:, :n_within].sum())
         return ce.sum(), valid.sum(), within

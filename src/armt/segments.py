@@ -101,8 +101,8 @@ class SegmentStep:
 def iter_segments(cell, embed: Callable[[int, int], Tensor], bounds: Sequence[tuple[int, int]],
                   attention_mask: Tensor | None, memory: MemoryState | None, *,
                   logits_for: Callable[[int, bool], bool] = lambda index, last: True,
-                  hidden_for: Callable[[int, bool], bool] | None = None, checkpointing: bool = False, active: Callable[[int], Tensor] | None = None,
-                  detach_every: int | None = None) -> Iterator[SegmentStep]:
+                  hidden_for: Callable[[int, bool], bool] | None = None, checkpointing: bool = False,
+                  active: Callable[[int], Tensor] | None = None, detach_every: int | None = None) -> Iterator[SegmentStep]:
     """Run the segments ``bounds`` of one input through ``cell``, yielding each as it completes.
 
     Args:
